@@ -1,0 +1,293 @@
+//! [`RmqContext`]: the delivery a handler is working on, and the way to settle it.
+//!
+//! The context knows nothing of lapin beyond an optional channel handle (the escape hatch), so
+//! handlers are the same whichever transport delivered their message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use futures::future::BoxFuture;
+
+use crate::error::{Error, Result};
+
+/// How a delivery was settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settlement {
+    /// Acknowledged: done with, removed from the queue.
+    Ack,
+    /// Negatively acknowledged, with or without requeue.
+    Nack {
+        /// Whether the broker puts the message back in the queue.
+        requeue: bool,
+    },
+    /// Rejected: dead-lettered if the queue has a dead-letter exchange, dropped otherwise.
+    Reject,
+}
+
+impl fmt::Display for Settlement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Settlement::Ack => "ack",
+            Settlement::Nack { requeue: true } => "nack with requeue",
+            Settlement::Nack { requeue: false } => "nack without requeue",
+            Settlement::Reject => "reject",
+        })
+    }
+}
+
+impl Settlement {
+    fn code(self) -> u8 {
+        match self {
+            Settlement::Ack => 1,
+            Settlement::Nack { requeue: true } => 2,
+            Settlement::Nack { requeue: false } => 3,
+            Settlement::Reject => 4,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Settlement::Ack),
+            2 => Some(Settlement::Nack { requeue: true }),
+            3 => Some(Settlement::Nack { requeue: false }),
+            4 => Some(Settlement::Reject),
+            _ => None,
+        }
+    }
+}
+
+const PENDING: u8 = 0;
+/// Settled by the broker on delivery (`AckMode::NoAck`).
+const AUTO_ACKED: u8 = 5;
+
+/// Sends a settlement to whichever transport delivered the message.
+pub(crate) trait Acker: Send + Sync + 'static {
+    /// Settles the delivery; an error when the transport cannot (its channel is gone).
+    fn settle(&self, settlement: Settlement) -> BoxFuture<'static, Result<()>>;
+}
+
+/// Message properties, transport-neutral.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Properties {
+    /// `correlation_id`: ties a reply to its request (and a message to its conversation).
+    pub correlation_id: Option<String>,
+    /// `reply_to`: where a request wants its reply.
+    pub reply_to: Option<String>,
+    /// `content_type` (NestJS sets none).
+    pub content_type: Option<String>,
+    /// `message_id`.
+    pub message_id: Option<String>,
+    /// `delivery_mode`: 2 for persistent, 1 for transient.
+    pub delivery_mode: Option<u8>,
+    /// `timestamp`, seconds since the Unix epoch.
+    pub timestamp: Option<u64>,
+    /// Application headers, as JSON values.
+    pub headers: BTreeMap<String, serde_json::Value>,
+}
+
+/// Where a delivery came from: queue, exchange, routing key, delivery tag, redelivered flag and
+/// properties.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct DeliveryInfo {
+    /// The queue it was consumed from.
+    pub queue: String,
+    /// The exchange it was published to (`""` for the default exchange).
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// The broker's tag for it on its channel.
+    pub delivery_tag: u64,
+    /// Whether it was delivered before and not acked (a requeue, or a lost connection).
+    pub redelivered: bool,
+    /// Its properties and headers.
+    pub properties: Properties,
+}
+
+/// The context of one delivery, as NestJS's `@Ctx() context: RmqContext`.
+///
+/// Clone it freely: all clones settle the same delivery, exactly once. If no clone settles it,
+/// rmq-bus does when the handler ends (see [`AckMode`](crate::AckMode)); if a clone outlives the
+/// handler, the last one dropped settles it. So no message stays unacked for the life of the channel.
+#[derive(Clone)]
+pub struct RmqContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pattern: String,
+    delivery: DeliveryInfo,
+    acker: Arc<dyn Acker>,
+    channel: Option<lapin::Channel>,
+    state: AtomicU8,
+    /// What to do if the last clone is dropped unsettled; starts as the failure settlement.
+    on_drop: AtomicU8,
+}
+
+impl fmt::Debug for RmqContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RmqContext")
+            .field("pattern", &self.inner.pattern)
+            .field("delivery", &self.inner.delivery)
+            .field("settled", &self.settlement())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RmqContext {
+    pub(crate) fn new(
+        pattern: String,
+        delivery: DeliveryInfo,
+        acker: Arc<dyn Acker>,
+        channel: Option<lapin::Channel>,
+        auto_acked: bool,
+        on_drop: Settlement,
+    ) -> Self {
+        let state = if auto_acked { AUTO_ACKED } else { PENDING };
+        Self {
+            inner: Arc::new(Inner {
+                pattern,
+                delivery,
+                acker,
+                channel,
+                state: AtomicU8::new(state),
+                on_drop: AtomicU8::new(on_drop.code()),
+            }),
+        }
+    }
+
+    /// The pattern the message was routed by (normalised, see [`Pattern::key`](crate::Pattern::key)).
+    pub fn pattern(&self) -> &str {
+        &self.inner.pattern
+    }
+
+    /// The delivery: queue, exchange, routing key, tag, redelivered flag, properties.
+    pub fn delivery(&self) -> &DeliveryInfo {
+        &self.inner.delivery
+    }
+
+    /// The message properties (shortcut for `delivery().properties`).
+    pub fn properties(&self) -> &Properties {
+        &self.inner.delivery.properties
+    }
+
+    /// Whether the broker delivered this message before.
+    pub fn redelivered(&self) -> bool {
+        self.inner.delivery.redelivered
+    }
+
+    /// The underlying lapin channel, for what rmq-bus does not wrap. `None` on transports other
+    /// than RabbitMQ. Settling through it directly bypasses the exactly-once guard.
+    pub fn channel(&self) -> Option<&lapin::Channel> {
+        self.inner.channel.as_ref()
+    }
+
+    /// How the message was settled so far, if it was.
+    pub fn settlement(&self) -> Option<Settlement> {
+        Settlement::from_code(self.inner.state.load(Ordering::Acquire))
+    }
+
+    /// Acknowledges the message: processed, remove it from the queue.
+    pub async fn ack(&self) -> Result<()> {
+        self.settle(Settlement::Ack).await
+    }
+
+    /// Negatively acknowledges the message; with `requeue` the broker delivers it again,
+    /// without it the message is dead-lettered (or dropped if the queue has no dead-letter exchange).
+    pub async fn nack(&self, requeue: bool) -> Result<()> {
+        self.settle(Settlement::Nack { requeue }).await
+    }
+
+    /// Rejects the message without requeue: dead-lettered, or dropped without a dead-letter exchange.
+    pub async fn reject(&self) -> Result<()> {
+        self.settle(Settlement::Reject).await
+    }
+
+    async fn settle(&self, settlement: Settlement) -> Result<()> {
+        if let Err(previous) = self.claim(settlement) {
+            return Err(match previous {
+                AUTO_ACKED => Error::AlreadySettled {
+                    previous: Settlement::Ack,
+                },
+                code => Error::AlreadySettled {
+                    previous: Settlement::from_code(code).unwrap_or(Settlement::Ack),
+                },
+            });
+        }
+        self.inner.acker.settle(settlement).await
+    }
+
+    /// Marks the delivery settled unless it already is; `Err` carries the earlier state.
+    fn claim(&self, settlement: Settlement) -> std::result::Result<(), u8> {
+        self.inner
+            .state
+            .compare_exchange(
+                PENDING,
+                settlement.code(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map(|_| ())
+    }
+
+    /// Called by the dispatcher when the handler is done: settles now with `settlement` if the
+    /// message is unsettled and nobody else holds the context, else leaves it to the last drop.
+    /// Returns what it settled.
+    pub(crate) async fn finish(self, settlement: Settlement) -> Option<Result<Settlement>> {
+        self.inner
+            .on_drop
+            .store(settlement.code(), Ordering::Release);
+        if Arc::strong_count(&self.inner) > 1 || self.claim(settlement).is_err() {
+            return None;
+        }
+        Some(
+            self.inner
+                .acker
+                .settle(settlement)
+                .await
+                .map(|()| settlement),
+        )
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let Some(settlement) = Settlement::from_code(self.on_drop.load(Ordering::Acquire)) else {
+            return;
+        };
+        if self
+            .state
+            .compare_exchange(
+                PENDING,
+                settlement.code(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return;
+        }
+        let settle = self.acker.settle(settlement);
+        let tag = self.delivery.delivery_tag;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::debug!(delivery_tag = tag, %settlement, "last context clone dropped unsettled; settling");
+                runtime.spawn(async move {
+                    if let Err(error) = settle.await {
+                        tracing::warn!(delivery_tag = tag, %error, "could not settle a dropped delivery");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(
+                    delivery_tag = tag,
+                    "delivery dropped outside a runtime; the broker redelivers it when its channel closes"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The one error type of rmq-bus, with messages that say what to do next.
+
+use crate::context::Settlement;
+
+/// Shorthand for `Result<T, rmq_bus::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in rmq-bus.
+///
+/// Each message names the thing at fault (a variable, a queue, a pattern) and, where there is one,
+/// the fix. Broker errors keep the underlying [`lapin::Error`] as their [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An environment variable holds a value rmq-bus cannot use.
+    #[error("environment variable {var}={value:?} is invalid: {reason}")]
+    InvalidEnv {
+        /// The variable's name.
+        var: String,
+        /// The value found (credentials redacted).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A setting given in code is invalid.
+    #[error("invalid rmq-bus configuration: {0}")]
+    Config(String),
+
+    /// The broker could not be reached or refused the login.
+    #[error(
+        "cannot connect to RabbitMQ at {uri}: {source}; check that the broker is running and that RABBIT_MQ_URI (host, port, vhost, credentials) is right"
+    )]
+    Connect {
+        /// The URI tried, with its password redacted.
+        uri: String,
+        /// The underlying error.
+        #[source]
+        source: lapin::Error,
+    },
+
+    /// Declaring a queue failed, usually because it exists with other settings.
+    #[error(
+        "cannot declare queue {queue:?}: {source}; if it already exists with other settings (durable, x-* arguments), make QueueOptions match its declaration, or skip the declaration with RmqOptions::no_assert"
+    )]
+    Declare {
+        /// The queue.
+        queue: String,
+        /// The underlying error.
+        #[source]
+        source: lapin::Error,
+    },
+
+    /// The connection or channel is gone; the operation did not happen.
+    #[error(
+        "the connection to RabbitMQ is closed ({context}): {source}; the operation did not take place and may be retried"
+    )]
+    Disconnected {
+        /// What was being done.
+        context: &'static str,
+        /// The underlying error.
+        #[source]
+        source: lapin::Error,
+    },
+
+    /// Any other broker error during an operation.
+    #[error("RabbitMQ refused {operation}: {source}")]
+    Broker {
+        /// What was being done.
+        operation: &'static str,
+        /// The underlying error.
+        #[source]
+        source: lapin::Error,
+    },
+
+    /// The broker answered a publish with a negative confirm: the message was not stored.
+    #[error(
+        "RabbitMQ did not accept the message for queue {queue:?} (publisher nack); it was not stored, publish it again"
+    )]
+    Nacked {
+        /// The target queue or routing key.
+        queue: String,
+    },
+
+    /// No queue is bound for the message, so the broker returned it.
+    #[error(
+        "the message for {routing_key:?} is unroutable: no queue named or bound to it exists; declare the queue first (start the consumer, or let the client declare it by not setting no_assert)"
+    )]
+    Unroutable {
+        /// The routing key used.
+        routing_key: String,
+    },
+
+    /// The broker did not confirm a publish in time.
+    #[error(
+        "RabbitMQ did not confirm the message for {queue:?} within {timeout:?}; it may or may not be stored"
+    )]
+    ConfirmTimeout {
+        /// The target queue.
+        queue: String,
+        /// The bound that passed.
+        timeout: std::time::Duration,
+    },
+
+    /// The data could not be encoded as JSON.
+    #[error("cannot encode the message data as JSON: {0}")]
+    Encode(#[source] serde_json::Error),
+
+    /// The message is larger than allowed.
+    #[error(
+        "message of {size} bytes exceeds the limit of {max} bytes (RmqOptions::max_message_bytes)"
+    )]
+    TooLarge {
+        /// The encoded size.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+
+    /// A delivery was acked, nacked or rejected a second time.
+    #[error("this message was already settled ({previous}); a delivery is settled exactly once")]
+    AlreadySettled {
+        /// How it was settled first.
+        previous: Settlement,
+    },
+
+    /// Settling a delivery failed because its channel is gone.
+    #[error(
+        "cannot {attempted} the message: its channel is closed; the broker requeues unsettled messages of a closed channel, so it will be delivered again"
+    )]
+    ChannelClosed {
+        /// What was attempted.
+        attempted: Settlement,
+    },
+
+    /// The same pattern was registered for two handlers.
+    #[error("pattern {0:?} has two handlers; each pattern routes to exactly one handler")]
+    DuplicatePattern(String),
+
+    /// In-flight handlers did not finish within the drain timeout at shutdown.
+    #[error(
+        "{0} handler(s) were still running when the drain timeout passed; their messages were returned to the queue"
+    )]
+    DrainTimeout(usize),
+}
+
+impl Error {
+    /// Classifies a lapin error: connection and channel losses become [`Error::Disconnected`].
+    pub(crate) fn from_lapin(operation: &'static str, source: lapin::Error) -> Self {
+        use lapin::ErrorKind as K;
+        match source.kind() {
+            K::InvalidChannelState(..)
+            | K::InvalidConnectionState(..)
+            | K::IOError(_)
+            | K::MissingHeartbeatError => Error::Disconnected {
+                context: operation,
+                source,
+            },
+            _ => Error::Broker { operation, source },
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Handlers: what a pattern routes to, how their arguments are extracted, and what they return.
+//!
+//! A handler is an `async fn` whose arguments are extracted from the message. With the macros,
+//! `#[payload]`, `#[payload("key")]` and `#[ctx]` say where each comes from; without them, each
+//! argument type implements [`FromMessage`] ([`Payload<T>`], [`RmqContext`]), as axum's extractors.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+use crate::context::RmqContext;
+use crate::pattern::Pattern;
+
+/// A message on its way to a handler: the decoded data and its context.
+#[derive(Debug)]
+pub struct Message {
+    pub(crate) data: Box<RawValue>,
+    pub(crate) ctx: RmqContext,
+}
+
+impl Message {
+    /// The packet's `data`, as raw JSON.
+    pub fn data(&self) -> &RawValue {
+        &self.data
+    }
+
+    /// The delivery context.
+    pub fn context(&self) -> &RmqContext {
+        &self.ctx
+    }
+}
+
+/// Why a handler did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// The message data does not fit the handler's arguments: dead-lettered, never retried.
+    BadPayload(String),
+    /// The handler itself returned an error: settled by the [`FailurePolicy`](crate::FailurePolicy).
+    Failed(String),
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandlerError::BadPayload(why) => {
+                write!(f, "message data does not fit the handler: {why}")
+            }
+            HandlerError::Failed(why) => write!(f, "handler failed: {why}"),
+        }
+    }
+}
+
+/// What a handler resolves to, once its return value is interpreted.
+pub type HandlerResult = Result<(), HandlerError>;
+
+pub(crate) type BoxHandler =
+    Arc<dyn Fn(Message) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
+
+/// A pattern and the handler it routes to. Built by the macros, [`Microservice::on_event`](crate::Microservice::on_event),
+/// or [`Route::event`].
+pub struct Route {
+    pub(crate) pattern: Pattern,
+    pub(crate) handler: BoxHandler,
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("pattern", &self.pattern)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Route {
+    /// Routes event `pattern` to `handler`, a function from the [`Message`] to a [`HandlerResult`].
+    pub fn event<F, Fut>(pattern: impl Into<Pattern>, handler: F) -> Self
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Self {
+            pattern: pattern.into(),
+            handler: Arc::new(move |message| Box::pin(handler(message))),
+        }
+    }
+
+    /// The pattern routed.
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+}
+
+/// A struct whose impl block holds handlers, registered with
+/// [`Microservice::controller`](crate::Microservice::controller). Implemented by `#[controller]`.
+pub trait Controller: Send + Sync + 'static {
+    /// The routes of every handler method, in declaration order.
+    fn routes(self: Arc<Self>) -> Vec<Route>;
+}
+
+/// A free `async fn` marked `#[event_pattern]`, registered with
+/// [`Microservice::handler`](crate::Microservice::handler). Implemented by the macro, on a type
+/// of the function's name.
+pub trait HandlerFn {
+    /// The function's route.
+    fn route() -> Route;
+}
+
+/// A value a handler can return. `()` is success; `Err(e)` of `Result<(), E>` fails with `e`'s
+/// `Display` text.
+#[diagnostic::on_unimplemented(
+    message = "an event handler cannot return `{Self}`",
+    note = "return `()` or `Result<(), E>` where `E: Display` (for example rmq_bus::Error, anyhow::Error, String)"
+)]
+pub trait IntoHandlerResult {
+    /// Interprets the value.
+    fn into_handler_result(self) -> HandlerResult;
+}
+
+impl IntoHandlerResult for () {
+    fn into_handler_result(self) -> HandlerResult {
+        Ok(())
+    }
+}
+
+impl<E: fmt::Display> IntoHandlerResult for Result<(), E> {
+    fn into_handler_result(self) -> HandlerResult {
+        self.map_err(|e| HandlerError::Failed(e.to_string()))
+    }
+}
+
+/// A handler argument taken from the message.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be taken from a message",
+    note = "use `Payload<T>` (or `#[payload] arg: T` with the macros) for data, `#[payload(\"key\")]` for one key of it, and `RmqContext` (or `#[ctx]`) for the context"
+)]
+pub trait FromMessage: Sized {
+    /// Extracts the argument; `Err` means the message is bad input.
+    fn from_message(message: &Message) -> Result<Self, HandlerError>;
+}
+
+/// The message data, deserialized as `T`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Payload<T>(pub T);
+
+impl<T: DeserializeOwned> FromMessage for Payload<T> {
+    fn from_message(message: &Message) -> Result<Self, HandlerError> {
+        payload(message).map(Payload)
+    }
+}
+
+impl FromMessage for RmqContext {
+    fn from_message(message: &Message) -> Result<Self, HandlerError> {
+        Ok(message.ctx.clone())
+    }
+}
+
+/// Deserializes the whole data as `T`.
+pub(crate) fn payload<T: DeserializeOwned>(message: &Message) -> Result<T, HandlerError> {
+    serde_json::from_str(message.data.get()).map_err(|e| {
+        HandlerError::BadPayload(format!("data is not a {}: {e}", std::any::type_name::<T>()))
+    })
+}
+
+/// Deserializes `data[key]` as `T` (NestJS's `@Payload('key')`). A missing key is `null`, so an
+/// `Option<T>` argument accepts it.
+pub(crate) fn payload_field<T: DeserializeOwned>(
+    message: &Message,
+    key: &str,
+) -> Result<T, HandlerError> {
+    let fields: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> =
+        serde_json::from_str(message.data.get()).map_err(|e| {
+            HandlerError::BadPayload(format!("data is not an object with a {key:?} key: {e}"))
+        })?;
+    let raw = fields.get(key).map_or("null", |raw| raw.get());
+    serde_json::from_str(raw).map_err(|e| {
+        HandlerError::BadPayload(format!(
+            "data.{key} is not a {}: {e}",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
+/// A function or closure usable as a handler: `async` with up to four [`FromMessage`] arguments,
+/// returning an [`IntoHandlerResult`]. `Args` only tells the implementations apart.
+pub trait IntoRoute<Args>: Send + Sync + 'static {
+    /// Builds the route for `pattern`.
+    fn into_route(self, pattern: Pattern) -> Route;
+}
+
+macro_rules! impl_into_route {
+    ($($arg:ident),*) => {
+        impl<F, Fut, R, $($arg),*> IntoRoute<($($arg,)*)> for F
+        where
+            F: Fn($($arg),*) -> Fut + Clone + Send + Sync + 'static,
+            Fut: Future<Output = R> + Send + 'static,
+            R: IntoHandlerResult,
+            $($arg: FromMessage + Send + 'static,)*
+        {
+            #[allow(non_snake_case, unused_variables)]
+            fn into_route(self, pattern: Pattern) -> Route {
+                Route::event(pattern, move |message: Message| {
+                    let handler = self.clone();
+                    async move {
+                        $(let $arg = $arg::from_message(&message)?;)*
+                        drop(message);
+                        handler($($arg),*).await.into_handler_result()
+                    }
+                })
+            }
+        }
+    };
+}
+
+impl_into_route!();
+impl_into_route!(A1);
+impl_into_route!(A1, A2);
+impl_into_route!(A1, A2, A3);
+impl_into_route!(A1, A2, A3, A4);

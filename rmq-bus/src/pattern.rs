@@ -1,0 +1,143 @@
+//! Message patterns: the key a packet is routed by.
+//!
+//! NestJS accepts strings and objects (`{"cmd": "sum"}`) as patterns and matches objects after
+//! normalising them (keys sorted, compact JSON), so `{"b":1,"a":2}` and `{"a":2,"b":1}` are one
+//! pattern. [`Pattern`] keeps both the wire form and that normalised key.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+/// A message pattern, as written on the wire and as routed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Pattern {
+    key: String,
+    object: Option<Value>,
+}
+
+impl Pattern {
+    /// The normalised routing key: the string itself, or an object as sorted compact JSON.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Reads a pattern off the wire. Strings and numbers are taken as text, objects normalised;
+    /// anything else (null, arrays, booleans) is not a pattern.
+    pub fn from_json(value: &Value) -> Option<Self> {
+        match value {
+            Value::String(s) => Some(Self::from(s.as_str())),
+            Value::Number(n) => Some(Self::from(n.to_string())),
+            Value::Object(_) => {
+                let sorted = sort_keys(value);
+                Some(Self {
+                    key: sorted.to_string(),
+                    object: Some(sorted),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<&str> for Pattern {
+    fn from(s: &str) -> Self {
+        Self {
+            key: s.to_owned(),
+            object: None,
+        }
+    }
+}
+
+impl From<String> for Pattern {
+    fn from(key: String) -> Self {
+        Self { key, object: None }
+    }
+}
+
+impl From<&String> for Pattern {
+    fn from(s: &String) -> Self {
+        Self::from(s.as_str())
+    }
+}
+
+impl From<Value> for Pattern {
+    /// Objects become object patterns; other values are taken as their text.
+    fn from(value: Value) -> Self {
+        Self::from_json(&value).unwrap_or_else(|| Self::from(value.to_string()))
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key)
+    }
+}
+
+impl Serialize for Pattern {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.object {
+            Some(object) => object.serialize(serializer),
+            None => serializer.serialize_str(&self.key),
+        }
+    }
+}
+
+/// Rebuilds `value` with every object's keys in sorted order, whatever map serde_json uses.
+fn sort_keys(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), sort_keys(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sort_keys).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn object_patterns_match_whatever_the_key_order() {
+        let a = Pattern::from(json!({"cmd": "sum", "area": {"z": 1, "a": 2}}));
+        let b = Pattern::from_json(&json!({"area": {"a": 2, "z": 1}, "cmd": "sum"}));
+        assert_eq!(Some(&a), b.as_ref());
+        assert_eq!(a.key(), r#"{"area":{"a":2,"z":1},"cmd":"sum"}"#);
+    }
+
+    #[test]
+    fn strings_and_numbers_are_text() {
+        assert_eq!(
+            Pattern::from_json(&json!("order_created")).map(|p| p.key().to_owned()),
+            Some("order_created".into())
+        );
+        assert_eq!(
+            Pattern::from_json(&json!(42)).map(|p| p.key().to_owned()),
+            Some("42".into())
+        );
+        assert_eq!(Pattern::from_json(&json!(null)), None);
+        assert_eq!(Pattern::from_json(&json!([1])), None);
+    }
+
+    #[test]
+    fn serializes_in_wire_form() {
+        assert_eq!(
+            serde_json::to_string(&Pattern::from("a")).ok(),
+            Some("\"a\"".into())
+        );
+        let object = Pattern::from(json!({"b": 1, "a": 2}));
+        assert_eq!(
+            serde_json::to_string(&object).ok(),
+            Some(r#"{"a":2,"b":1}"#.into())
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! [`Microservice`]: consumes queues and runs the handler of each message's pattern.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::amqp;
+use crate::config::{AckMode, RmqOptions};
+use crate::dispatch::{Policy, Router, dispatch};
+use crate::error::{Error, Result};
+use crate::handler::{Controller, HandlerFn, IntoRoute, Route};
+use crate::pattern::Pattern;
+
+/// Default time in-flight handlers get to finish at shutdown.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A service that consumes one or more queues and routes each message by pattern to its handler,
+/// as NestJS's `app.connectMicroservice(rmqService.getOptions(...))`.
+///
+/// Handlers run concurrently, up to each queue's prefetch. Registration is explicit: controllers,
+/// `#[event_pattern]` functions and closures are added here, and a pattern registered twice is an
+/// error at start.
+///
+/// ```no_run
+/// use rmq_bus::{Microservice, Payload, RmqContext, RmqOptions};
+///
+/// # async fn demo() -> rmq_bus::Result<()> {
+/// Microservice::new(RmqOptions::from_env("BILLING")?)
+///     .on_event("order_created", |Payload(order): Payload<serde_json::Value>, ctx: RmqContext| async move {
+///         println!("billing {order}");
+///         ctx.ack().await
+///     })
+///     .run()
+///     .await
+/// # }
+/// ```
+#[must_use = "a Microservice does nothing until run"]
+pub struct Microservice {
+    queues: Vec<RmqOptions>,
+    routes: Vec<Route>,
+    drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for Microservice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Microservice")
+            .field("queues", &self.queues)
+            .field("routes", &self.routes)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish()
+    }
+}
+
+impl Microservice {
+    /// A microservice consuming the queue of `options`.
+    pub fn new(options: RmqOptions) -> Self {
+        Self {
+            queues: vec![options],
+            routes: Vec::new(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+
+    /// Consumes another queue too (on the broker of the first), with its own prefetch and ack mode.
+    /// Every handler serves every queue.
+    pub fn queue(mut self, options: RmqOptions) -> Self {
+        self.queues.push(options);
+        self
+    }
+
+    /// Registers every handler of a controller (an impl block marked `#[controller]`).
+    pub fn controller<C: Controller>(mut self, controller: C) -> Self {
+        self.routes.extend(Arc::new(controller).routes());
+        self
+    }
+
+    /// Registers a free `async fn` marked `#[event_pattern]`: `.handler::<on_order_created>()`.
+    pub fn handler<H: HandlerFn>(mut self) -> Self {
+        self.routes.push(H::route());
+        self
+    }
+
+    /// Registers a closure or function for event `pattern`; its arguments are extractors
+    /// ([`Payload<T>`](crate::Payload), [`RmqContext`](crate::RmqContext)).
+    pub fn on_event<Args, H: IntoRoute<Args>>(
+        mut self,
+        pattern: impl Into<Pattern>,
+        handler: H,
+    ) -> Self {
+        self.routes.push(handler.into_route(pattern.into()));
+        self
+    }
+
+    /// Registers a prepared route.
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// Sets how long in-flight handlers may run after shutdown begins (default 30 s). Messages
+    /// of handlers still running then are returned to their queue.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then drains and closes.
+    pub async fn run(self) -> Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Runs until `shutdown` completes, then drains and closes.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let mut running = self.start().await?;
+        let failed = tokio::select! {
+            () = shutdown => None,
+            result = running.stopped() => Some(result),
+        };
+        let closed = running.shutdown().await;
+        failed.unwrap_or(closed)
+    }
+
+    /// Connects, declares and starts consuming; returns once every consumer is running.
+    pub async fn start(self) -> Result<RunningMicroservice> {
+        let router = Arc::new(Router::new(self.routes)?);
+        let first = self
+            .queues
+            .first()
+            .ok_or_else(|| Error::Config("a microservice needs a queue".into()))?;
+        first.validate()?;
+        let connection = amqp::connect(first.broker_uri(), "rmq-bus microservice").await?;
+        let (stop, stopped) = watch::channel(false);
+        let mut consumers = JoinSet::new();
+        for options in &self.queues {
+            options.validate()?;
+            let consumer = QueueConsumer::open(&connection, options).await?;
+            tracing::info!(
+                queue = options.queue(),
+                prefetch = options.prefetch_count(),
+                "consuming"
+            );
+            consumers.spawn(consumer.run(router.clone(), stopped.clone(), self.drain_timeout));
+        }
+        Ok(RunningMicroservice {
+            connection,
+            stop,
+            consumers,
+        })
+    }
+}
+
+/// A started [`Microservice`]; shut it down with [`shutdown`](Self::shutdown).
+#[derive(Debug)]
+#[must_use = "dropping it leaves the consumers running until the runtime stops; call shutdown"]
+pub struct RunningMicroservice {
+    connection: Connection,
+    stop: watch::Sender<bool>,
+    consumers: JoinSet<Result<()>>,
+}
+
+impl RunningMicroservice {
+    /// Stops consuming, lets in-flight handlers finish (up to the drain timeout), settles what
+    /// they left, and closes the connection. Unsettled messages go back to their queues.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let _ = self.stop.send(true);
+        let mut result = Ok(());
+        while let Some(joined) = self.consumers.join_next().await {
+            if let Ok(Err(error)) = joined {
+                result = result.and(Err(error));
+            }
+        }
+        let _ = self
+            .connection
+            .close(200, ShortString::from("shutdown"))
+            .await;
+        tracing::info!("microservice stopped");
+        result
+    }
+
+    /// Resolves when a consumer stops by itself (its connection was lost), with why.
+    async fn stopped(&mut self) -> Result<()> {
+        match self.consumers.join_next().await {
+            Some(Ok(result)) => result,
+            Some(Err(join)) => Err(Error::Config(format!(
+                "a consumer task ended abnormally: {join}"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One queue's channel and consumer.
+struct QueueConsumer {
+    channel: Channel,
+    consumer: lapin::Consumer,
+    queue: String,
+    policy: Policy,
+    prefetch: usize,
+}
+
+impl QueueConsumer {
+    async fn open(connection: &Connection, options: &RmqOptions) -> Result<Self> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| Error::from_lapin("opening a channel", e))?;
+        channel
+            .basic_qos(options.prefetch_count(), BasicQosOptions::default())
+            .await
+            .map_err(|e| Error::from_lapin("setting the prefetch", e))?;
+        if !options.is_no_assert() {
+            amqp::declare_queue(&channel, options).await?;
+        }
+        let no_ack = options.ack() == AckMode::NoAck;
+        let consumer = channel
+            .basic_consume(
+                amqp::short("queue name", options.queue())?,
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| match Error::from_lapin("consuming", source) {
+                Error::Broker { source, .. } => Error::Declare {
+                    queue: options.queue().to_owned(),
+                    source,
+                },
+                other => other,
+            })?;
+        let policy = Policy {
+            ack_mode: options.ack(),
+            on_failure: options.on_failure(),
+            max_bytes: options.max_bytes(),
+        };
+        Ok(Self {
+            channel,
+            consumer,
+            queue: options.queue().to_owned(),
+            policy,
+            prefetch: options.prefetch_count().into(),
+        })
+    }
+
+    /// Feeds deliveries to handler tasks, at most `prefetch` at once, until told to stop or the
+    /// channel dies; then drains.
+    async fn run(
+        mut self,
+        router: Arc<Router>,
+        mut stop: watch::Receiver<bool>,
+        drain: Duration,
+    ) -> Result<()> {
+        let permits = Arc::new(Semaphore::new(self.prefetch));
+        let mut tasks = JoinSet::new();
+        let ended = loop {
+            while tasks.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => break Ok(()),
+                permit = permits.clone().acquire_owned() => permit,
+            };
+            let Ok(permit) = permit else { break Ok(()) };
+            let delivery = tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => break Ok(()),
+                delivery = self.consumer.next() => delivery,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    let inbound = amqp::inbound(delivery, &self.queue, &self.channel);
+                    let (router, policy) = (router.clone(), self.policy);
+                    tasks.spawn(async move {
+                        dispatch(&router, policy, inbound).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(error)) => break Err(Error::from_lapin("consuming", error)),
+                None => {
+                    break Err(Error::Config(format!(
+                        "the broker cancelled the consumer of queue {:?} (was it deleted?)",
+                        self.queue
+                    )));
+                }
+            }
+        };
+        if ended.is_err() {
+            tracing::error!(queue = %self.queue, "consumer stopped; draining in-flight handlers");
+        }
+        let _ = self
+            .channel
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+            .await;
+        let drained =
+            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+        let left = tasks.len();
+        // Closing the channel first returns every unsettled message to the queue, so handlers
+        // cut short below cannot settle theirs by the failure policy.
+        let _ = self.channel.close(200, ShortString::from("shutdown")).await;
+        tasks.abort_all();
+        match (ended, drained) {
+            (Err(error), _) => Err(error),
+            (Ok(()), Err(_)) => Err(Error::DrainTimeout(left)),
+            (Ok(()), Ok(())) => Ok(()),
+        }
+    }
+}
+
+/// Resolves on Ctrl-C, or SIGTERM on Unix.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
+        () = terminate => tracing::info!("SIGTERM received; shutting down"),
+    }
+}
