@@ -1,1 +1,331 @@
-fn main() {}
+//! Orders service: an HTTP API that takes orders and hands them to billing over RabbitMQ.
+//!
+//! - `POST /orders` `{"productName", "price", "buyer"}` stores the order as `PENDING`, emits
+//!   `order_created` `{"orderPayload": order}` to the billing queue and, once the broker has
+//!   confirmed the event, answers `201` with the order.
+//! - `GET /orders/{orderId}` and `GET /orders` show orders and their status.
+//! - A microservice on the orders queue applies `order_processed` `{"order": order}` events
+//!   (sent by the `billing` example) to the stored orders.
+//!
+//! Configured from the environment only:
+//!
+//! | variable | default |
+//! |---|---|
+//! | `RABBIT_MQ_URI` | `amqp://guest:guest@127.0.0.1:5672/%2f` |
+//! | `RABBIT_MQ_BILLING_QUEUE` | `BILLING` |
+//! | `RABBIT_MQ_ORDERS_QUEUE` | `ORDERS` |
+//! | `PORT` | `3000` |
+//! | `RUST_LOG` | `info` |
+//!
+//! ```text
+//! RABBIT_MQ_URI=amqp://guest:guest@127.0.0.1:5672/%2f cargo run --example orders
+//! cargo run --example billing   # in another terminal
+//! curl -si localhost:3000/orders -H 'content-type: application/json' \
+//!      -d '{"productName": "book", "price": 12.5, "buyer": "ada"}'
+//! ```
+//!
+//! Stops cleanly on Ctrl-C or SIGTERM: the HTTP server finishes its requests and the
+//! microservice drains its handlers.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rmq_bus::{ClientProxy, Microservice, RmqContext, RmqOptions, controller, event_pattern};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{RwLock, watch};
+use tracing_subscriber::EnvFilter;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where an order stands. `FAILED`: it could not be handed to billing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum OrderStatus {
+    Pending,
+    Processed,
+    CanceledFraud,
+    Failed,
+}
+
+/// An order, as stored, answered over HTTP and carried in events (camelCase on the wire).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Order {
+    order_id: String,
+    product_name: String,
+    price: f64,
+    buyer: String,
+    status: OrderStatus,
+}
+
+/// The body of `POST /orders`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewOrder {
+    product_name: String,
+    price: f64,
+    buyer: String,
+}
+
+impl NewOrder {
+    fn validate(&self) -> Result<(), String> {
+        if self.product_name.trim().is_empty() {
+            return Err("productName must not be empty".into());
+        }
+        if self.buyer.trim().is_empty() {
+            return Err("buyer must not be empty".into());
+        }
+        if !self.price.is_finite() || self.price < 0.0 {
+            return Err(format!(
+                "price must be a finite number >= 0, got {}",
+                self.price
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The data of `order_created`, as the NestJS billing service reads it: `@Payload('orderPayload')`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderCreated<'a> {
+    order_payload: &'a Order,
+}
+
+type Store = Arc<RwLock<HashMap<String, Order>>>;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+struct App {
+    store: Store,
+    billing: ClientProxy,
+}
+
+/// Handles the events billing sends back.
+struct OrdersController {
+    store: Store,
+}
+
+#[controller]
+impl OrdersController {
+    #[event_pattern("order_processed")]
+    async fn on_order_processed(
+        &self,
+        #[payload("order")] order: Order,
+        #[ctx] ctx: RmqContext,
+    ) -> rmq_bus::Result<()> {
+        let previous = self
+            .store
+            .write()
+            .await
+            .get_mut(&order.order_id)
+            .map(|stored| std::mem::replace(&mut stored.status, order.status));
+        match previous {
+            Some(previous) => {
+                if previous == OrderStatus::Failed {
+                    // The emit was not confirmed in time, yet the event did reach billing.
+                    tracing::warn!(order_id = %order.order_id, "billing processed an order reported as failed");
+                }
+                tracing::info!(order_id = %order.order_id, status = ?order.status, "order updated");
+                ctx.ack().await
+            }
+            None => {
+                // The store lives in memory, so this is an order from before a restart (or
+                // from elsewhere). Retrying cannot make it known, so requeueing would only
+                // loop; rejecting rather than acking dead-letters it where the queue has a
+                // dead-letter exchange, for an operator to look at.
+                tracing::warn!(order_id = %order.order_id, "order_processed for an unknown order; rejecting");
+                ctx.reject().await
+            }
+        }
+    }
+}
+
+/// A JSON error response, `{"error": message}`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    #[derive(Serialize)]
+    struct Body {
+        error: String,
+    }
+    let body = Body {
+        error: message.into(),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// A unique, UUID-shaped id: 64 bits of clock, then 64 bits mixing a process-wide counter with
+/// the randomly keyed std hasher. The counter makes ids unique within the process, the clock
+/// and random bits across processes; ids only need to be unique, not unguessable.
+fn new_order_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut hasher = RandomState::new().build_hasher();
+    (COUNTER.fetch_add(1, Ordering::Relaxed), std::process::id()).hash(&mut hasher);
+    let random = hasher.finish();
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        nanos >> 32,
+        (nanos >> 16) & 0xffff,
+        nanos & 0xffff,
+        random >> 48,
+        random & 0xffff_ffff_ffff
+    )
+}
+
+async fn create_order(
+    State(app): State<App>,
+    body: Result<Json<NewOrder>, JsonRejection>,
+) -> Response {
+    let new = match body {
+        Ok(Json(new)) => new,
+        // axum answers bad JSON in plain text; keep its status and message, as JSON.
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
+    if let Err(why) = new.validate() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, why);
+    }
+    let order = Order {
+        order_id: new_order_id(),
+        product_name: new.product_name,
+        price: new.price,
+        buyer: new.buyer,
+        status: OrderStatus::Pending,
+    };
+    // Stored before the emit: billing may answer before `emit` returns.
+    app.store
+        .write()
+        .await
+        .insert(order.order_id.clone(), order.clone());
+    let event = OrderCreated {
+        order_payload: &order,
+    };
+    match app.billing.emit("order_created", &event).await {
+        Ok(()) => {
+            tracing::info!(order_id = %order.order_id, price = order.price, "order created");
+            (StatusCode::CREATED, Json(order)).into_response()
+        }
+        Err(emit_error) => {
+            // Marked FAILED rather than removed: a confirm timeout means the event may still
+            // reach billing, and its `order_processed` should then find the order; a FAILED
+            // record also tells whoever got the 503 what became of their order.
+            if let Some(stored) = app.store.write().await.get_mut(&order.order_id) {
+                if stored.status == OrderStatus::Pending {
+                    stored.status = OrderStatus::Failed;
+                }
+            }
+            tracing::error!(order_id = %order.order_id, error = %emit_error, "order not sent to billing");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "order {} could not be sent to billing: {emit_error}",
+                    order.order_id
+                ),
+            )
+        }
+    }
+}
+
+async fn get_order(State(app): State<App>, Path(order_id): Path<String>) -> Response {
+    match app.store.read().await.get(&order_id) {
+        Some(order) => Json(order).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no order {order_id:?}")),
+    }
+}
+
+async fn list_orders(State(app): State<App>) -> Json<Vec<Order>> {
+    Json(app.store.read().await.values().cloned().collect())
+}
+
+fn port() -> Result<u16, BoxError> {
+    match std::env::var("PORT") {
+        Err(_) => Ok(3000),
+        Ok(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|_| format!("environment variable PORT={raw:?} is not a port number").into()),
+    }
+}
+
+async fn run() -> Result<(), BoxError> {
+    let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port()?));
+    let billing = ClientProxy::new(RmqOptions::from_env("BILLING")?);
+    // Connect now so that a wrong RABBIT_MQ_URI shows at start-up, not on the first order.
+    billing.connect().await?;
+    let store = Store::default();
+    let microservice = Microservice::new(RmqOptions::from_env("ORDERS")?).controller(
+        OrdersController {
+            store: store.clone(),
+        },
+    );
+    let app = Router::new()
+        .route("/orders", get(list_orders).post(create_order))
+        .route("/orders/{order_id}", get(get_order))
+        .with_state(App {
+            store,
+            billing: billing.clone(),
+        });
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address} (set PORT to a free port): {e}"))?;
+    tracing::info!("orders listening on http://{address}");
+
+    // `shutdown_signal` resolves once, but two servers wait for it: a watch channel fans it
+    // out. Either server stopping by itself (say, the broker connection is lost) stops the
+    // other too, so the process exits instead of running half-alive.
+    let (stop, stopped) = watch::channel(false);
+    let wait = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let signal = async {
+        tokio::select! {
+            () = rmq_bus::shutdown_signal() => {}
+            () = wait(stopped.clone()) => {}
+        }
+        let _ = stop.send(true);
+    };
+    let http = async {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(wait(stopped.clone()))
+            .await;
+        let _ = stop.send(true);
+        served.map_err(|e| BoxError::from(format!("HTTP server failed: {e}")))
+    };
+    let bus = async {
+        let ran = microservice.run_until(wait(stopped.clone())).await;
+        let _ = stop.send(true);
+        ran.map_err(BoxError::from)
+    };
+    let ((), served, ran) = tokio::join!(signal, http, bus);
+    billing.close().await;
+    served.and(ran)?;
+    tracing::info!("orders stopped");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `main` returning the error would print its Debug form; the Display form says
+            // what to fix.
+            eprintln!("orders: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! Behaviour against the real broker: round trip, settlement, concurrency, bad input, failures.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Broker, eventually, options, options_with_dlq, unique};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use rmq_bus::{AckMode, ClientProxy, Error, FailurePolicy, Microservice, Payload, RmqContext, Settlement};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct Order {
+    order_id: String,
+    price: f64,
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(WAIT, rx.recv()).await.expect("timed out waiting for a handler").expect("channel open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_reaches_the_handler_and_ack_removes_the_message() {
+    let broker = Broker::connect().await;
+    let queue = unique("roundtrip");
+    broker.forget_later(&queue);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = Microservice::new(options(&queue))
+        .on_event("order_created", move |Payload(data): Payload<Value>, ctx: RmqContext| {
+            let tx = tx.clone();
+            async move {
+                let delivery = ctx.delivery().clone();
+                ctx.ack().await?;
+                tx.send((data, ctx.pattern().to_owned(), delivery, ctx.settlement())).ok();
+                Ok::<_, Error>(())
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+
+    let client = ClientProxy::new(options(&queue));
+    let data = json!({"orderPayload": {"orderId": "o-1", "price": 12.5, "buyer": "zoë ✓"}});
+    client.emit("order_created", &data).await.expect("emit confirmed");
+
+    let (received, pattern, delivery, settled) = recv(&mut rx).await;
+    assert_eq!(received, data);
+    assert_eq!(pattern, "order_created");
+    assert_eq!(delivery.queue, queue);
+    assert_eq!(delivery.routing_key, queue);
+    assert_eq!(delivery.exchange, "");
+    assert!(!delivery.redelivered);
+    assert_eq!(delivery.properties.delivery_mode, Some(2), "persistent by default");
+    assert_eq!(settled, Some(Settlement::Ack));
+
+    service.shutdown().await.expect("clean shutdown");
+    assert_eq!(broker.ready(&queue).await, 0, "acked message must be gone");
+    client.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_writes_the_nestjs_packet() {
+    let broker = Broker::connect().await;
+    let queue = unique("wire");
+    broker.forget_later(&queue);
+    let client = ClientProxy::new(options(&queue));
+    client.emit("order_created", &json!({"orderPayload": {"a": 1}})).await.expect("emit");
+    assert_eq!(broker.wait_ready(&queue, 1).await, 1);
+    let messages = broker.drain(&queue).await;
+    let (body, properties) = &messages[0];
+    assert_eq!(String::from_utf8_lossy(body), r#"{"pattern":"order_created","data":{"orderPayload":{"a":1}}}"#);
+    assert_eq!(*properties.delivery_mode(), Some(2));
+    client.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_with_requeue_redelivers_with_the_flag_set() {
+    let broker = Broker::connect().await;
+    let queue = unique("nack");
+    broker.forget_later(&queue);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = Microservice::new(options(&queue))
+        .on_event("job", move |ctx: RmqContext| {
+            let tx = tx.clone();
+            async move {
+                // Report before settling: once nacked, the redelivery may run at once.
+                let redelivered = ctx.redelivered();
+                tx.send(redelivered).ok();
+                if redelivered { ctx.ack().await } else { ctx.nack(true).await }
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    let client = ClientProxy::new(options(&queue));
+    client.emit("job", &json!(1)).await.expect("emit");
+    assert!(!recv(&mut rx).await, "first delivery is not redelivered");
+    assert!(recv(&mut rx).await, "requeued delivery carries the redelivered flag");
+    service.shutdown().await.expect("shutdown");
+    assert_eq!(broker.ready(&queue).await, 0);
+    client.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_dead_letters_through_the_dlx() {
+    let broker = Broker::connect().await;
+    let (queue, dlq) = (unique("reject"), unique("reject-dlq"));
+    broker.declare(&dlq).await;
+    broker.forget_later(&queue);
+    let service = Microservice::new(options_with_dlq(&queue, &dlq))
+        .on_event("job", |ctx: RmqContext| async move { ctx.reject().await })
+        .start()
+        .await
+        .expect("start");
+    let client = ClientProxy::new(options_with_dlq(&queue, &dlq));
+    client.emit("job", &json!({"n": 7})).await.expect("emit");
+    assert_eq!(broker.wait_ready(&dlq, 1).await, 1, "rejected message is in the DLQ");
+    let dead = broker.drain(&dlq).await;
+    assert_eq!(String::from_utf8_lossy(&dead[0].0), r#"{"pattern":"job","data":{"n":7}}"#);
+    let reason = dead[0].1.headers().as_ref().and_then(|h| h.inner().get("x-first-death-reason").cloned());
+    assert_eq!(reason, Some(AMQPValue::LongString("rejected".into())));
+    service.shutdown().await.expect("shutdown");
+    client.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_run_concurrently_within_the_prefetch_window() {
+    const N: usize = 8;
+    let broker = Broker::connect().await;
+    let queue = unique("concurrent");
+    broker.forget_later(&queue);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    // Every handler waits until all N are running at once: one at a time, this never completes.
+    let barrier = Arc::new(tokio::sync::Barrier::new(N));
+    let done = Arc::new(AtomicUsize::new(0));
+    let (flight, top, gate, finished) = (in_flight.clone(), peak.clone(), barrier.clone(), done.clone());
+    let service = Microservice::new(options(&queue).prefetch(N as u16))
+        .on_event("slow", move |ctx: RmqContext| {
+            let (flight, top, gate, finished) = (flight.clone(), top.clone(), gate.clone(), finished.clone());
+            async move {
+                let now = flight.fetch_add(1, Ordering::SeqCst) + 1;
+                top.fetch_max(now, Ordering::SeqCst);
+                gate.wait().await;
+                flight.fetch_sub(1, Ordering::SeqCst);
+                ctx.ack().await?;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Error>(())
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    let client = ClientProxy::new(options(&queue));
+    for i in 0..N {
+        client.emit("slow", &i).await.expect("emit");
+    }
+    eventually("all handlers met at the barrier", || done.load(Ordering::SeqCst) == N).await;
+    assert_eq!(peak.load(Ordering::SeqCst), N);
+    service.shutdown().await.expect("shutdown");
+    client.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_dead_lettered_and_the_consumer_keeps_serving() {
+    let broker = Broker::connect().await;
+    let (queue, dlq) = (unique("bad"), unique("bad-dlq"));
+    broker.declare(&dlq).await;
+    broker.forget_later(&queue);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // A prefetch of 1: if any bad message stayed unacked, the good one behind it would never arrive.
+    let service = Microservice::new(options_with_dlq(&queue, &dlq).prefetch(1).max_message_bytes(1024))
+        .on_event("order_created", move |order: Payload<Order>, ctx: RmqContext| {
+            let tx = tx.clone();
+            async move {
+                ctx.ack().await?;
+                tx.send(order.0).ok();
+                Ok::<_, Error>(())
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    let oversize = format!(r#"{{"pattern":"order_created","data":"{}"}}"#, "x".repeat(2000));
+    let bad: Vec<&[u8]> = vec![
+        b"not json at all",
+        b"\xff\xfe\x00binary",
+        b"",
+        b"[1,2,3]",
+        br#"{"data":{"orderId":"a","price":1}}"#,
+        br#"{"pattern":null,"data":{}}"#,
+        br#"{"pattern":["x"],"data":{}}"#,
+        br#"{"pattern":"no_such_pattern","data":{}}"#,
+        br#"{"pattern":"order_created","data":{"orderId":"a"}}"#,
+        br#"{"pattern":"order_created","data":{"orderId":"a","price":"ten"}}"#,
+        br#"{"pattern":"order_created","data":"just a string"}"#,
+        br#"{"pattern":"order_created"}"#,
+        oversize.as_bytes(),
+    ];
+    let client = ClientProxy::new(options_with_dlq(&queue, &dlq));
+    client.connect().await.expect("connect");
+    for body in &bad {
+        broker.publish_raw(&queue, body).await;
+    }
+    client.emit("order_created", &json!({"orderId": "good", "price": 3.0})).await.expect("emit");
+    assert_eq!(recv(&mut rx).await, Order { order_id: "good".into(), price: 3.0 });
+    assert_eq!(broker.wait_ready(&dlq, bad.len() as u32).await, bad.len() as u32, "every bad message is dead-lettered");
+    let dead: Vec<Vec<u8>> = broker.drain(&dlq).await.into_iter().map(|(body, _)| body).collect();
+    let expected: Vec<Vec<u8>> = bad.iter().map(|b| b.to_vec()).collect();
+    assert_eq!(dead, expected, "dead-lettered untouched and in order");
+    assert_eq!(broker.ready(&queue).await, 0);
+    service.shutdown().await.expect("shutdown");
+    client.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_and_panicking_handlers_are_requeued_once_then_dead_lettered() {
+    let broker = Broker::connect().await;
+    let (queue, dlq) = (unique("fail"), unique("fail-dlq"));
+    broker.declare(&dlq).await;
+    broker.forget_later(&queue);
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let counter = attempts.clone();
+    let service = Microservice::new(options_with_dlq(&queue, &dlq).prefetch(1))
+        .on_event("fails", move |ctx: RmqContext| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(format!("cannot bill (redelivered: {})", ctx.redelivered()))
+            }
+        })
+        .on_event("panics", |Payload(n): Payload<u32>| async move {
+            if n < 100 {
+                panic!("handler bug {n}");
+            }
+        })
+        .on_event("ok", move |Payload(n): Payload<u32>| {
+            let tx = tx.clone();
+            async move {
+                tx.send(n).ok();
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    let client = ClientProxy::new(options_with_dlq(&queue, &dlq));
+    client.emit("fails", &1).await.expect("emit");
+    client.emit("panics", &2).await.expect("emit");
+    client.emit("ok", &3).await.expect("emit");
+    assert_eq!(recv(&mut rx).await, 3, "the consumer survives failures and panics");
+    assert_eq!(broker.wait_ready(&dlq, 2).await, 2, "both end in the DLQ after one requeue");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2, "a failing handler runs twice: first delivery, one requeue");
+    assert_eq!(broker.ready(&queue).await, 0);
+    service.shutdown().await.expect("shutdown");
+    client.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_policy_skips_the_requeue() {
+    let broker = Broker::connect().await;
+    let (queue, dlq) = (unique("deadletter"), unique("deadletter-dlq"));
+    broker.declare(&dlq).await;
+    broker.forget_later(&queue);
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = attempts.clone();
+    let service = Microservice::new(options_with_dlq(&queue, &dlq).failure_policy(FailurePolicy::DeadLetter))
+        .on_event("fails", move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>("always")
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    let client = ClientProxy::new(options_with_dlq(&queue, &dlq));
+    client.emit("fails", &()).await.expect("emit");
+    assert_eq!(broker.wait_ready(&dlq, 1).await, 1);
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    service.shutdown().await.expect("shutdown");
+    client.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_twice_is_an_error_value_and_unsettled_success_is_acked() {
+    let broker = Broker::connect().await;
+    let queue = unique("twice");
+    broker.forget_later(&queue);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = Microservice::new(options(&queue))
+        .on_event("twice", move |ctx: RmqContext| {
+            let tx = tx.clone();
+            async move {
+                let first = ctx.ack().await;
+                let second = ctx.nack(true).await;
+                let third = ctx.reject().await;
+                tx.send(format!("{first:?} | {second:?} | {third:?}")).ok();
+            }
+        })
+        .on_event("forgets", |_: Payload<Value>| async {})
+        .start()
+        .await
+        .expect("start");
+    let client = ClientProxy::new(options(&queue));
+    client.emit("twice", &()).await.expect("emit");
+    let seen = recv(&mut rx).await;
+    assert_eq!(seen, "Ok(()) | Err(AlreadySettled { previous: Ack }) | Err(AlreadySettled { previous: Ack })");
+    client.emit("forgets", &json!({})).await.expect("emit");
+    service.shutdown().await.expect("shutdown");
+    assert_eq!(broker.ready(&queue).await, 0, "a handler that forgot to ack has its message acked");
+    client.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_kept_past_the_handler_settles_it_later() {
+    let broker = Broker::connect().await;
+    let queue = unique("deferred");
+    broker.forget_later(&queue);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = Microservice::new(options(&queue))
+        .on_event("later", move |ctx: RmqContext| {
+            let tx = tx.clone();
+            async move {
+                // Hand the context to another task; the handler returns before it is settled.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let redelivered = ctx.redelivered();
+                    let result = if redelivered { ctx.ack().await } else { ctx.nack(true).await };
+                    tx.send((redelivered, result.is_ok())).ok();
+                });
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    let client = ClientProxy::new(options(&queue));
+    client.emit("later", &()).await.expect("emit");
+    assert_eq!(recv(&mut rx).await, (false, true), "deferred nack was not pre-empted by an automatic ack");
+    assert_eq!(recv(&mut rx).await, (true, true));
+    service.shutdown().await.expect("shutdown");
+    assert_eq!(broker.ready(&queue).await, 0);
+    client.close().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ack_mode_and_after_handler_mode() {
+    let broker = Broker::connect().await;
+    let (queue_a, queue_b) = (unique("noack"), unique("after"));
+    broker.forget_later(&queue_a);
+    broker.forget_later(&queue_b);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = Microservice::new(options(&queue_a).ack_mode(AckMode::NoAck))
+        .queue(options(&queue_b).ack_mode(AckMode::AfterHandler))
+        .on_event("hello", move |ctx: RmqContext| {
+            let tx = tx.clone();
+            async move {
+                let ack = ctx.ack().await;
+                tx.send((ctx.delivery().queue.clone(), ack.is_ok())).ok();
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    ClientProxy::new(options(&queue_a)).emit("hello", &()).await.expect("emit a");
+    let (queue, acked) = recv(&mut rx).await;
+    assert_eq!((queue.as_str(), acked), (queue_a.as_str(), false), "NoAck: the broker already settled it");
+    ClientProxy::new(options(&queue_b)).emit("hello", &()).await.expect("emit b");
+    let (queue, acked) = recv(&mut rx).await;
+    assert_eq!((queue.as_str(), acked), (queue_b.as_str(), true), "AfterHandler still lets the handler settle");
+    service.shutdown().await.expect("shutdown");
+    assert_eq!(broker.ready(&queue_a).await + broker.ready(&queue_b).await, 0);
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_and_properties_reach_the_context() {
+    let broker = Broker::connect().await;
+    let queue = unique("props");
+    broker.declare(&queue).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut options = options(&queue);
+    options = options.no_assert(true);
+    let service = Microservice::new(options)
+        .on_event("p", move |ctx: RmqContext| {
+            let tx = tx.clone();
+            async move {
+                tx.send(ctx.properties().clone()).ok();
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    let mut headers = FieldTable::default();
+    headers.insert("tenant".into(), AMQPValue::LongString("acme".into()));
+    headers.insert("attempt".into(), AMQPValue::LongInt(3));
+    let properties = BasicProperties::default().with_correlation_id("c-42".into()).with_headers(headers);
+    broker.publish_with(&queue, br#"{"pattern":"p","data":null}"#, properties).await;
+    let seen = recv(&mut rx).await;
+    assert_eq!(seen.correlation_id.as_deref(), Some("c-42"));
+    assert_eq!(seen.headers.get("tenant"), Some(&json!("acme")));
+    assert_eq!(seen.headers.get("attempt"), Some(&json!(3)));
+    service.shutdown().await.expect("shutdown");
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_say_what_happened() {
+    let broker = Broker::connect().await;
+    let missing = unique("missing");
+    let unroutable = ClientProxy::new(options(&missing).no_assert(true));
+    match unroutable.emit("x", &1).await {
+        Err(Error::Unroutable { routing_key }) => assert_eq!(routing_key, missing),
+        other => panic!("expected Unroutable, got {other:?}"),
+    }
+    unroutable.close().await;
+
+    let refused = ClientProxy::new(rmq_bus::RmqOptions::new("q").uri("amqp://guest:s3cret@127.0.0.1:1/%2f"));
+    match refused.emit("x", &1).await {
+        Err(error @ Error::Connect { .. }) => {
+            let text = error.to_string();
+            assert!(text.contains("127.0.0.1:1") && !text.contains("s3cret"), "{text}");
+        }
+        other => panic!("expected Connect, got {other:?}"),
+    }
+
+    let queue = unique("mismatch");
+    broker.declare(&queue).await; // durable with x-expires
+    let mismatched = ClientProxy::new(options(&queue).durable(false));
+    match mismatched.connect().await {
+        Err(error @ Error::Declare { .. }) => {
+            let text = error.to_string();
+            assert!(text.contains(&queue) && text.contains("no_assert"), "{text}");
+        }
+        other => panic!("expected Declare, got {other:?}"),
+    }
+    let service = Microservice::new(options(&queue).durable(false)).start().await;
+    assert!(matches!(service, Err(Error::Declare { .. })), "{service:?}");
+
+    let big = ClientProxy::new(options(&queue).max_message_bytes(10));
+    assert!(matches!(big.emit("x", &"0123456789").await, Err(Error::TooLarge { max: 10, .. })));
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_patterns_are_refused_at_start() {
+    let queue = unique("dup");
+    let result = Microservice::new(options(&queue))
+        .on_event("a", || async {})
+        .on_event("a", || async {})
+        .start()
+        .await;
+    assert!(matches!(result, Err(Error::DuplicatePattern(ref p)) if p == "a"), "{result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reconnects_after_its_connection_is_closed() {
+    let broker = Broker::connect().await;
+    let queue = unique("reconnect");
+    broker.forget_later(&queue);
+    let client = ClientProxy::new(options(&queue));
+    client.emit("a", &1).await.expect("first emit");
+    client.close().await;
+    client.emit("a", &2).await.expect("emit after close opens a new connection");
+    assert_eq!(broker.wait_ready(&queue, 2).await, 2);
+    client.close().await;
+    broker.cleanup().await;
+}
