@@ -41,7 +41,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use rmq_bus::{ClientProxy, Microservice, RmqContext, RmqOptions, controller, event_pattern};
+use rmq_bus::{ClientProxy, Microservice, RmqContext, RmqOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, watch};
 use tracing_subscriber::EnvFilter;
@@ -117,13 +117,11 @@ struct OrdersController {
     store: Store,
 }
 
-#[controller]
 impl OrdersController {
-    #[event_pattern("order_processed")]
     async fn on_order_processed(
         &self,
-        #[payload("order")] order: Order,
-        #[ctx] ctx: RmqContext,
+        order: Order,
+        ctx: RmqContext,
     ) -> rmq_bus::Result<()> {
         let previous = self
             .store
@@ -327,5 +325,18 @@ async fn main() -> ExitCode {
             eprintln!("orders: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+impl rmq_bus::Controller for OrdersController {
+    fn routes(self: Arc<Self>) -> Vec<rmq_bus::Route> {
+        vec![rmq_bus::Route::event("order_processed", move |message| {
+            let this = self.clone();
+            async move {
+                let a = rmq_bus::__private::payload_field(&message, "order")?;
+                let c = rmq_bus::__private::context(&message);
+                drop(message);
+                rmq_bus::IntoHandlerResult::into_handler_result(this.on_order_processed(a, c).await)
+            }
+        })]
     }
 }

@@ -133,6 +133,17 @@ pub enum Error {
         attempted: Settlement,
     },
 
+    /// A consumer stopped receiving: its channel or connection closed, or the broker cancelled it.
+    #[error(
+        "the consumer of queue {queue:?} stopped: {reason}; its unsettled messages return to the queue. Restart the service (or let your supervisor do it)"
+    )]
+    ConsumerStopped {
+        /// The queue.
+        queue: String,
+        /// What stopped it.
+        reason: String,
+    },
+
     /// The same pattern was registered for two handlers.
     #[error("pattern {0:?} has two handlers; each pattern routes to exactly one handler")]
     DuplicatePattern(String),

@@ -251,6 +251,10 @@ impl QueueConsumer {
         })
     }
 
+    fn stop_error(&self, reason: String) -> Error {
+        Error::ConsumerStopped { queue: self.queue.clone(), reason }
+    }
+
     /// Feeds deliveries to handler tasks, at most `prefetch` at once, until told to stop or the
     /// channel dies; then drains.
     async fn run(
@@ -281,17 +285,15 @@ impl QueueConsumer {
                         drop(permit);
                     });
                 }
-                Some(Err(error)) => break Err(Error::from_lapin("consuming", error)),
-                None => {
-                    break Err(Error::Config(format!(
-                        "the broker cancelled the consumer of queue {:?} (was it deleted?)",
-                        self.queue
-                    )));
+                Some(Err(error)) => break Err(self.stop_error(error.to_string())),
+                None if self.channel.status().connected() => {
+                    break Err(self.stop_error("the broker cancelled the consumer (was the queue deleted?)".into()));
                 }
+                None => break Err(self.stop_error("its channel closed".into())),
             }
         };
-        if ended.is_err() {
-            tracing::error!(queue = %self.queue, "consumer stopped; draining in-flight handlers");
+        if let Err(error) = &ended {
+            tracing::error!(%error, "consumer stopped; draining in-flight handlers");
         }
         let _ = self
             .channel

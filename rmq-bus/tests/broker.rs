@@ -485,3 +485,38 @@ async fn the_client_reconnects_after_its_connection_is_closed() {
     client.close().await;
     broker.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_after_the_channel_died_is_an_error_and_the_message_returns() {
+    let broker = Broker::connect().await;
+    let queue = unique("dead-channel");
+    broker.forget_later(&queue);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = Microservice::new(options(&queue))
+        .on_event("x", move |ctx: RmqContext| {
+            let tx = tx.clone();
+            async move {
+                // The escape hatch reaches the raw channel; closing it kills the delivery's channel.
+                if let Some(channel) = ctx.channel() {
+                    let _ = channel.close(200, "test closes it".into()).await;
+                }
+                tx.send(ctx.ack().await).ok();
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    let client = ClientProxy::new(options(&queue));
+    client.emit("x", &()).await.expect("emit");
+    match recv(&mut rx).await {
+        Err(error @ Error::ChannelClosed { attempted: Settlement::Ack }) => {
+            assert!(error.to_string().contains("delivered again"), "{error}")
+        }
+        other => panic!("expected ChannelClosed, got {other:?}"),
+    }
+    assert_eq!(broker.wait_ready(&queue, 1).await, 1, "the unsettled message is back in the queue");
+    let stopped = service.shutdown().await;
+    assert!(matches!(stopped, Err(Error::ConsumerStopped { .. })), "{stopped:?}");
+    client.close().await;
+    broker.cleanup().await;
+}
