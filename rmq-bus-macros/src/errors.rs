@@ -15,6 +15,13 @@ impl Errors {
         }
     }
 
+    /// Records the errors of `other`.
+    pub(crate) fn append(&mut self, other: Errors) {
+        if let Some(error) = other.0 {
+            self.push(error);
+        }
+    }
+
     /// Records the error of `result`, if any, and returns its value.
     pub(crate) fn check<T>(&mut self, result: syn::Result<T>) -> Option<T> {
         result.map_err(|error| self.push(error)).ok()

@@ -125,3 +125,8 @@ pub mod __private {
         T::from_message(message)
     }
 }
+
+/// Compiles the README's Rust snippets as doctests, so the quick start cannot rot.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

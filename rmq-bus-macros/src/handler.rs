@@ -1,0 +1,276 @@
+//! A handler function: checking its signature, extracting its arguments, and the route that calls
+//! it. Also `#[event_pattern]` on a free `async fn`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Attribute, FnArg, Ident, Item, LitStr, ReturnType, Signature, Type};
+
+use crate::args::{ArgSource, PatternArg, take_arg_source};
+use crate::errors::Errors;
+
+/// Where a handler is declared, which decides the receiver it must take.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A free function: no receiver.
+    Free,
+    /// A method of a `#[controller]` impl block: `&self`.
+    Method,
+}
+
+/// A handler argument: its type and where its value comes from.
+pub(crate) struct Arg {
+    ty: Type,
+    source: ArgSource,
+}
+
+/// A handler whose signature passed the checks.
+pub(crate) struct Handler {
+    /// The function's name.
+    pub(crate) ident: Ident,
+    /// The event pattern routed to it.
+    pub(crate) pattern: LitStr,
+    args: Vec<Arg>,
+    /// Where a wrong return type is reported.
+    output_span: Span,
+}
+
+/// Checks a handler's signature, recording every problem in `errors`, and removes the
+/// argument attributes (even wrong ones, so that rustc does not report them again).
+/// Returns `None` if the signature cannot be a handler.
+pub(crate) fn analyze(
+    sig: &mut Signature,
+    pattern: Option<LitStr>,
+    kind: Kind,
+    errors: &mut Errors,
+) -> Option<Handler> {
+    // This signature's own errors, to tell whether it can be a handler.
+    let mut own = Errors::default();
+    if let Some(unsafety) = &sig.unsafety {
+        own.push(syn::Error::new_spanned(
+            unsafety,
+            "event handlers cannot be `unsafe fn`; remove `unsafe`",
+        ));
+    }
+    if sig.asyncness.is_none() {
+        own.push(syn::Error::new_spanned(
+            sig.fn_token,
+            "event handlers must be `async fn`; add `async`",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        own.push(syn::Error::new_spanned(
+            &sig.generics,
+            "event handlers cannot have generic parameters: each argument is extracted by its \
+             concrete type; remove the generics",
+        ));
+    }
+    if let Some(error) = check_receiver(sig, kind) {
+        own.push(error);
+    }
+
+    let mut args = Vec::new();
+    for input in &mut sig.inputs {
+        let FnArg::Typed(arg) = input else { continue };
+        let source = take_arg_source(&mut arg.attrs, &mut own);
+        if let Type::ImplTrait(impl_trait) = &*arg.ty {
+            own.push(syn::Error::new_spanned(
+                impl_trait,
+                "event handler arguments need a concrete type, not `impl Trait`",
+            ));
+        }
+        args.push(Arg {
+            ty: (*arg.ty).clone(),
+            source,
+        });
+    }
+
+    let output_span = match &sig.output {
+        ReturnType::Default => sig.ident.span(),
+        ReturnType::Type(_, ty) => ty.span(),
+    };
+    let valid = own.is_empty();
+    errors.append(own);
+    Some(Handler {
+        ident: sig.ident.clone(),
+        pattern: pattern.filter(|_| valid)?,
+        args,
+        output_span,
+    })
+}
+
+/// The receiver error for a handler of `kind`, if its receiver is wrong.
+fn check_receiver(sig: &Signature, kind: Kind) -> Option<syn::Error> {
+    let receiver = sig.receiver();
+    match (kind, receiver) {
+        (Kind::Free, None) => None,
+        (Kind::Free, Some(_)) => Some(syn::Error::new(
+            Span::call_site(),
+            "`#[event_pattern]` on a method needs `#[controller]` on its impl block",
+        )),
+        (Kind::Method, None) => Some(syn::Error::new_spanned(
+            &sig.ident,
+            "a handler method of a `#[controller]` takes `&self`; add `&self`, or move the \
+             function out of the impl block as a free `#[event_pattern]` fn",
+        )),
+        (Kind::Method, Some(receiver)) => {
+            let shared = match &*receiver.ty {
+                Type::Reference(reference) => {
+                    reference.mutability.is_none()
+                        && matches!(&*reference.elem, Type::Path(path) if path.qself.is_none() && path.path.is_ident("Self"))
+                }
+                _ => false,
+            };
+            (!shared).then(|| {
+                syn::Error::new_spanned(
+                    receiver,
+                    "a controller is shared through an `Arc` by handlers running concurrently, \
+                     so its handler methods cannot take `self` by value or `&mut self`; take \
+                     `&self` (and keep mutable state behind a `Mutex`)",
+                )
+            })
+        }
+    }
+}
+
+impl Handler {
+    /// The route of a free function: `Route::event(pattern, |message| async move { ... })`.
+    pub(crate) fn free_route(&self) -> TokenStream {
+        let pattern = &self.pattern;
+        let ident = &self.ident;
+        let future = self.future(quote!(#ident), None);
+        quote! {
+            ::rmq_bus::__private::Route::event(
+                #pattern,
+                |__rmq_message: ::rmq_bus::__private::Message| #future,
+            )
+        }
+    }
+
+    /// The route of a controller method, calling it on a clone of `self: Arc<Self>`.
+    pub(crate) fn method_route(&self) -> TokenStream {
+        let pattern = &self.pattern;
+        let ident = &self.ident;
+        let future = self.future(quote!(Self::#ident), Some(quote!(&*__rmq_this)));
+        quote! {
+            {
+                let __rmq_this = ::core::clone::Clone::clone(&self);
+                ::rmq_bus::__private::Route::event(
+                    #pattern,
+                    move |__rmq_message: ::rmq_bus::__private::Message| {
+                        let __rmq_this = ::core::clone::Clone::clone(&__rmq_this);
+                        #future
+                    },
+                )
+            }
+        }
+    }
+
+    /// The future handling one message: extracts the arguments, drops the message (so that no
+    /// clone of its context outlives the handler), then calls and interprets the result.
+    fn future(&self, callee: TokenStream, receiver: Option<TokenStream>) -> TokenStream {
+        let bindings: Vec<Ident> = (0..self.args.len())
+            .map(|i| format_ident!("__rmq_arg{}", i))
+            .collect();
+        let extractions = self.args.iter().zip(&bindings).map(|(arg, binding)| {
+            let ty = &arg.ty;
+            // Spanned at the type, so that a type that does not fit is reported there.
+            let value = match &arg.source {
+                ArgSource::Payload => quote_spanned! {ty.span()=>
+                    ::rmq_bus::__private::payload::<#ty>(&__rmq_message)?
+                },
+                ArgSource::PayloadField(key) => quote_spanned! {ty.span()=>
+                    ::rmq_bus::__private::payload_field::<#ty>(&__rmq_message, #key)?
+                },
+                ArgSource::Context => quote_spanned! {ty.span()=>
+                    ::rmq_bus::__private::context(&__rmq_message)
+                },
+                ArgSource::Extract => quote_spanned! {ty.span()=>
+                    ::rmq_bus::__private::extract::<#ty>(&__rmq_message)?
+                },
+            };
+            quote!(let #binding: #ty = #value;)
+        });
+        let into_result = quote_spanned! {self.output_span=>
+            ::rmq_bus::__private::IntoHandlerResult::into_handler_result
+        };
+        let receiver = receiver.map(|receiver| quote!(#receiver,));
+        quote! {
+            async move {
+                #(#extractions)*
+                ::core::mem::drop(__rmq_message);
+                #into_result(#callee(#receiver #(#bindings),*).await)
+            }
+        }
+    }
+}
+
+/// The `#[cfg]` attributes of an item, repeated on what is generated for it.
+pub(crate) fn cfg_attributes(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
+    attrs.iter().filter(|attr| attr.path().is_ident("cfg"))
+}
+
+/// `#[event_pattern("p")]` on a free `async fn`: the function, plus a type of its name
+/// implementing `HandlerFn`.
+pub(crate) fn expand_free(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let pattern = errors.check(syn::parse2::<PatternArg>(args));
+    let mut func = match syn::parse2::<Item>(item.clone()) {
+        Ok(Item::Fn(func)) => func,
+        Ok(_) => {
+            errors.push(syn::Error::new(
+                Span::call_site(),
+                "`#[event_pattern]` goes on an `async fn`, or on a method of a `#[controller]` \
+                 impl block",
+            ));
+            let errors = errors.into_compile_error();
+            return quote!(#item #errors);
+        }
+        Err(error) => {
+            errors.push(error);
+            let errors = errors.into_compile_error();
+            return quote!(#item #errors);
+        }
+    };
+
+    let is_method = func.sig.receiver().is_some();
+    let handler = analyze(
+        &mut func.sig,
+        pattern.map(|pattern| pattern.lit),
+        Kind::Free,
+        &mut errors,
+    );
+    if is_method {
+        // Inside an impl block: a struct cannot go there, emit only the method.
+        let errors = errors.into_compile_error();
+        return quote!(#func #errors);
+    }
+
+    // Even when the handler is wrong, the type is emitted so that `.handler::<name>()`
+    // elsewhere reports nothing more.
+    let route = match &handler {
+        Some(handler) => handler.free_route(),
+        None => quote!(::core::unreachable!("rmq-bus: this handler did not compile")),
+    };
+    let cfgs: Vec<&Attribute> = cfg_attributes(&func.attrs).collect();
+    let vis = &func.vis;
+    let ident = &func.sig.ident;
+    let errors = errors.into_compile_error();
+    quote! {
+        #func
+
+        #(#cfgs)*
+        #[allow(non_camel_case_types)]
+        #[doc(hidden)]
+        #vis struct #ident {}
+
+        #(#cfgs)*
+        impl ::rmq_bus::__private::HandlerFn for #ident {
+            fn route() -> ::rmq_bus::__private::Route {
+                #route
+            }
+        }
+
+        #errors
+    }
+}
