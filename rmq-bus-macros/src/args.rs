@@ -1,7 +1,7 @@
 //! Attribute arguments: the pattern of `#[event_pattern(...)]` and the source of a handler
 //! argument (`#[payload]`, `#[payload("key")]`, `#[ctx]`).
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use syn::parse::{Parse, ParseStream};
 use syn::{Attribute, LitStr, Meta, Token};
 
@@ -19,7 +19,8 @@ const MISSING_PATTERN: &str =
 impl Parse for PatternArg {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         if input.is_empty() {
-            return Err(input.error(MISSING_PATTERN));
+            // Only at the top of `#[event_pattern]`'s own arguments: the attribute is the span.
+            return Err(syn::Error::new(Span::call_site(), MISSING_PATTERN));
         }
         let lookahead = input.lookahead1();
         if !lookahead.peek(LitStr) {

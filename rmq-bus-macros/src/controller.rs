@@ -7,7 +7,7 @@ use syn::{Attribute, FnArg, ImplItem, ImplItemFn, Item, ItemImpl, Path};
 
 use crate::args::{PatternArg, is_arg_attribute};
 use crate::errors::Errors;
-use crate::handler::{Handler, Kind, analyze, cfg_attributes};
+use crate::handler::{Handler, Kind, analyze, cfg_attributes, use_marker};
 
 /// Expands `#[controller]`: the impl block without the rmq attributes, plus the `Controller`
 /// impl routing each handler method.
@@ -38,7 +38,10 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
 
-    let handlers = handlers(&mut block, &mut errors);
+    let mut markers = Vec::new();
+    let handlers = handlers(&mut block, &mut markers, &mut errors);
+    // The `#[event_pattern]`s removed still count as uses of the user's import.
+    let markers = markers.iter().map(use_marker);
     if let Some((_, trait_path, _)) = &block.trait_ {
         errors.push(syn::Error::new_spanned(
             trait_path,
@@ -46,7 +49,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
              methods in `impl MyController { ... }`",
         ));
         let errors = errors.into_compile_error();
-        return quote!(#block #errors);
+        return quote!(#block #(#markers)* #errors);
     }
 
     // Even with errors, the impl is emitted (with the valid handlers) so that
@@ -77,17 +80,22 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             }
         }
 
+        #(#markers)*
         #errors
     }
 }
 
 /// The handler methods of `block`, with their `#[cfg]`s, in declaration order. Removes the rmq
-/// attributes from every method.
-fn handlers(block: &mut ItemImpl, errors: &mut Errors) -> Vec<(Handler, Vec<Attribute>)> {
+/// attributes from every method, adding the paths of the `#[event_pattern]`s to `markers`.
+fn handlers(
+    block: &mut ItemImpl,
+    markers: &mut Vec<Path>,
+    errors: &mut Errors,
+) -> Vec<(Handler, Vec<Attribute>)> {
     let mut handlers: Vec<(Handler, Vec<Attribute>)> = Vec::new();
     for item in &mut block.items {
         let ImplItem::Fn(method) = item else { continue };
-        let Some(handler) = handler(method, errors) else {
+        let Some(handler) = handler(method, markers, errors) else {
             continue;
         };
         let duplicate = handlers
@@ -112,14 +120,18 @@ fn handlers(block: &mut ItemImpl, errors: &mut Errors) -> Vec<(Handler, Vec<Attr
 }
 
 /// The handler of `method`, if it is marked `#[event_pattern]` and valid. Removes the
-/// `#[event_pattern]` attributes and those of its arguments.
-fn handler(method: &mut ImplItemFn, errors: &mut Errors) -> Option<Handler> {
-    let (markers, attrs) = std::mem::take(&mut method.attrs)
+/// `#[event_pattern]` attributes (adding their paths to `markers`) and those of its arguments.
+fn handler(
+    method: &mut ImplItemFn,
+    markers: &mut Vec<Path>,
+    errors: &mut Errors,
+) -> Option<Handler> {
+    let (patterns, attrs) = std::mem::take(&mut method.attrs)
         .into_iter()
         .partition::<Vec<_>, _>(|attr| is_event_pattern(attr.path()));
     method.attrs = attrs;
 
-    let Some((first, extra)) = markers.split_first() else {
+    let Some((first, extra)) = patterns.split_first() else {
         // Not a handler: argument attributes would mean a forgotten `#[event_pattern]`.
         for input in &mut method.sig.inputs {
             let FnArg::Typed(arg) = input else { continue };
@@ -133,6 +145,7 @@ fn handler(method: &mut ImplItemFn, errors: &mut Errors) -> Option<Handler> {
         }
         return None;
     };
+    markers.push(first.path().clone());
     for extra in extra {
         errors.push(syn::Error::new_spanned(
             extra,

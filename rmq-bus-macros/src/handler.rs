@@ -4,7 +4,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Attribute, FnArg, Ident, Item, LitStr, ReturnType, Signature, Type};
+use syn::{Attribute, FnArg, Ident, Item, LitStr, Path, ReturnType, Signature, Type};
 
 use crate::args::{ArgSource, PatternArg, take_arg_source};
 use crate::errors::Errors;
@@ -114,30 +114,34 @@ fn check_receiver(sig: &Signature, kind: Kind) -> Option<syn::Error> {
              function out of the impl block as a free `#[event_pattern]` fn",
         )),
         (Kind::Method, Some(receiver)) => {
-            let shared = match &*receiver.ty {
-                Type::Reference(reference) => {
-                    reference.mutability.is_none()
-                        && matches!(&*reference.elem, Type::Path(path) if path.qself.is_none() && path.path.is_ident("Self"))
+            const SHARED: &str = "a controller is shared through an `Arc` by handlers running \
+                                  concurrently";
+            let message = match &*receiver.ty {
+                Type::Reference(reference) if reference.mutability.is_some() => format!(
+                    "handler methods cannot take `&mut self`: {SHARED}; take `&self` and keep \
+                     mutable state behind a `Mutex` or an atomic"
+                ),
+                Type::Reference(reference) if is_self(&reference.elem) => return None,
+                _ if receiver.reference.is_none() && receiver.colon_token.is_none() => {
+                    format!("handler methods cannot take `self` by value: {SHARED}; take `&self`")
                 }
-                _ => false,
+                _ => format!("handler methods take `&self`: {SHARED}; take `&self`"),
             };
-            (!shared).then(|| {
-                syn::Error::new_spanned(
-                    receiver,
-                    "a controller is shared through an `Arc` by handlers running concurrently, \
-                     so its handler methods cannot take `self` by value or `&mut self`; take \
-                     `&self` (and keep mutable state behind a `Mutex`)",
-                )
-            })
+            Some(syn::Error::new_spanned(receiver, message))
         }
     }
+}
+
+/// Whether `ty` is `Self`.
+fn is_self(ty: &Type) -> bool {
+    matches!(ty, Type::Path(path) if path.qself.is_none() && path.path.is_ident("Self"))
 }
 
 impl Handler {
     /// The route of a free function: `Route::event(pattern, |message| async move { ... })`.
     pub(crate) fn free_route(&self) -> TokenStream {
         let pattern = &self.pattern;
-        let ident = &self.ident;
+        let ident = self.spanned_ident();
         let future = self.future(quote!(#ident), None);
         quote! {
             ::rmq_bus::__private::Route::event(
@@ -150,8 +154,11 @@ impl Handler {
     /// The route of a controller method, calling it on a clone of `self: Arc<Self>`.
     pub(crate) fn method_route(&self) -> TokenStream {
         let pattern = &self.pattern;
-        let ident = &self.ident;
-        let future = self.future(quote!(Self::#ident), Some(quote!(&*__rmq_this)));
+        let ident = self.spanned_ident();
+        let future = self.future(
+            quote_spanned!(self.output_span=> Self::#ident),
+            Some(quote!(&*__rmq_this)),
+        );
         quote! {
             {
                 let __rmq_this = ::core::clone::Clone::clone(&self);
@@ -164,6 +171,13 @@ impl Handler {
                 )
             }
         }
+    }
+
+    /// The function's name, spanned at its return type like the rest of the call.
+    fn spanned_ident(&self) -> Ident {
+        let mut ident = self.ident.clone();
+        ident.set_span(self.output_span);
+        ident
     }
 
     /// The future handling one message: extracts the arguments, drops the message (so that no
@@ -191,15 +205,18 @@ impl Handler {
             };
             quote!(let #binding: #ty = #value;)
         });
-        let into_result = quote_spanned! {self.output_span=>
-            ::rmq_bus::__private::IntoHandlerResult::into_handler_result
-        };
         let receiver = receiver.map(|receiver| quote!(#receiver,));
+        // Spanned at the return type, so that a return type that does not fit is reported there.
+        let call = quote_spanned! {self.output_span=>
+            ::rmq_bus::__private::IntoHandlerResult::into_handler_result(
+                #callee(#receiver #(#bindings),*).await
+            )
+        };
         quote! {
             async move {
                 #(#extractions)*
                 ::core::mem::drop(__rmq_message);
-                #into_result(#callee(#receiver #(#bindings),*).await)
+                #call
             }
         }
     }
@@ -210,9 +227,30 @@ pub(crate) fn cfg_attributes(attrs: &[Attribute]) -> impl Iterator<Item = &Attri
     attrs.iter().filter(|attr| attr.path().is_ident("cfg"))
 }
 
+/// The argument of the items `#[controller]` emits for each `#[event_pattern]` it removes, so that
+/// the user's `use` of the macro is not reported unused. Such an item expands to nothing.
+const USE_MARKER: &str = "__rmq_bus_used";
+
+/// An item using the `#[event_pattern]` named by `path`: `#[path(__rmq_bus_used)] const _: () = ();`.
+pub(crate) fn use_marker(path: &Path) -> TokenStream {
+    let marker = Ident::new(USE_MARKER, Span::call_site());
+    quote! {
+        #[#path(#marker)]
+        const _: () = ();
+    }
+}
+
+/// Whether `args` are those of an item made by [`use_marker`].
+fn is_use_marker(args: &TokenStream) -> bool {
+    syn::parse2::<Ident>(args.clone()).is_ok_and(|ident| ident == USE_MARKER)
+}
+
 /// `#[event_pattern("p")]` on a free `async fn`: the function, plus a type of its name
 /// implementing `HandlerFn`.
 pub(crate) fn expand_free(args: TokenStream, item: TokenStream) -> TokenStream {
+    if is_use_marker(&args) {
+        return TokenStream::new();
+    }
     let mut errors = Errors::default();
     let pattern = errors.check(syn::parse2::<PatternArg>(args));
     let mut func = match syn::parse2::<Item>(item.clone()) {
@@ -248,10 +286,14 @@ pub(crate) fn expand_free(args: TokenStream, item: TokenStream) -> TokenStream {
 
     // Even when the handler is wrong, the type is emitted so that `.handler::<name>()`
     // elsewhere reports nothing more.
-    let route = match &handler {
-        Some(handler) => handler.free_route(),
-        None => quote!(::core::unreachable!("rmq-bus: this handler did not compile")),
-    };
+    let route = handler.as_ref().map_or_else(
+        || {
+            quote!(::core::unreachable!(
+                "rmq-bus: this handler did not compile"
+            ))
+        },
+        Handler::free_route,
+    );
     let cfgs: Vec<&Attribute> = cfg_attributes(&func.attrs).collect();
     let vis = &func.vis;
     let ident = &func.sig.ident;

@@ -136,21 +136,27 @@ fn table_to_json(table: &FieldTable) -> Value {
 
 fn properties(properties: &BasicProperties) -> Properties {
     let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
-    let mut neutral = Properties::default();
-    neutral.correlation_id = text(properties.correlation_id());
-    neutral.reply_to = text(properties.reply_to());
-    neutral.content_type = text(properties.content_type());
-    neutral.message_id = text(properties.message_id());
-    neutral.delivery_mode = *properties.delivery_mode();
-    neutral.timestamp = *properties.timestamp();
-    if let Some(headers) = properties.headers() {
-        neutral.headers = headers
-            .inner()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), to_json(v)))
-            .collect();
+    Properties {
+        correlation_id: text(properties.correlation_id()),
+        reply_to: text(properties.reply_to()),
+        content_type: text(properties.content_type()),
+        message_id: text(properties.message_id()),
+        delivery_mode: *properties.delivery_mode(),
+        timestamp: *properties.timestamp(),
+        headers: properties
+            .headers()
+            .as_ref()
+            .map(table_entries)
+            .unwrap_or_default(),
     }
-    neutral
+}
+
+fn table_entries(table: &FieldTable) -> BTreeMap<String, Value> {
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), to_json(v)))
+        .collect()
 }
 
 /// Settles through lapin's single-use acker.
@@ -190,13 +196,14 @@ pub(crate) fn inbound(
     queue: &str,
     channel: &Channel,
 ) -> Inbound {
-    let mut info = DeliveryInfo::default();
-    info.queue = queue.to_owned();
-    info.exchange = delivery.exchange.as_str().to_owned();
-    info.routing_key = delivery.routing_key.as_str().to_owned();
-    info.delivery_tag = delivery.delivery_tag;
-    info.redelivered = delivery.redelivered;
-    info.properties = properties(&delivery.properties);
+    let info = DeliveryInfo {
+        queue: queue.to_owned(),
+        exchange: delivery.exchange.as_str().to_owned(),
+        routing_key: delivery.routing_key.as_str().to_owned(),
+        delivery_tag: delivery.delivery_tag,
+        redelivered: delivery.redelivered,
+        properties: properties(&delivery.properties),
+    };
     Inbound {
         info,
         body: delivery.data,

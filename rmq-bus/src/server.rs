@@ -252,7 +252,10 @@ impl QueueConsumer {
     }
 
     fn stop_error(&self, reason: String) -> Error {
-        Error::ConsumerStopped { queue: self.queue.clone(), reason }
+        Error::ConsumerStopped {
+            queue: self.queue.clone(),
+            reason,
+        }
     }
 
     /// Feeds deliveries to handler tasks, at most `prefetch` at once, until told to stop or the
@@ -287,7 +290,9 @@ impl QueueConsumer {
                 }
                 Some(Err(error)) => break Err(self.stop_error(error.to_string())),
                 None if self.channel.status().connected() => {
-                    break Err(self.stop_error("the broker cancelled the consumer (was the queue deleted?)".into()));
+                    break Err(self.stop_error(
+                        "the broker cancelled the consumer (was the queue deleted?)".into(),
+                    ));
                 }
                 None => break Err(self.stop_error("its channel closed".into())),
             }

@@ -1,0 +1,11 @@
+use rmq_bus::{controller, event_pattern};
+
+struct Billing;
+
+#[controller]
+impl Billing {
+    #[event_pattern("order_created")]
+    async fn bill(self: Box<Self>) {}
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use rmq_bus::controller;
+
+#[controller]
+struct Billing;
+
+fn main() {}

@@ -1,0 +1,12 @@
+use rmq_bus::event_pattern;
+
+#[event_pattern("order_created")]
+async fn on_order_created(
+    #[payload]
+    #[payload("price")]
+    price: f64,
+) {
+    let _ = price;
+}
+
+fn main() {}
