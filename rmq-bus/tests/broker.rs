@@ -9,7 +9,9 @@ use std::time::Duration;
 use common::{Broker, eventually, options, options_with_dlq, unique};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
-use rmq_bus::{AckMode, ClientProxy, Error, FailurePolicy, Microservice, Payload, RmqContext, Settlement};
+use rmq_bus::{
+    AckMode, ClientProxy, Error, FailurePolicy, Microservice, Payload, RmqContext, Settlement,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -24,7 +26,10 @@ struct Order {
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(WAIT, rx.recv()).await.expect("timed out waiting for a handler").expect("channel open")
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("timed out waiting for a handler")
+        .expect("channel open")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,22 +39,29 @@ async fn emit_reaches_the_handler_and_ack_removes_the_message() {
     broker.forget_later(&queue);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let service = Microservice::new(options(&queue))
-        .on_event("order_created", move |Payload(data): Payload<Value>, ctx: RmqContext| {
-            let tx = tx.clone();
-            async move {
-                let delivery = ctx.delivery().clone();
-                ctx.ack().await?;
-                tx.send((data, ctx.pattern().to_owned(), delivery, ctx.settlement())).ok();
-                Ok::<_, Error>(())
-            }
-        })
+        .on_event(
+            "order_created",
+            move |Payload(data): Payload<Value>, ctx: RmqContext| {
+                let tx = tx.clone();
+                async move {
+                    let delivery = ctx.delivery().clone();
+                    ctx.ack().await?;
+                    tx.send((data, ctx.pattern().to_owned(), delivery, ctx.settlement()))
+                        .ok();
+                    Ok::<_, Error>(())
+                }
+            },
+        )
         .start()
         .await
         .expect("start");
 
     let client = ClientProxy::new(options(&queue));
     let data = json!({"orderPayload": {"orderId": "o-1", "price": 12.5, "buyer": "zoë ✓"}});
-    client.emit("order_created", &data).await.expect("emit confirmed");
+    client
+        .emit("order_created", &data)
+        .await
+        .expect("emit confirmed");
 
     let (received, pattern, delivery, settled) = recv(&mut rx).await;
     assert_eq!(received, data);
@@ -58,7 +70,11 @@ async fn emit_reaches_the_handler_and_ack_removes_the_message() {
     assert_eq!(delivery.routing_key, queue);
     assert_eq!(delivery.exchange, "");
     assert!(!delivery.redelivered);
-    assert_eq!(delivery.properties.delivery_mode, Some(2), "persistent by default");
+    assert_eq!(
+        delivery.properties.delivery_mode,
+        Some(2),
+        "persistent by default"
+    );
     assert_eq!(settled, Some(Settlement::Ack));
 
     service.shutdown().await.expect("clean shutdown");
@@ -73,11 +89,17 @@ async fn emit_writes_the_nestjs_packet() {
     let queue = unique("wire");
     broker.forget_later(&queue);
     let client = ClientProxy::new(options(&queue));
-    client.emit("order_created", &json!({"orderPayload": {"a": 1}})).await.expect("emit");
+    client
+        .emit("order_created", &json!({"orderPayload": {"a": 1}}))
+        .await
+        .expect("emit");
     assert_eq!(broker.wait_ready(&queue, 1).await, 1);
     let messages = broker.drain(&queue).await;
     let (body, properties) = &messages[0];
-    assert_eq!(String::from_utf8_lossy(body), r#"{"pattern":"order_created","data":{"orderPayload":{"a":1}}}"#);
+    assert_eq!(
+        String::from_utf8_lossy(body),
+        r#"{"pattern":"order_created","data":{"orderPayload":{"a":1}}}"#
+    );
     assert_eq!(*properties.delivery_mode(), Some(2));
     client.close().await;
     broker.cleanup().await;
@@ -96,7 +118,11 @@ async fn nack_with_requeue_redelivers_with_the_flag_set() {
                 // Report before settling: once nacked, the redelivery may run at once.
                 let redelivered = ctx.redelivered();
                 tx.send(redelivered).ok();
-                if redelivered { ctx.ack().await } else { ctx.nack(true).await }
+                if redelivered {
+                    ctx.ack().await
+                } else {
+                    ctx.nack(true).await
+                }
             }
         })
         .start()
@@ -105,7 +131,10 @@ async fn nack_with_requeue_redelivers_with_the_flag_set() {
     let client = ClientProxy::new(options(&queue));
     client.emit("job", &json!(1)).await.expect("emit");
     assert!(!recv(&mut rx).await, "first delivery is not redelivered");
-    assert!(recv(&mut rx).await, "requeued delivery carries the redelivered flag");
+    assert!(
+        recv(&mut rx).await,
+        "requeued delivery carries the redelivered flag"
+    );
     service.shutdown().await.expect("shutdown");
     assert_eq!(broker.ready(&queue).await, 0);
     client.close().await;
@@ -125,10 +154,21 @@ async fn reject_dead_letters_through_the_dlx() {
         .expect("start");
     let client = ClientProxy::new(options_with_dlq(&queue, &dlq));
     client.emit("job", &json!({"n": 7})).await.expect("emit");
-    assert_eq!(broker.wait_ready(&dlq, 1).await, 1, "rejected message is in the DLQ");
+    assert_eq!(
+        broker.wait_ready(&dlq, 1).await,
+        1,
+        "rejected message is in the DLQ"
+    );
     let dead = broker.drain(&dlq).await;
-    assert_eq!(String::from_utf8_lossy(&dead[0].0), r#"{"pattern":"job","data":{"n":7}}"#);
-    let reason = dead[0].1.headers().as_ref().and_then(|h| h.inner().get("x-first-death-reason").cloned());
+    assert_eq!(
+        String::from_utf8_lossy(&dead[0].0),
+        r#"{"pattern":"job","data":{"n":7}}"#
+    );
+    let reason = dead[0]
+        .1
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-first-death-reason").cloned());
     assert_eq!(reason, Some(AMQPValue::LongString("rejected".into())));
     service.shutdown().await.expect("shutdown");
     client.close().await;
@@ -146,10 +186,16 @@ async fn handlers_run_concurrently_within_the_prefetch_window() {
     // Every handler waits until all N are running at once: one at a time, this never completes.
     let barrier = Arc::new(tokio::sync::Barrier::new(N));
     let done = Arc::new(AtomicUsize::new(0));
-    let (flight, top, gate, finished) = (in_flight.clone(), peak.clone(), barrier.clone(), done.clone());
+    let (flight, top, gate, finished) = (
+        in_flight.clone(),
+        peak.clone(),
+        barrier.clone(),
+        done.clone(),
+    );
     let service = Microservice::new(options(&queue).prefetch(N as u16))
         .on_event("slow", move |ctx: RmqContext| {
-            let (flight, top, gate, finished) = (flight.clone(), top.clone(), gate.clone(), finished.clone());
+            let (flight, top, gate, finished) =
+                (flight.clone(), top.clone(), gate.clone(), finished.clone());
             async move {
                 let now = flight.fetch_add(1, Ordering::SeqCst) + 1;
                 top.fetch_max(now, Ordering::SeqCst);
@@ -167,7 +213,10 @@ async fn handlers_run_concurrently_within_the_prefetch_window() {
     for i in 0..N {
         client.emit("slow", &i).await.expect("emit");
     }
-    eventually("all handlers met at the barrier", || done.load(Ordering::SeqCst) == N).await;
+    eventually("all handlers met at the barrier", || {
+        done.load(Ordering::SeqCst) == N
+    })
+    .await;
     assert_eq!(peak.load(Ordering::SeqCst), N);
     service.shutdown().await.expect("shutdown");
     client.close().await;
@@ -182,19 +231,29 @@ async fn bad_input_is_dead_lettered_and_the_consumer_keeps_serving() {
     broker.forget_later(&queue);
     let (tx, mut rx) = mpsc::unbounded_channel();
     // A prefetch of 1: if any bad message stayed unacked, the good one behind it would never arrive.
-    let service = Microservice::new(options_with_dlq(&queue, &dlq).prefetch(1).max_message_bytes(1024))
-        .on_event("order_created", move |order: Payload<Order>, ctx: RmqContext| {
+    let service = Microservice::new(
+        options_with_dlq(&queue, &dlq)
+            .prefetch(1)
+            .max_message_bytes(1024),
+    )
+    .on_event(
+        "order_created",
+        move |order: Payload<Order>, ctx: RmqContext| {
             let tx = tx.clone();
             async move {
                 ctx.ack().await?;
                 tx.send(order.0).ok();
                 Ok::<_, Error>(())
             }
-        })
-        .start()
-        .await
-        .expect("start");
-    let oversize = format!(r#"{{"pattern":"order_created","data":"{}"}}"#, "x".repeat(2000));
+        },
+    )
+    .start()
+    .await
+    .expect("start");
+    let oversize = format!(
+        r#"{{"pattern":"order_created","data":"{}"}}"#,
+        "x".repeat(2000)
+    );
     let bad: Vec<&[u8]> = vec![
         b"not json at all",
         b"\xff\xfe\x00binary",
@@ -215,10 +274,28 @@ async fn bad_input_is_dead_lettered_and_the_consumer_keeps_serving() {
     for body in &bad {
         broker.publish_raw(&queue, body).await;
     }
-    client.emit("order_created", &json!({"orderId": "good", "price": 3.0})).await.expect("emit");
-    assert_eq!(recv(&mut rx).await, Order { order_id: "good".into(), price: 3.0 });
-    assert_eq!(broker.wait_ready(&dlq, bad.len() as u32).await, bad.len() as u32, "every bad message is dead-lettered");
-    let dead: Vec<Vec<u8>> = broker.drain(&dlq).await.into_iter().map(|(body, _)| body).collect();
+    client
+        .emit("order_created", &json!({"orderId": "good", "price": 3.0}))
+        .await
+        .expect("emit");
+    assert_eq!(
+        recv(&mut rx).await,
+        Order {
+            order_id: "good".into(),
+            price: 3.0
+        }
+    );
+    assert_eq!(
+        broker.wait_ready(&dlq, bad.len() as u32).await,
+        bad.len() as u32,
+        "every bad message is dead-lettered"
+    );
+    let dead: Vec<Vec<u8>> = broker
+        .drain(&dlq)
+        .await
+        .into_iter()
+        .map(|(body, _)| body)
+        .collect();
     let expected: Vec<Vec<u8>> = bad.iter().map(|b| b.to_vec()).collect();
     assert_eq!(dead, expected, "dead-lettered untouched and in order");
     assert_eq!(broker.ready(&queue).await, 0);
@@ -262,9 +339,21 @@ async fn failing_and_panicking_handlers_are_requeued_once_then_dead_lettered() {
     client.emit("fails", &1).await.expect("emit");
     client.emit("panics", &2).await.expect("emit");
     client.emit("ok", &3).await.expect("emit");
-    assert_eq!(recv(&mut rx).await, 3, "the consumer survives failures and panics");
-    assert_eq!(broker.wait_ready(&dlq, 2).await, 2, "both end in the DLQ after one requeue");
-    assert_eq!(attempts.load(Ordering::SeqCst), 2, "a failing handler runs twice: first delivery, one requeue");
+    assert_eq!(
+        recv(&mut rx).await,
+        3,
+        "the consumer survives failures and panics"
+    );
+    assert_eq!(
+        broker.wait_ready(&dlq, 2).await,
+        2,
+        "both end in the DLQ after one requeue"
+    );
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        2,
+        "a failing handler runs twice: first delivery, one requeue"
+    );
     assert_eq!(broker.ready(&queue).await, 0);
     service.shutdown().await.expect("shutdown");
     client.close().await;
@@ -279,17 +368,18 @@ async fn dead_letter_policy_skips_the_requeue() {
     broker.forget_later(&queue);
     let attempts = Arc::new(AtomicUsize::new(0));
     let counter = attempts.clone();
-    let service = Microservice::new(options_with_dlq(&queue, &dlq).failure_policy(FailurePolicy::DeadLetter))
-        .on_event("fails", move || {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                Err::<(), _>("always")
-            }
-        })
-        .start()
-        .await
-        .expect("start");
+    let service =
+        Microservice::new(options_with_dlq(&queue, &dlq).failure_policy(FailurePolicy::DeadLetter))
+            .on_event("fails", move || {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    Err::<(), _>("always")
+                }
+            })
+            .start()
+            .await
+            .expect("start");
     let client = ClientProxy::new(options_with_dlq(&queue, &dlq));
     client.emit("fails", &()).await.expect("emit");
     assert_eq!(broker.wait_ready(&dlq, 1).await, 1);
@@ -322,10 +412,17 @@ async fn settling_twice_is_an_error_value_and_unsettled_success_is_acked() {
     let client = ClientProxy::new(options(&queue));
     client.emit("twice", &()).await.expect("emit");
     let seen = recv(&mut rx).await;
-    assert_eq!(seen, "Ok(()) | Err(AlreadySettled { previous: Ack }) | Err(AlreadySettled { previous: Ack })");
+    assert_eq!(
+        seen,
+        "Ok(()) | Err(AlreadySettled { previous: Ack }) | Err(AlreadySettled { previous: Ack })"
+    );
     client.emit("forgets", &json!({})).await.expect("emit");
     service.shutdown().await.expect("shutdown");
-    assert_eq!(broker.ready(&queue).await, 0, "a handler that forgot to ack has its message acked");
+    assert_eq!(
+        broker.ready(&queue).await,
+        0,
+        "a handler that forgot to ack has its message acked"
+    );
     client.close().await;
     broker.cleanup().await;
 }
@@ -344,7 +441,11 @@ async fn a_context_kept_past_the_handler_settles_it_later() {
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     let redelivered = ctx.redelivered();
-                    let result = if redelivered { ctx.ack().await } else { ctx.nack(true).await };
+                    let result = if redelivered {
+                        ctx.ack().await
+                    } else {
+                        ctx.nack(true).await
+                    };
                     tx.send((redelivered, result.is_ok())).ok();
                 });
             }
@@ -354,7 +455,11 @@ async fn a_context_kept_past_the_handler_settles_it_later() {
         .expect("start");
     let client = ClientProxy::new(options(&queue));
     client.emit("later", &()).await.expect("emit");
-    assert_eq!(recv(&mut rx).await, (false, true), "deferred nack was not pre-empted by an automatic ack");
+    assert_eq!(
+        recv(&mut rx).await,
+        (false, true),
+        "deferred nack was not pre-empted by an automatic ack"
+    );
     assert_eq!(recv(&mut rx).await, (true, true));
     service.shutdown().await.expect("shutdown");
     assert_eq!(broker.ready(&queue).await, 0);
@@ -381,14 +486,31 @@ async fn no_ack_mode_and_after_handler_mode() {
         .start()
         .await
         .expect("start");
-    ClientProxy::new(options(&queue_a)).emit("hello", &()).await.expect("emit a");
+    ClientProxy::new(options(&queue_a))
+        .emit("hello", &())
+        .await
+        .expect("emit a");
     let (queue, acked) = recv(&mut rx).await;
-    assert_eq!((queue.as_str(), acked), (queue_a.as_str(), false), "NoAck: the broker already settled it");
-    ClientProxy::new(options(&queue_b)).emit("hello", &()).await.expect("emit b");
+    assert_eq!(
+        (queue.as_str(), acked),
+        (queue_a.as_str(), false),
+        "NoAck: the broker already settled it"
+    );
+    ClientProxy::new(options(&queue_b))
+        .emit("hello", &())
+        .await
+        .expect("emit b");
     let (queue, acked) = recv(&mut rx).await;
-    assert_eq!((queue.as_str(), acked), (queue_b.as_str(), true), "AfterHandler still lets the handler settle");
+    assert_eq!(
+        (queue.as_str(), acked),
+        (queue_b.as_str(), true),
+        "AfterHandler still lets the handler settle"
+    );
     service.shutdown().await.expect("shutdown");
-    assert_eq!(broker.ready(&queue_a).await + broker.ready(&queue_b).await, 0);
+    assert_eq!(
+        broker.ready(&queue_a).await + broker.ready(&queue_b).await,
+        0
+    );
     broker.cleanup().await;
 }
 
@@ -413,8 +535,12 @@ async fn headers_and_properties_reach_the_context() {
     let mut headers = FieldTable::default();
     headers.insert("tenant".into(), AMQPValue::LongString("acme".into()));
     headers.insert("attempt".into(), AMQPValue::LongInt(3));
-    let properties = BasicProperties::default().with_correlation_id("c-42".into()).with_headers(headers);
-    broker.publish_with(&queue, br#"{"pattern":"p","data":null}"#, properties).await;
+    let properties = BasicProperties::default()
+        .with_correlation_id("c-42".into())
+        .with_headers(headers);
+    broker
+        .publish_with(&queue, br#"{"pattern":"p","data":null}"#, properties)
+        .await;
     let seen = recv(&mut rx).await;
     assert_eq!(seen.correlation_id.as_deref(), Some("c-42"));
     assert_eq!(seen.headers.get("tenant"), Some(&json!("acme")));
@@ -434,11 +560,15 @@ async fn client_errors_say_what_happened() {
     }
     unroutable.close().await;
 
-    let refused = ClientProxy::new(rmq_bus::RmqOptions::new("q").uri("amqp://guest:s3cret@127.0.0.1:1/%2f"));
+    let refused =
+        ClientProxy::new(rmq_bus::RmqOptions::new("q").uri("amqp://guest:s3cret@127.0.0.1:1/%2f"));
     match refused.emit("x", &1).await {
         Err(error @ Error::Connect { .. }) => {
             let text = error.to_string();
-            assert!(text.contains("127.0.0.1:1") && !text.contains("s3cret"), "{text}");
+            assert!(
+                text.contains("127.0.0.1:1") && !text.contains("s3cret"),
+                "{text}"
+            );
         }
         other => panic!("expected Connect, got {other:?}"),
     }
@@ -449,15 +579,23 @@ async fn client_errors_say_what_happened() {
     match mismatched.connect().await {
         Err(error @ Error::Declare { .. }) => {
             let text = error.to_string();
-            assert!(text.contains(&queue) && text.contains("no_assert"), "{text}");
+            assert!(
+                text.contains(&queue) && text.contains("no_assert"),
+                "{text}"
+            );
         }
         other => panic!("expected Declare, got {other:?}"),
     }
-    let service = Microservice::new(options(&queue).durable(false)).start().await;
+    let service = Microservice::new(options(&queue).durable(false))
+        .start()
+        .await;
     assert!(matches!(service, Err(Error::Declare { .. })), "{service:?}");
 
     let big = ClientProxy::new(options(&queue).max_message_bytes(10));
-    assert!(matches!(big.emit("x", &"0123456789").await, Err(Error::TooLarge { max: 10, .. })));
+    assert!(matches!(
+        big.emit("x", &"0123456789").await,
+        Err(Error::TooLarge { max: 10, .. })
+    ));
     broker.cleanup().await;
 }
 
@@ -469,7 +607,10 @@ async fn duplicate_patterns_are_refused_at_start() {
         .on_event("a", || async {})
         .start()
         .await;
-    assert!(matches!(result, Err(Error::DuplicatePattern(ref p)) if p == "a"), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::DuplicatePattern(ref p)) if p == "a"),
+        "{result:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,7 +621,10 @@ async fn the_client_reconnects_after_its_connection_is_closed() {
     let client = ClientProxy::new(options(&queue));
     client.emit("a", &1).await.expect("first emit");
     client.close().await;
-    client.emit("a", &2).await.expect("emit after close opens a new connection");
+    client
+        .emit("a", &2)
+        .await
+        .expect("emit after close opens a new connection");
     assert_eq!(broker.wait_ready(&queue, 2).await, 2);
     client.close().await;
     broker.cleanup().await;
@@ -509,14 +653,25 @@ async fn settling_after_the_channel_died_is_an_error_and_the_message_returns() {
     let client = ClientProxy::new(options(&queue));
     client.emit("x", &()).await.expect("emit");
     match recv(&mut rx).await {
-        Err(error @ Error::ChannelClosed { attempted: Settlement::Ack }) => {
+        Err(
+            error @ Error::ChannelClosed {
+                attempted: Settlement::Ack,
+            },
+        ) => {
             assert!(error.to_string().contains("delivered again"), "{error}")
         }
         other => panic!("expected ChannelClosed, got {other:?}"),
     }
-    assert_eq!(broker.wait_ready(&queue, 1).await, 1, "the unsettled message is back in the queue");
+    assert_eq!(
+        broker.wait_ready(&queue, 1).await,
+        1,
+        "the unsettled message is back in the queue"
+    );
     let stopped = service.shutdown().await;
-    assert!(matches!(stopped, Err(Error::ConsumerStopped { .. })), "{stopped:?}");
+    assert!(
+        matches!(stopped, Err(Error::ConsumerStopped { .. })),
+        "{stopped:?}"
+    );
     client.close().await;
     broker.cleanup().await;
 }

@@ -5,7 +5,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use rmq_bus::{QueueOptions, RmqOptions};
@@ -21,8 +23,15 @@ pub const EXPIRES_MS: i64 = 120_000;
 /// A name no other test (or test run) uses.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("test-{prefix}-{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "test-{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Options for a fresh test queue that expires if the test leaves it behind.
@@ -54,7 +63,11 @@ impl Broker {
             .await
             .expect("RabbitMQ must run on 127.0.0.1:5672 (see README: rabbitmq-server -detached)");
         let channel = connection.create_channel().await.expect("channel");
-        Broker { connection, channel, queues: Default::default() }
+        Broker {
+            connection,
+            channel,
+            queues: Default::default(),
+        }
     }
 
     /// Declares a plain test queue (durable, expiring) and remembers it for cleanup.
@@ -62,7 +75,14 @@ impl Broker {
         let mut args = FieldTable::default();
         args.insert("x-expires".into(), AMQPValue::LongLongInt(EXPIRES_MS));
         self.channel
-            .queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
             .await
             .expect("declare");
         self.forget_later(queue);
@@ -75,12 +95,19 @@ impl Broker {
 
     /// Publishes raw bytes to `queue` through the default exchange and waits for the confirm.
     pub async fn publish_raw(&self, queue: &str, body: &[u8]) {
-        self.publish_with(queue, body, BasicProperties::default()).await
+        self.publish_with(queue, body, BasicProperties::default())
+            .await
     }
 
     pub async fn publish_with(&self, queue: &str, body: &[u8], properties: BasicProperties) {
         self.channel
-            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, properties)
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
             .await
             .expect("publish");
     }
@@ -89,7 +116,14 @@ impl Broker {
     pub async fn ready(&self, queue: &str) -> u32 {
         let channel = self.connection.create_channel().await.expect("channel");
         let declared = channel
-            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .expect("queue exists");
         let _ = channel.close(200, "ok".into()).await;
@@ -127,7 +161,10 @@ impl Broker {
     pub async fn cleanup(&self) {
         let queues = std::mem::take(&mut *self.queues.lock().expect("lock"));
         for queue in queues {
-            let _ = self.channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         let _ = self.connection.close(200, "done".into()).await;
     }
