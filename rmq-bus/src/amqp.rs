@@ -6,14 +6,19 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind as LapinKind,
+};
 use serde_json::Value;
 
-use crate::config::{RmqOptions, redact_uri};
+use crate::config::{Exchange, ExchangeKind, RmqOptions, redact_uri};
 use crate::context::{Acker, DeliveryInfo, Properties, Settlement};
-use crate::dispatch::Inbound;
+use crate::dispatch::{Inbound, Replier};
 use crate::error::{Error, Result};
 
 /// Opens a connection named `name` (shown in the management UI and `rabbitmqctl list_connections`).
@@ -51,6 +56,60 @@ pub(crate) async fn declare_queue(channel: &Channel, options: &RmqOptions) -> Re
             queue: options.queue().to_owned(),
             source,
         })
+}
+
+/// Declares `exchange`.
+pub(crate) async fn declare_exchange(channel: &Channel, exchange: &Exchange) -> Result<()> {
+    let kind = match exchange.kind {
+        ExchangeKind::Topic => LapinKind::Topic,
+        ExchangeKind::Direct => LapinKind::Direct,
+        ExchangeKind::Fanout => LapinKind::Fanout,
+    };
+    let flags = ExchangeDeclareOptions {
+        durable: exchange.durable,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            short("exchange name", &exchange.name)?,
+            kind,
+            flags,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| Error::Declare {
+            queue: format!("exchange {}", exchange.name),
+            source,
+        })
+}
+
+/// Binds the queue of `options` to its exchange: once for fanout, else once per key.
+pub(crate) async fn bind_queue(
+    channel: &Channel,
+    options: &RmqOptions,
+    keys: &[&str],
+) -> Result<()> {
+    let Some(exchange) = options.exchange_options() else {
+        return Ok(());
+    };
+    let keys = if exchange.kind == ExchangeKind::Fanout {
+        &[""][..]
+    } else {
+        keys
+    };
+    for key in keys {
+        channel
+            .queue_bind(
+                short("queue name", options.queue())?,
+                short("exchange name", &exchange.name)?,
+                short("pattern", key)?,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::from_lapin("binding the queue to its exchange", e))?;
+    }
+    Ok(())
 }
 
 /// Converts JSON arguments to an AMQP table: integers as signed 64-bit, floats as doubles,
@@ -190,11 +249,46 @@ impl Acker for LapinAcker {
     }
 }
 
+/// Publishes replies on the channel the request came in on (no confirms: the requester's
+/// timeout covers a lost reply).
+pub(crate) struct ChannelReplier(pub(crate) Channel);
+
+impl Replier for ChannelReplier {
+    fn reply(
+        &self,
+        reply_to: &str,
+        correlation_id: &str,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Result<()>> {
+        let channel = self.0.clone();
+        let target = short("reply_to", reply_to);
+        let mut properties = BasicProperties::default();
+        if let Ok(id) = ShortString::try_new(correlation_id) {
+            properties = properties.with_correlation_id(id);
+        }
+        async move {
+            channel
+                .basic_publish(
+                    ShortString::from(""),
+                    target?,
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+                .map(drop)
+                .map_err(|e| Error::from_lapin("publishing a reply", e))
+        }
+        .boxed()
+    }
+}
+
 /// Turns a lapin delivery from `queue` into a transport-neutral one.
 pub(crate) fn inbound(
     delivery: lapin::message::Delivery,
     queue: &str,
     channel: &Channel,
+    replier: &Arc<ChannelReplier>,
 ) -> Inbound {
     let info = DeliveryInfo {
         queue: queue.to_owned(),
@@ -208,6 +302,7 @@ pub(crate) fn inbound(
         info,
         body: delivery.data,
         acker: Arc::new(LapinAcker(delivery.acker)),
+        replier: replier.clone(),
         channel: Some(channel.clone()),
     }
 }

@@ -1,28 +1,40 @@
-//! [`ClientProxy`]: emits events to a queue, each confirmed by the broker.
+//! [`ClientProxy`]: emits events and sends requests, each publish confirmed by the broker.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::Duration;
 
-use lapin::Confirmation;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Connection};
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use serde::Serialize;
-use tokio::sync::Mutex;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Mutex, oneshot};
 
 use crate::amqp;
-use crate::codec::encode_event;
+use crate::codec::{Reply, decode_reply, encode_event, encode_request};
 use crate::config::RmqOptions;
 use crate::error::{Error, Result};
 use crate::pattern::Pattern;
+use crate::rpc::NO_HANDLER;
+use crate::trace;
 
-/// Sends messages to one queue, as NestJS's `ClientProxy` (`ClientsModule.register` /
-/// `RmqModule.register`).
+/// RabbitMQ's direct reply-to pseudo-queue: replies come straight back on the requesting channel.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Sends messages to one queue (or exchange), as NestJS's `ClientProxy`
+/// (`ClientsModule.register` / `RmqModule.register`).
 ///
 /// Cheap to clone: clones share one connection and one confirm-mode channel, opened on first use
 /// (or by [`connect`](Self::connect)) and opened again on the next call after the connection was
-/// lost. Unless [`RmqOptions::no_assert`] is set, the client declares its queue, so events emitted
-/// before the consumer first starts wait in the queue instead of being unroutable.
+/// lost. Unless [`RmqOptions::no_assert`] is set, the client declares its queue (or exchange), so
+/// events emitted before the consumer first starts wait in the queue instead of being unroutable.
+///
+/// Every message carries a correlation id: inside a handler, the incoming message's (and its W3C
+/// `traceparent`, continued), else a fresh one.
 #[derive(Clone)]
 pub struct ClientProxy {
     inner: Arc<Inner>,
@@ -31,11 +43,16 @@ pub struct ClientProxy {
 struct Inner {
     options: RmqOptions,
     link: Mutex<Option<Link>>,
+    /// Requests waiting for their reply, by correlation id, with the link they were sent on.
+    pending: Arc<SyncMutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>>,
+    links: AtomicU64,
 }
 
 struct Link {
     connection: Connection,
     channel: Channel,
+    id: u64,
+    replies: bool,
 }
 
 impl fmt::Debug for ClientProxy {
@@ -53,6 +70,8 @@ impl ClientProxy {
             inner: Arc::new(Inner {
                 options,
                 link: Mutex::new(None),
+                pending: Arc::default(),
+                links: AtomicU64::new(0),
             }),
         }
     }
@@ -65,14 +84,15 @@ impl ClientProxy {
     /// Connects (and declares the queue) now rather than on the first emit, so that
     /// misconfiguration shows at start-up.
     pub async fn connect(&self) -> Result<()> {
-        self.channel().await.map(drop)
+        self.channel(false).await.map(drop)
     }
 
     /// Emits event `pattern` with `data`, as NestJS's `client.emit(pattern, data)`: the packet
-    /// `{"pattern", "data"}` goes to the queue through the default exchange, persistent unless
-    /// configured otherwise. Resolves once the broker has confirmed it; an error means the event
-    /// is not (known to be) stored: [`Error::Nacked`], [`Error::Unroutable`],
-    /// [`Error::ConfirmTimeout`], [`Error::Disconnected`], [`Error::TooLarge`].
+    /// `{"pattern", "data"}` goes to the queue through the default exchange (or to the configured
+    /// exchange with the pattern as routing key), persistent unless configured otherwise.
+    /// Resolves once the broker has confirmed it; an error means the event is not (known to be)
+    /// stored: [`Error::Nacked`], [`Error::Unroutable`], [`Error::ConfirmTimeout`],
+    /// [`Error::Disconnected`], [`Error::TooLarge`].
     ///
     /// ```no_run
     /// # async fn demo(client: rmq_bus::ClientProxy) -> rmq_bus::Result<()> {
@@ -84,46 +104,92 @@ impl ClientProxy {
         pattern: impl Into<Pattern>,
         data: &T,
     ) -> Result<()> {
-        let options = &self.inner.options;
-        let body = encode_event(&pattern.into(), data)?;
-        if body.len() > options.max_bytes() {
-            return Err(Error::TooLarge {
-                size: body.len(),
-                max: options.max_bytes(),
-            });
-        }
-        let channel = self.channel().await?;
-        let properties = BasicProperties::default()
-            .with_content_type(ShortString::from("application/json"))
-            .with_delivery_mode(if options.is_persistent() { 2 } else { 1 });
-        let publish = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let routing_key = amqp::short("queue name", options.queue())?;
-        let confirm = channel
-            .basic_publish(
-                ShortString::from(""),
-                routing_key,
-                publish,
-                &body,
-                properties,
-            )
-            .await
-            .map_err(|e| Error::from_lapin("publishing", e))?;
-        let queue = || options.queue().to_owned();
-        match tokio::time::timeout(options.confirm_wait(), confirm).await {
+        let pattern = pattern.into();
+        let body = encode_event(&pattern, data)?;
+        let (channel, _) = self.channel(false).await?;
+        let properties = self.properties(None, self.inner.options.is_persistent());
+        let confirm = self.publish(&channel, &pattern, &body, properties).await?;
+        let wait = self.inner.options.confirm_wait();
+        match tokio::time::timeout(wait, confirm).await {
             Err(_) => Err(Error::ConfirmTimeout {
-                queue: queue(),
-                timeout: options.confirm_wait(),
+                queue: self.target(&pattern),
+                timeout: wait,
             }),
-            Ok(Err(error)) => Err(Error::from_lapin("waiting for the publish confirm", error)),
-            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(Error::Unroutable {
-                routing_key: queue(),
-            }),
-            Ok(Ok(Confirmation::Nack(_))) => Err(Error::Nacked { queue: queue() }),
-            Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),
+            Ok(confirmation) => self.confirmed(&pattern, confirmation),
         }
+    }
+
+    /// Sends request `pattern` with `data` and waits for the reply, as NestJS's
+    /// `client.send(pattern, data)`, within [`DEFAULT_REQUEST_TIMEOUT`](crate::DEFAULT_REQUEST_TIMEOUT).
+    ///
+    /// The reply comes back through RabbitMQ's direct reply-to. Errors: [`Error::RequestTimeout`],
+    /// [`Error::Remote`] (carrying the remote error payload), [`Error::NoHandler`],
+    /// [`Error::ReplyLost`] (the connection closed first), [`Error::BadReply`], and the
+    /// publishing errors of [`emit`](Self::emit).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: rmq_bus::ClientProxy) -> rmq_bus::Result<()> {
+    /// let total: f64 = client.send("sum", &[1.5, 2.5]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send<T, R>(&self, pattern: impl Into<Pattern>, data: &T) -> Result<R>
+    where
+        T: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.send_timeout(pattern, data, crate::config::DEFAULT_REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// [`send`](Self::send) with its own timeout.
+    pub async fn send_timeout<T, R>(
+        &self,
+        pattern: impl Into<Pattern>,
+        data: &T,
+        timeout: Duration,
+    ) -> Result<R>
+    where
+        T: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let pattern = pattern.into();
+        let id = trace::new_id();
+        let body = encode_request(&pattern, data, &id)?;
+        let (channel, link) = self.channel(true).await?;
+        let (sender, receiver) = oneshot::channel();
+        let pending = Pending::register(&self.inner.pending, &id, link, sender);
+        // Requests are transient: one nobody waits for after its timeout need not survive a restart.
+        let properties = self
+            .properties(Some(&id), false)
+            .with_reply_to(ShortString::from(DIRECT_REPLY_TO));
+        let wait = async {
+            // The reply may come before the confirm; an unroutable or refused request fails at once.
+            let confirm = self.publish(&channel, &pattern, &body, properties).await?;
+            tokio::pin!(confirm);
+            let (mut receiver, mut confirmed) = (receiver, false);
+            loop {
+                tokio::select! {
+                    reply = &mut receiver => {
+                        return reply.map_err(|_| Error::ReplyLost { pattern: pattern.key().to_owned() });
+                    }
+                    confirmation = &mut confirm, if !confirmed => {
+                        confirmed = true;
+                        self.confirmed(&pattern, confirmation)?;
+                    }
+                }
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, wait).await {
+            Ok(reply) => reply?,
+            Err(_) => {
+                return Err(Error::RequestTimeout {
+                    pattern: pattern.key().to_owned(),
+                    timeout,
+                });
+            }
+        };
+        drop(pending);
+        interpret(pattern.key(), reply)
     }
 
     /// Closes the connection. Later calls open a new one.
@@ -141,19 +207,120 @@ impl ClientProxy {
         }
     }
 
-    /// The live channel, opening connection, channel and queue first when there is none.
-    async fn channel(&self) -> Result<Channel> {
-        let mut link = self.inner.link.lock().await;
-        if let Some(current) = link.as_ref() {
-            if current.channel.status().connected() && current.connection.status().connected() {
-                return Ok(current.channel.clone());
-            }
-            tracing::info!(
-                queue = self.inner.options.queue(),
-                "client connection lost; reconnecting"
-            );
+    /// Where messages go: the exchange's name, or the queue's.
+    fn target(&self, pattern: &Pattern) -> String {
+        match self.inner.options.exchange_options() {
+            Some(exchange) => format!("{} (routing key {})", exchange.name, pattern.key()),
+            None => self.inner.options.queue().to_owned(),
         }
-        *link = None;
+    }
+
+    /// Properties of an outgoing message: JSON, delivery mode, and the conversation's
+    /// correlation id and traceparent.
+    fn properties(&self, request_id: Option<&str>, persistent: bool) -> BasicProperties {
+        let current = trace::current();
+        let correlation_id = request_id
+            .map(str::to_owned)
+            .or_else(|| current.as_ref().and_then(|t| t.correlation_id.clone()))
+            .unwrap_or_else(trace::new_id);
+        let mut properties = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(if persistent { 2 } else { 1 });
+        if let Ok(id) = ShortString::try_new(correlation_id) {
+            properties = properties.with_correlation_id(id);
+        }
+        let traceparent = current
+            .and_then(|t| t.traceparent)
+            .and_then(|p| trace::child_traceparent(&p));
+        if let Some(traceparent) = traceparent {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                ShortString::from("traceparent"),
+                AMQPValue::LongString(traceparent.into()),
+            );
+            properties = properties.with_headers(headers);
+        }
+        properties
+    }
+
+    /// Publishes `body` as mandatory, to the exchange (routing key = pattern) or the queue.
+    async fn publish(
+        &self,
+        channel: &Channel,
+        pattern: &Pattern,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<PublisherConfirm> {
+        let options = &self.inner.options;
+        if body.len() > options.max_bytes() {
+            return Err(Error::TooLarge {
+                size: body.len(),
+                max: options.max_bytes(),
+            });
+        }
+        let (exchange, routing_key) = match options.exchange_options() {
+            Some(exchange) => (
+                amqp::short("exchange name", &exchange.name)?,
+                amqp::short("pattern", pattern.key())?,
+            ),
+            None => (
+                ShortString::from(""),
+                amqp::short("queue name", options.queue())?,
+            ),
+        };
+        let publish = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        channel
+            .basic_publish(exchange, routing_key, publish, body, properties)
+            .await
+            .map_err(|e| Error::from_lapin("publishing", e))
+    }
+
+    /// Interprets the broker's answer to a publish.
+    fn confirmed(
+        &self,
+        pattern: &Pattern,
+        confirmation: lapin::Result<Confirmation>,
+    ) -> Result<()> {
+        match confirmation {
+            Err(error) => Err(Error::from_lapin("waiting for the publish confirm", error)),
+            Ok(Confirmation::Ack(Some(returned))) => Err(Error::Unroutable {
+                routing_key: returned.delivery.routing_key.as_str().to_owned(),
+            }),
+            Ok(Confirmation::Nack(_)) => Err(Error::Nacked {
+                queue: self.target(pattern),
+            }),
+            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
+        }
+    }
+
+    /// The live channel and its link id, opening connection, channel and declarations first when
+    /// there is none; with `replies`, also the direct reply-to consumer.
+    async fn channel(&self, replies: bool) -> Result<(Channel, u64)> {
+        let mut link = self.inner.link.lock().await;
+        let alive = link
+            .as_ref()
+            .is_some_and(|l| l.channel.status().connected() && l.connection.status().connected());
+        if !alive {
+            if link.is_some() {
+                tracing::info!(target = %self.inner.options.queue(), "client connection lost; reconnecting");
+            }
+            *link = None;
+            *link = Some(self.open().await?);
+        }
+        let Some(current) = link.as_mut() else {
+            return Err(Error::Config("client link vanished while opening".into()));
+        };
+        if replies && !current.replies {
+            self.consume_replies(current).await?;
+            current.replies = true;
+        }
+        Ok((current.channel.clone(), current.id))
+    }
+
+    async fn open(&self) -> Result<Link> {
         let options = &self.inner.options;
         options.validate()?;
         let connection = amqp::connect(options.broker_uri(), "rmq-bus client").await?;
@@ -166,12 +333,119 @@ impl ClientProxy {
             .await
             .map_err(|e| Error::from_lapin("enabling publisher confirms", e))?;
         if !options.is_no_assert() {
-            amqp::declare_queue(&channel, options).await?;
+            match options.exchange_options() {
+                Some(exchange) => amqp::declare_exchange(&channel, exchange).await?,
+                None => amqp::declare_queue(&channel, options).await?,
+            }
         }
-        *link = Some(Link {
+        let id = self.inner.links.fetch_add(1, Ordering::Relaxed);
+        Ok(Link {
             connection,
-            channel: channel.clone(),
-        });
-        Ok(channel)
+            channel,
+            id,
+            replies: false,
+        })
     }
+
+    /// Starts consuming direct replies on the link's channel (no-ack: the broker refuses acks
+    /// there), handing each to the request waiting for its correlation id.
+    async fn consume_replies(&self, link: &Link) -> Result<()> {
+        let mut consumer = link
+            .channel
+            .basic_consume(
+                ShortString::from(DIRECT_REPLY_TO),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::from_lapin("consuming direct replies", e))?;
+        let pending = self.inner.pending.clone();
+        let link_id = link.id;
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let Some(id) = delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned())
+                else {
+                    tracing::debug!("reply without correlation id dropped");
+                    continue;
+                };
+                let waiting = pending.lock().map(|mut map| map.remove(&id)).ok().flatten();
+                match (waiting, decode_reply(&delivery.data)) {
+                    (Some((_, sender)), Ok(reply)) => {
+                        let _ = sender.send(reply);
+                    }
+                    (Some(_), Err(reason)) => {
+                        tracing::warn!(correlation_id = %id, %reason, "unreadable reply dropped")
+                    }
+                    (None, _) => {
+                        tracing::debug!(correlation_id = %id, "late or unknown reply dropped")
+                    }
+                }
+            }
+            // The link is gone: its waiting requests will get no reply.
+            if let Ok(mut map) = pending.lock() {
+                map.retain(|_, (link, _)| *link != link_id);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// A request's place among the pending ones, removed however the request ends.
+struct Pending {
+    map: Arc<SyncMutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>>,
+    id: String,
+}
+
+impl Pending {
+    fn register(
+        map: &Arc<SyncMutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>>,
+        id: &str,
+        link: u64,
+        sender: oneshot::Sender<Reply>,
+    ) -> Self {
+        if let Ok(mut pending) = map.lock() {
+            pending.insert(id.to_owned(), (link, sender));
+        }
+        Self {
+            map: map.clone(),
+            id: id.to_owned(),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.map.lock() {
+            pending.remove(&self.id);
+        }
+    }
+}
+
+/// Turns a NestJS reply into the response or the error it carries.
+fn interpret<R: DeserializeOwned>(pattern: &str, reply: Reply) -> Result<R> {
+    if let Some(error) = reply.err.filter(|e| !e.is_null()) {
+        return Err(if error.as_str() == Some(NO_HANDLER) {
+            Error::NoHandler {
+                pattern: pattern.to_owned(),
+            }
+        } else {
+            Error::Remote {
+                pattern: pattern.to_owned(),
+                error,
+            }
+        });
+    }
+    let raw = reply.response.as_deref().map_or("null", |r| r.get());
+    serde_json::from_str(raw).map_err(|e| Error::BadReply {
+        pattern: pattern.to_owned(),
+        reason: e.to_string(),
+    })
 }

@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 use crate::pattern::Pattern;
+use crate::rpc::{NO_HANDLER, Response};
 
 /// An outgoing event packet.
 #[derive(Serialize)]
@@ -21,13 +22,75 @@ pub(crate) fn encode_event<T: Serialize + ?Sized>(pattern: &Pattern, data: &T) -
     serde_json::to_vec(&EventPacket { pattern, data }).map_err(Error::Encode)
 }
 
+/// An outgoing request packet.
+#[derive(Serialize)]
+struct RequestPacket<'a, T: ?Sized> {
+    pattern: &'a Pattern,
+    data: &'a T,
+    id: &'a str,
+}
+
+/// Encodes a request as NestJS's `ClientProxy.send` does.
+pub(crate) fn encode_request<T: Serialize + ?Sized>(
+    pattern: &Pattern,
+    data: &T,
+    id: &str,
+) -> Result<Vec<u8>> {
+    serde_json::to_vec(&RequestPacket { pattern, data, id }).map_err(Error::Encode)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReplyPacket<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    err: Option<&'a serde_json::Value>,
+    is_disposed: bool,
+}
+
+/// Encodes a handler's answer in NestJS's reply format.
+pub(crate) fn encode_reply(response: &Response) -> Vec<u8> {
+    let (response, err) = match response {
+        Response::Nothing => (None, None),
+        Response::Value(value) => (Some(value.as_ref()), None),
+        Response::Error(error) => (None, Some(error.payload())),
+    };
+    serde_json::to_vec(&ReplyPacket {
+        response,
+        err,
+        is_disposed: true,
+    })
+    .unwrap_or_else(|_| br#"{"isDisposed":true}"#.to_vec())
+}
+
+/// NestJS's answer to a request no handler matches.
+pub(crate) fn encode_no_handler(id: &str) -> Vec<u8> {
+    serde_json::json!({ "id": id, "err": NO_HANDLER, "status": "error" })
+        .to_string()
+        .into_bytes()
+}
+
+/// A reply as a client reads it (the first of a stream; `isDisposed` is not needed for that).
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Reply {
+    pub(crate) response: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub(crate) err: Option<serde_json::Value>,
+}
+
+/// Decodes a reply body.
+pub(crate) fn decode_reply(body: &[u8]) -> std::result::Result<Reply, String> {
+    serde_json::from_slice(body).map_err(|e| format!("reply is not a JSON reply packet ({e})"))
+}
+
 /// A decoded incoming packet.
 #[derive(Debug)]
 pub(crate) struct Packet {
     pub(crate) pattern: Pattern,
     pub(crate) data: Box<RawValue>,
     /// Present on requests (`send`), absent on events (`emit`).
-    #[allow(dead_code)]
     pub(crate) id: Option<String>,
 }
 
@@ -108,6 +171,40 @@ mod tests {
             Some(r#"{"cmd":"sum"}"#)
         );
         assert_eq!(request.and_then(|p| p.id), Some("abc".to_owned()));
+    }
+
+    #[test]
+    fn replies_encode_as_nest_does() -> std::result::Result<(), serde_json::Error> {
+        let value = serde_json::value::to_raw_value(&serde_json::json!({"total": 6}))?;
+        let text = |r: &Response| String::from_utf8_lossy(&encode_reply(r)).into_owned();
+        assert_eq!(
+            text(&Response::Value(value)),
+            r#"{"response":{"total":6},"isDisposed":true}"#
+        );
+        assert_eq!(text(&Response::Nothing), r#"{"isDisposed":true}"#);
+        let error = crate::rpc::RpcError::new("boom");
+        let reply: serde_json::Value =
+            serde_json::from_slice(&encode_reply(&Response::Error(error)))?;
+        assert_eq!(
+            reply,
+            serde_json::json!({"err": {"status": "error", "message": "boom"}, "isDisposed": true})
+        );
+        let no_handler: serde_json::Value = serde_json::from_slice(&encode_no_handler("abc"))?;
+        assert_eq!(
+            no_handler,
+            serde_json::json!({"id": "abc", "err": NO_HANDLER, "status": "error"})
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn requests_encode_as_nest_does() -> Result<()> {
+        let body = encode_request(&Pattern::from("sum"), &[1, 2], "id-1")?;
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            r#"{"pattern":"sum","data":[1,2],"id":"id-1"}"#
+        );
+        Ok(())
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Default bound on waiting for the broker to confirm a publish.
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default bound on waiting for the reply to a request (`ClientProxy::send`).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Who acknowledges deliveries to the broker.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -98,6 +101,61 @@ impl QueueOptions {
     }
 }
 
+/// The kind of an exchange rmq-bus declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExchangeKind {
+    /// Routing key = pattern; queues bind with patterns, `*` and `#` wildcards included.
+    Topic,
+    /// Routing key = pattern, matched exactly.
+    Direct,
+    /// Every bound queue gets a copy: publish/subscribe, one queue per subscribing service.
+    Fanout,
+}
+
+/// An exchange to publish to and bind the queue to, instead of the default exchange.
+///
+/// With an exchange, clients publish with the pattern as routing key, and a microservice binds its
+/// queue with each of its handlers' patterns (once, for a fanout exchange).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    /// Its name.
+    pub name: String,
+    /// Its kind.
+    pub kind: ExchangeKind,
+    /// Whether it survives a broker restart (NestJS declares durable exchanges).
+    pub durable: bool,
+}
+
+impl Exchange {
+    /// A durable topic exchange.
+    pub fn topic(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: ExchangeKind::Topic,
+            durable: true,
+        }
+    }
+
+    /// A durable direct exchange.
+    pub fn direct(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: ExchangeKind::Direct,
+            durable: true,
+        }
+    }
+
+    /// A durable fanout exchange.
+    pub fn fanout(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: ExchangeKind::Fanout,
+            durable: true,
+        }
+    }
+}
+
 /// Settings for one broker and one queue.
 ///
 /// ```
@@ -110,6 +168,7 @@ pub struct RmqOptions {
     uri: String,
     queue: String,
     queue_options: QueueOptions,
+    exchange: Option<Exchange>,
     no_assert: bool,
     prefetch: u16,
     ack_mode: AckMode,
@@ -125,6 +184,7 @@ impl fmt::Debug for RmqOptions {
             .field("uri", &redact_uri(&self.uri))
             .field("queue", &self.queue)
             .field("queue_options", &self.queue_options)
+            .field("exchange", &self.exchange)
             .field("no_assert", &self.no_assert)
             .field("prefetch", &self.prefetch)
             .field("ack_mode", &self.ack_mode)
@@ -144,6 +204,7 @@ impl RmqOptions {
             uri: DEFAULT_URI.to_owned(),
             queue: queue.into(),
             queue_options: QueueOptions::default(),
+            exchange: None,
             no_assert: false,
             prefetch: DEFAULT_PREFETCH,
             ack_mode: AckMode::default(),
@@ -230,6 +291,12 @@ impl RmqOptions {
         self
     }
 
+    /// Routes through `exchange` instead of the default exchange (see [`Exchange`]).
+    pub fn exchange(mut self, exchange: Exchange) -> Self {
+        self.exchange = Some(exchange);
+        self
+    }
+
     /// Declares the queue as durable or not (durable by default).
     pub fn durable(mut self, durable: bool) -> Self {
         self.queue_options.durable = durable;
@@ -289,6 +356,10 @@ impl RmqOptions {
     /// How the queue is declared.
     pub fn queue_declaration(&self) -> &QueueOptions {
         &self.queue_options
+    }
+    /// The exchange routed through, if not the default one.
+    pub fn exchange_options(&self) -> Option<&Exchange> {
+        self.exchange.as_ref()
     }
     /// Whether declaring the queue is skipped.
     pub fn is_no_assert(&self) -> bool {

@@ -144,6 +144,53 @@ pub enum Error {
         reason: String,
     },
 
+    /// A request got no reply within its timeout.
+    #[error(
+        "no reply to request {pattern:?} within {timeout:?}; is a service consuming the queue and handling that pattern? (the request may still be processed)"
+    )]
+    RequestTimeout {
+        /// The request's pattern.
+        pattern: String,
+        /// The bound that passed.
+        timeout: std::time::Duration,
+    },
+
+    /// The remote handler answered with an error.
+    #[error("request {pattern:?} failed remotely: {error}")]
+    Remote {
+        /// The request's pattern.
+        pattern: String,
+        /// The error payload as sent (`{"status":"error","message":…}` for NestJS `RpcException("…")`).
+        error: serde_json::Value,
+    },
+
+    /// The remote service has no handler for the request's pattern.
+    #[error(
+        "the remote service has no handler for request pattern {pattern:?}; check the pattern and that the right service consumes the queue"
+    )]
+    NoHandler {
+        /// The request's pattern.
+        pattern: String,
+    },
+
+    /// The connection was lost while waiting for a reply.
+    #[error(
+        "the connection closed before the reply to {pattern:?} arrived; the request may or may not have been processed"
+    )]
+    ReplyLost {
+        /// The request's pattern.
+        pattern: String,
+    },
+
+    /// A reply arrived but does not fit the expected type.
+    #[error("the reply to {pattern:?} does not fit the expected type: {reason}")]
+    BadReply {
+        /// The request's pattern.
+        pattern: String,
+        /// What did not fit.
+        reason: String,
+    },
+
     /// The same pattern was registered for two handlers.
     #[error("pattern {0:?} has two handlers; each pattern routes to exactly one handler")]
     DuplicatePattern(String),

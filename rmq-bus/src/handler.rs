@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::context::RmqContext;
 use crate::pattern::Pattern;
+use crate::rpc::Response;
 
 /// A message on its way to a handler: the decoded data and its context.
 #[derive(Debug)]
@@ -38,8 +39,9 @@ impl Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HandlerError {
-    /// The message data does not fit the handler's arguments: dead-lettered, never retried.
-    BadPayload(String),
+    /// The message is bad input (its data does not fit the handler's arguments, or an
+    /// interceptor refused it): dead-lettered, never retried.
+    BadInput(String),
     /// The handler itself returned an error: settled by the [`FailurePolicy`](crate::FailurePolicy).
     Failed(String),
 }
@@ -47,7 +49,7 @@ pub enum HandlerError {
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HandlerError::BadPayload(why) => {
+            HandlerError::BadInput(why) => {
                 write!(f, "message data does not fit the handler: {why}")
             }
             HandlerError::Failed(why) => write!(f, "handler failed: {why}"),
@@ -56,15 +58,25 @@ impl fmt::Display for HandlerError {
 }
 
 /// What a handler resolves to, once its return value is interpreted.
-pub type HandlerResult = Result<(), HandlerError>;
+pub type HandlerResult = Result<Response, HandlerError>;
 
 pub(crate) type BoxHandler =
     Arc<dyn Fn(Message) -> BoxFuture<'static, HandlerResult> + Send + Sync>;
 
+/// Whether a route handles events (`emit`) or requests (`send`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `#[event_pattern]`: no reply; failures are settled by the failure policy.
+    Event,
+    /// `#[message_pattern]`: answers the request; acked once the reply is sent.
+    Message,
+}
+
 /// A pattern and the handler it routes to. Built by the macros, [`Microservice::on_event`](crate::Microservice::on_event),
-/// or [`Route::event`].
+/// [`Microservice::on_message`](crate::Microservice::on_message), [`Route::event`] or [`Route::message`].
 pub struct Route {
     pub(crate) pattern: Pattern,
+    pub(crate) kind: RouteKind,
     pub(crate) handler: BoxHandler,
 }
 
@@ -72,6 +84,7 @@ impl fmt::Debug for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Route")
             .field("pattern", &self.pattern)
+            .field("kind", &self.kind)
             .finish_non_exhaustive()
     }
 }
@@ -83,10 +96,34 @@ impl Route {
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
+        Self::new(pattern.into(), RouteKind::Event, handler)
+    }
+
+    /// Routes request `pattern` to `handler`, whose [`Response`] is sent back to the requester.
+    pub fn message<F, Fut>(pattern: impl Into<Pattern>, handler: F) -> Self
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Self::new(pattern.into(), RouteKind::Message, handler)
+    }
+
+    fn new<F, Fut>(pattern: Pattern, kind: RouteKind, handler: F) -> Self
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let handler: BoxHandler = Arc::new(move |message| Box::pin(handler(message)));
         Self {
-            pattern: pattern.into(),
-            handler: Arc::new(move |message| Box::pin(handler(message))),
+            pattern,
+            kind,
+            handler,
         }
+    }
+
+    /// Whether it routes events or requests.
+    pub fn kind(&self) -> RouteKind {
+        self.kind
     }
 
     /// The pattern routed.
@@ -123,13 +160,14 @@ pub trait IntoHandlerResult {
 
 impl IntoHandlerResult for () {
     fn into_handler_result(self) -> HandlerResult {
-        Ok(())
+        Ok(Response::Nothing)
     }
 }
 
 impl<E: fmt::Display> IntoHandlerResult for Result<(), E> {
     fn into_handler_result(self) -> HandlerResult {
-        self.map_err(|e| HandlerError::Failed(e.to_string()))
+        self.map(|()| Response::Nothing)
+            .map_err(|e| HandlerError::Failed(e.to_string()))
     }
 }
 
@@ -162,7 +200,7 @@ impl FromMessage for RmqContext {
 /// Deserializes the whole data as `T`.
 pub(crate) fn payload<T: DeserializeOwned>(message: &Message) -> Result<T, HandlerError> {
     serde_json::from_str(message.data.get()).map_err(|e| {
-        HandlerError::BadPayload(format!("data is not a {}: {e}", std::any::type_name::<T>()))
+        HandlerError::BadInput(format!("data is not a {}: {e}", std::any::type_name::<T>()))
     })
 }
 
@@ -174,22 +212,29 @@ pub(crate) fn payload_field<T: DeserializeOwned>(
 ) -> Result<T, HandlerError> {
     let fields: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> =
         serde_json::from_str(message.data.get()).map_err(|e| {
-            HandlerError::BadPayload(format!("data is not an object with a {key:?} key: {e}"))
+            HandlerError::BadInput(format!("data is not an object with a {key:?} key: {e}"))
         })?;
     let raw = fields.get(key).map_or("null", |raw| raw.get());
     serde_json::from_str(raw).map_err(|e| {
-        HandlerError::BadPayload(format!(
+        HandlerError::BadInput(format!(
             "data.{key} is not a {}: {e}",
             std::any::type_name::<T>()
         ))
     })
 }
 
-/// A function or closure usable as a handler: `async` with up to four [`FromMessage`] arguments,
-/// returning an [`IntoHandlerResult`]. `Args` only tells the implementations apart.
+/// A function or closure usable as an event handler: `async` with up to four [`FromMessage`]
+/// arguments, returning an [`IntoHandlerResult`]. `Args` only tells the implementations apart.
 pub trait IntoRoute<Args>: Send + Sync + 'static {
-    /// Builds the route for `pattern`.
+    /// Builds the event route for `pattern`.
     fn into_route(self, pattern: Pattern) -> Route;
+}
+
+/// A function or closure usable as a request handler: `async` with up to four [`FromMessage`]
+/// arguments, returning an [`IntoReply`](crate::IntoReply).
+pub trait IntoMessageRoute<Args>: Send + Sync + 'static {
+    /// Builds the request route for `pattern`.
+    fn into_message_route(self, pattern: Pattern) -> Route;
 }
 
 macro_rules! impl_into_route {
@@ -209,6 +254,26 @@ macro_rules! impl_into_route {
                         $(let $arg = $arg::from_message(&message)?;)*
                         drop(message);
                         handler($($arg),*).await.into_handler_result()
+                    }
+                })
+            }
+        }
+
+        impl<F, Fut, R, $($arg),*> IntoMessageRoute<($($arg,)*)> for F
+        where
+            F: Fn($($arg),*) -> Fut + Clone + Send + Sync + 'static,
+            Fut: Future<Output = R> + Send + 'static,
+            R: crate::rpc::IntoReply,
+            $($arg: FromMessage + Send + 'static,)*
+        {
+            #[allow(non_snake_case, unused_variables)]
+            fn into_message_route(self, pattern: Pattern) -> Route {
+                Route::message(pattern, move |message: Message| {
+                    let handler = self.clone();
+                    async move {
+                        $(let $arg = $arg::from_message(&message)?;)*
+                        drop(message);
+                        handler($($arg),*).await.into_reply()
                     }
                 })
             }

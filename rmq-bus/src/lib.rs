@@ -67,21 +67,27 @@ mod context;
 mod dispatch;
 mod error;
 mod handler;
+mod interceptor;
 mod pattern;
+mod rpc;
 mod server;
+mod trace;
 
 pub use client::ClientProxy;
 pub use config::{
-    AckMode, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PREFETCH, DEFAULT_URI,
-    FailurePolicy, QueueOptions, RmqOptions,
+    AckMode, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PREFETCH,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_URI, Exchange, ExchangeKind, FailurePolicy, QueueOptions,
+    RmqOptions,
 };
 pub use context::{DeliveryInfo, Properties, RmqContext, Settlement};
 pub use error::{Error, Result};
 pub use handler::{
-    Controller, FromMessage, HandlerError, HandlerFn, HandlerResult, IntoHandlerResult, IntoRoute,
-    Message, Payload, Route,
+    Controller, FromMessage, HandlerError, HandlerFn, HandlerResult, IntoHandlerResult,
+    IntoMessageRoute, IntoRoute, Message, Payload, Route, RouteKind,
 };
+pub use interceptor::{Interceptor, Next};
 pub use pattern::Pattern;
+pub use rpc::{IntoReply, Response, RpcError};
 pub use server::{DEFAULT_DRAIN_TIMEOUT, Microservice, RunningMicroservice, shutdown_signal};
 
 /// Marks an impl block as a controller: its `#[event_pattern]` methods become handlers, registered
@@ -100,7 +106,17 @@ pub mod __private {
     pub use crate::handler::{
         Controller, HandlerError, HandlerFn, IntoHandlerResult, Message, Route,
     };
+    pub use crate::rpc::IntoReply;
     pub use futures::future::BoxFuture;
+
+    /// An object pattern from its JSON text, as the macros write it (`cmd = "sum"` becomes
+    /// `{"cmd":"sum"}`). Text that is not a JSON object is taken as a string pattern.
+    pub fn object_pattern(json: &str) -> crate::Pattern {
+        match serde_json::from_str::<serde_json::Value>(json) {
+            Ok(value @ serde_json::Value::Object(_)) => crate::Pattern::from(value),
+            _ => crate::Pattern::from(json),
+        }
+    }
 
     /// The whole data as `T`.
     pub fn payload<T: serde::de::DeserializeOwned>(message: &Message) -> Result<T, HandlerError> {

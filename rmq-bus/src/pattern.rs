@@ -83,6 +83,30 @@ impl Serialize for Pattern {
     }
 }
 
+/// Whether `key` is a topic wildcard pattern: a dot-separated segment is `*` or `#`.
+pub(crate) fn is_wildcard(key: &str) -> bool {
+    key.split('.')
+        .any(|segment| segment == "*" || segment == "#")
+}
+
+/// Topic matching as RabbitMQ does it: `*` is exactly one dot-separated segment, `#` zero or more.
+pub(crate) fn wildcard_matches(pattern: &str, key: &str) -> bool {
+    fn go(pattern: &[&str], key: &[&str]) -> bool {
+        match (pattern.split_first(), key.split_first()) {
+            (None, None) => true,
+            (Some((&"#", rest)), _) => {
+                go(rest, key) || key.split_first().is_some_and(|(_, tail)| go(pattern, tail))
+            }
+            (Some((&"*", rest)), Some((_, tail))) => go(rest, tail),
+            (Some((segment, rest)), Some((word, tail))) => segment == word && go(rest, tail),
+            _ => false,
+        }
+    }
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let key: Vec<&str> = key.split('.').collect();
+    go(&pattern, &key)
+}
+
 /// Rebuilds `value` with every object's keys in sorted order, whatever map serde_json uses.
 fn sort_keys(value: &Value) -> Value {
     match value {
@@ -126,6 +150,34 @@ mod tests {
         );
         assert_eq!(Pattern::from_json(&json!(null)), None);
         assert_eq!(Pattern::from_json(&json!([1])), None);
+    }
+
+    #[test]
+    fn wildcards_match_like_topic_exchanges() {
+        let cases = [
+            ("order.*", "order.created", true),
+            ("order.*", "order.created.eu", false),
+            ("order.*", "order", false),
+            ("order.#", "order", true),
+            ("order.#", "order.created.eu", true),
+            ("#.eu", "order.created.eu", true),
+            ("*.created.*", "order.created.eu", true),
+            ("#", "anything.at.all", true),
+            ("order.*.eu", "order.created.us", false),
+        ];
+        for (pattern, key, expected) in cases {
+            assert_eq!(
+                wildcard_matches(pattern, key),
+                expected,
+                "{pattern} ~ {key}"
+            );
+        }
+        assert!(
+            is_wildcard("order.#")
+                && is_wildcard("*.x")
+                && !is_wildcard("order_created")
+                && !is_wildcard("a*b")
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@ use crate::amqp;
 use crate::config::{AckMode, RmqOptions};
 use crate::dispatch::{Policy, Router, dispatch};
 use crate::error::{Error, Result};
-use crate::handler::{Controller, HandlerFn, IntoRoute, Route};
+use crate::handler::{Controller, HandlerFn, IntoMessageRoute, IntoRoute, Route};
+use crate::interceptor::{Interceptor, wrap};
 use crate::pattern::Pattern;
 
 /// Default time in-flight handlers get to finish at shutdown.
@@ -81,7 +82,8 @@ impl Microservice {
         self
     }
 
-    /// Registers a free `async fn` marked `#[event_pattern]`: `.handler::<on_order_created>()`.
+    /// Registers a free `async fn` marked `#[event_pattern]` or `#[message_pattern]`:
+    /// `.handler::<on_order_created>()`.
     pub fn handler<H: HandlerFn>(mut self) -> Self {
         self.routes.push(H::route());
         self
@@ -95,6 +97,30 @@ impl Microservice {
         handler: H,
     ) -> Self {
         self.routes.push(handler.into_route(pattern.into()));
+        self
+    }
+
+    /// Registers a closure or function answering requests for `pattern` (NestJS
+    /// `@MessagePattern`); it returns `Result<T: Serialize, E: Into<RpcError>>`.
+    pub fn on_message<Args, H: IntoMessageRoute<Args>>(
+        mut self,
+        pattern: impl Into<Pattern>,
+        handler: H,
+    ) -> Self {
+        self.routes.push(handler.into_message_route(pattern.into()));
+        self
+    }
+
+    /// Wraps every handler registered **so far** with `interceptor` (as axum's `layer`): call it
+    /// last to wrap all of them, or between registrations to wrap only some controllers. An
+    /// interceptor added later runs outside those added before.
+    pub fn intercept<I: Interceptor>(mut self, interceptor: I) -> Self {
+        let interceptor: Arc<dyn Interceptor> = Arc::new(interceptor);
+        self.routes = self
+            .routes
+            .into_iter()
+            .map(|route| wrap(route, interceptor.clone()))
+            .collect();
         self
     }
 
@@ -140,7 +166,7 @@ impl Microservice {
         let mut consumers = JoinSet::new();
         for options in &self.queues {
             options.validate()?;
-            let consumer = QueueConsumer::open(&connection, options).await?;
+            let consumer = QueueConsumer::open(&connection, options, &router).await?;
             tracing::info!(
                 queue = options.queue(),
                 prefetch = options.prefetch_count(),
@@ -200,13 +226,14 @@ impl RunningMicroservice {
 struct QueueConsumer {
     channel: Channel,
     consumer: lapin::Consumer,
+    replier: Arc<amqp::ChannelReplier>,
     queue: String,
     policy: Policy,
     prefetch: usize,
 }
 
 impl QueueConsumer {
-    async fn open(connection: &Connection, options: &RmqOptions) -> Result<Self> {
+    async fn open(connection: &Connection, options: &RmqOptions, router: &Router) -> Result<Self> {
         let channel = connection
             .create_channel()
             .await
@@ -216,7 +243,11 @@ impl QueueConsumer {
             .await
             .map_err(|e| Error::from_lapin("setting the prefetch", e))?;
         if !options.is_no_assert() {
+            if let Some(exchange) = options.exchange_options() {
+                amqp::declare_exchange(&channel, exchange).await?;
+            }
             amqp::declare_queue(&channel, options).await?;
+            amqp::bind_queue(&channel, options, &router.keys()).await?;
         }
         let no_ack = options.ack() == AckMode::NoAck;
         let consumer = channel
@@ -243,6 +274,7 @@ impl QueueConsumer {
             max_bytes: options.max_bytes(),
         };
         Ok(Self {
+            replier: Arc::new(amqp::ChannelReplier(channel.clone())),
             channel,
             consumer,
             queue: options.queue().to_owned(),
@@ -281,7 +313,8 @@ impl QueueConsumer {
             };
             match delivery {
                 Some(Ok(delivery)) => {
-                    let inbound = amqp::inbound(delivery, &self.queue, &self.channel);
+                    let inbound =
+                        amqp::inbound(delivery, &self.queue, &self.channel, &self.replier);
                     let (router, policy) = (router.clone(), self.policy);
                     tasks.spawn(async move {
                         dispatch(&router, policy, inbound).await;
