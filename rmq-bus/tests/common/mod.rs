@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -55,6 +56,7 @@ pub struct Broker {
     pub connection: Connection,
     pub channel: Channel,
     queues: std::sync::Mutex<Vec<String>>,
+    exchanges: std::sync::Mutex<Vec<String>>,
 }
 
 impl Broker {
@@ -67,6 +69,7 @@ impl Broker {
             connection,
             channel,
             queues: Default::default(),
+            exchanges: Default::default(),
         }
     }
 
@@ -91,6 +94,11 @@ impl Broker {
     /// Deletes `queue` at cleanup.
     pub fn forget_later(&self, queue: &str) {
         self.queues.lock().expect("lock").push(queue.to_owned());
+    }
+
+    /// Deletes exchange `name` at cleanup.
+    pub fn forget_exchange_later(&self, name: &str) {
+        self.exchanges.lock().expect("lock").push(name.to_owned());
     }
 
     /// Publishes raw bytes to `queue` through the default exchange and waits for the confirm.
@@ -164,6 +172,13 @@ impl Broker {
             let _ = self
                 .channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let exchanges = std::mem::take(&mut *self.exchanges.lock().expect("lock"));
+        for exchange in exchanges {
+            let _ = self
+                .channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                 .await;
         }
         let _ = self.connection.close(200, "done".into()).await;
