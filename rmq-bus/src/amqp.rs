@@ -1,35 +1,58 @@
 //! The RabbitMQ side of rmq-bus: connecting, declaring, and turning lapin deliveries into
 //! transport-neutral ones. Everything lapin-specific that the dispatcher must not see lives here.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use lapin::options::{
     BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind as LapinKind,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    ExchangeKind as LapinKind,
 };
 use serde_json::Value;
 
 use crate::config::{Exchange, ExchangeKind, RmqOptions, redact_uri};
 use crate::context::{Acker, DeliveryInfo, Properties, Settlement};
-use crate::dispatch::{Inbound, Replier};
+use crate::dispatch::{Inbound, Publisher, Target};
 use crate::error::{Error, Result};
 
 /// Opens a connection named `name` (shown in the management UI and `rabbitmqctl list_connections`).
-pub(crate) async fn connect(uri: &str, name: &str) -> Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(uri, properties)
-        .await
-        .map_err(|source| Error::Connect {
-            uri: redact_uri(uri),
-            source,
-        })
+/// Connects to the first of the broker URIs of `options` that answers, trying them all again
+/// with a growing pause (up to 5 s) until `patience` runs out (`None`: for ever).
+pub(crate) async fn connect(
+    options: &RmqOptions,
+    name: &str,
+    patience: Option<Duration>,
+) -> Result<Connection> {
+    let deadline = patience.map(|patience| Instant::now() + patience);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let mut failure = None;
+        for uri in options.broker_uris() {
+            let properties = ConnectionProperties::default().with_connection_name(name.into());
+            match Connection::connect(uri, properties).await {
+                Ok(connection) => {
+                    tracing::info!(uri = %redact_uri(uri), connection = name, "connected to RabbitMQ");
+                    return Ok(connection);
+                }
+                Err(source) => failure = Some(Error::Connect { uri: redact_uri(uri), source }),
+            }
+        }
+        let error = failure.unwrap_or_else(|| Error::Config("no broker URI configured".into()));
+        if deadline.is_some_and(|deadline| Instant::now() + pause > deadline) {
+            return Err(error);
+        }
+        tracing::warn!(%error, retry_in = ?pause, "RabbitMQ unreachable; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// A string as an AMQP short string, which has at most 255 bytes.
@@ -249,18 +272,59 @@ impl Acker for LapinAcker {
     }
 }
 
-/// Publishes replies on the channel the request came in on (no confirms: the requester's
-/// timeout covers a lost reply).
-pub(crate) struct ChannelReplier(pub(crate) Channel);
+/// Publishes on behalf of a microservice's connection: replies (unconfirmed: the requester's
+/// timeout covers a lost one) and confirmed copies for retries and the dead-letter queue, whose
+/// queues it declares on first use.
+pub(crate) struct ServerPublisher {
+    channel: Channel,
+    declared: Mutex<HashSet<String>>,
+}
 
-impl Replier for ChannelReplier {
-    fn reply(
-        &self,
-        reply_to: &str,
-        correlation_id: &str,
-        body: Vec<u8>,
-    ) -> BoxFuture<'static, Result<()>> {
-        let channel = self.0.clone();
+impl ServerPublisher {
+    pub(crate) async fn open(connection: &Connection) -> Result<Self> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| Error::from_lapin("opening the publishing channel", e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| Error::from_lapin("enabling publisher confirms", e))?;
+        Ok(Self { channel, declared: Mutex::default() })
+    }
+
+    /// Declares `target`'s queue unless done before on this connection; returns its name.
+    async fn declare(&self, target: &Target) -> Result<String> {
+        let (name, arguments) = match target {
+            Target::Queue(queue) => return Ok(queue.clone()),
+            Target::DeadLetter(queue) => (queue.clone(), BTreeMap::new()),
+            Target::Delayed { queue, delay } => {
+                let arguments = BTreeMap::from([
+                    ("x-message-ttl".to_owned(), Value::from(delay.as_millis() as u64)),
+                    ("x-dead-letter-exchange".to_owned(), Value::from("")),
+                    ("x-dead-letter-routing-key".to_owned(), Value::from(queue.as_str())),
+                ]);
+                (crate::retry::delay_queue(queue, *delay), arguments)
+            }
+        };
+        if self.declared.lock().is_ok_and(|declared| declared.contains(&name)) {
+            return Ok(name);
+        }
+        let flags = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        self.channel
+            .queue_declare(short("queue name", &name)?, flags, field_table(&arguments)?)
+            .await
+            .map_err(|source| Error::Declare { queue: name.clone(), source })?;
+        if let Ok(mut declared) = self.declared.lock() {
+            declared.insert(name.clone());
+        }
+        Ok(name)
+    }
+}
+
+impl Publisher for ServerPublisher {
+    fn reply(&self, reply_to: &str, correlation_id: &str, body: Vec<u8>) -> BoxFuture<'static, Result<()>> {
+        let channel = self.channel.clone();
         let target = short("reply_to", reply_to);
         let mut properties = BasicProperties::default();
         if let Ok(id) = ShortString::try_new(correlation_id) {
@@ -268,19 +332,65 @@ impl Replier for ChannelReplier {
         }
         async move {
             channel
-                .basic_publish(
-                    ShortString::from(""),
-                    target?,
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
+                .basic_publish(ShortString::from(""), target?, BasicPublishOptions::default(), &body, properties)
                 .await
                 .map(drop)
                 .map_err(|e| Error::from_lapin("publishing a reply", e))
         }
         .boxed()
     }
+
+    fn republish<'a>(&'a self, target: Target, body: &'a [u8], properties: &'a Properties) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let queue = self.declare(&target).await?;
+            let confirm = self
+                .channel
+                .basic_publish(
+                    ShortString::from(""),
+                    short("queue name", &queue)?,
+                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    body,
+                    basic_properties(properties)?,
+                )
+                .await
+                .map_err(|e| Error::from_lapin("republishing", e))?;
+            match confirm.await.map_err(|e| Error::from_lapin("waiting for the republish confirm", e))? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+                Confirmation::Ack(Some(_)) => Err(Error::Unroutable { routing_key: queue }),
+                Confirmation::Nack(_) => Err(Error::Nacked { queue }),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Neutral properties back to AMQP ones, for republishing a delivery.
+fn basic_properties(properties: &Properties) -> Result<BasicProperties> {
+    let mut out = BasicProperties::default();
+    let text = |what: &str, value: &Option<String>| value.as_deref().map(|v| short(what, v)).transpose();
+    if let Some(v) = text("content_type", &properties.content_type)? {
+        out = out.with_content_type(v);
+    }
+    if let Some(v) = text("correlation_id", &properties.correlation_id)? {
+        out = out.with_correlation_id(v);
+    }
+    if let Some(v) = text("reply_to", &properties.reply_to)? {
+        out = out.with_reply_to(v);
+    }
+    if let Some(v) = text("message_id", &properties.message_id)? {
+        out = out.with_message_id(v);
+    }
+    if let Some(mode) = properties.delivery_mode {
+        out = out.with_delivery_mode(mode);
+    }
+    if let Some(timestamp) = properties.timestamp {
+        out = out.with_timestamp(timestamp);
+    }
+    if !properties.headers.is_empty() {
+        let headers: BTreeMap<String, Value> = properties.headers.clone();
+        out = out.with_headers(field_table(&headers)?);
+    }
+    Ok(out)
 }
 
 /// Turns a lapin delivery from `queue` into a transport-neutral one.
@@ -288,7 +398,7 @@ pub(crate) fn inbound(
     delivery: lapin::message::Delivery,
     queue: &str,
     channel: &Channel,
-    replier: &Arc<ChannelReplier>,
+    publisher: &Arc<ServerPublisher>,
 ) -> Inbound {
     let info = DeliveryInfo {
         queue: queue.to_owned(),
@@ -302,7 +412,7 @@ pub(crate) fn inbound(
         info,
         body: delivery.data,
         acker: Arc::new(LapinAcker(delivery.acker)),
-        replier: replier.clone(),
+        publisher: publisher.clone(),
         channel: Some(channel.clone()),
     }
 }

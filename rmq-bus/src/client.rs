@@ -4,12 +4,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionStatus, PublisherConfirm};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, oneshot};
@@ -84,7 +84,7 @@ impl ClientProxy {
     /// Connects (and declares the queue) now rather than on the first emit, so that
     /// misconfiguration shows at start-up.
     pub async fn connect(&self) -> Result<()> {
-        self.channel(false).await.map(drop)
+        self.channel(false, self.deadline()).await.map(drop)
     }
 
     /// Emits event `pattern` with `data`, as NestJS's `client.emit(pattern, data)`: the packet
@@ -106,17 +106,42 @@ impl ClientProxy {
     ) -> Result<()> {
         let pattern = pattern.into();
         let body = encode_event(&pattern, data)?;
-        let (channel, _) = self.channel(false).await?;
         let properties = self.properties(None, self.inner.options.is_persistent());
-        let confirm = self.publish(&channel, &pattern, &body, properties).await?;
+        // Through an outage, publish again on the next connection until the bound: an event
+        // the broker did not confirm is never given up silently (a retry may duplicate it).
+        let deadline = self.deadline();
+        loop {
+            match self.publish_confirmed(&pattern, &body, properties.clone(), deadline).await {
+                Err(error) if is_transient(&error) && Instant::now() < deadline => {
+                    tracing::warn!(%error, "emit interrupted; publishing again once the broker is back");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One attempt at publishing an event and having it confirmed.
+    async fn publish_confirmed(
+        &self,
+        pattern: &Pattern,
+        body: &[u8],
+        properties: BasicProperties,
+        deadline: Instant,
+    ) -> Result<()> {
+        let (channel, status, _) = self.channel(false, deadline).await?;
+        wait_unblocked(&status, deadline).await?;
+        let confirm = self.publish(&channel, pattern, body, properties).await?;
         let wait = self.inner.options.confirm_wait();
         match tokio::time::timeout(wait, confirm).await {
-            Err(_) => Err(Error::ConfirmTimeout {
-                queue: self.target(&pattern),
-                timeout: wait,
-            }),
-            Ok(confirmation) => self.confirmed(&pattern, confirmation),
+            Err(_) => Err(Error::ConfirmTimeout { queue: self.target(pattern), timeout: wait }),
+            Ok(confirmation) => self.confirmed(pattern, confirmation),
         }
+    }
+
+    /// When the current outage must end for a call to go on.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.inner.options.reconnect_wait()
     }
 
     /// Sends request `pattern` with `data` and waits for the reply, as NestJS's
@@ -155,7 +180,9 @@ impl ClientProxy {
         let pattern = pattern.into();
         let id = trace::new_id();
         let body = encode_request(&pattern, data, &id)?;
-        let (channel, link) = self.channel(true).await?;
+        let deadline = Instant::now() + timeout;
+        let (channel, status, link) = self.channel(true, deadline).await?;
+        wait_unblocked(&status, deadline).await?;
         let (sender, receiver) = oneshot::channel();
         let pending = Pending::register(&self.inner.pending, &id, link, sender);
         // Requests are transient: one nobody waits for after its timeout need not survive a restart.
@@ -296,9 +323,10 @@ impl ClientProxy {
         }
     }
 
-    /// The live channel and its link id, opening connection, channel and declarations first when
-    /// there is none; with `replies`, also the direct reply-to consumer.
-    async fn channel(&self, replies: bool) -> Result<(Channel, u64)> {
+    /// The live channel, its connection's status and its link id, opening connection, channel
+    /// and declarations first when there is none (trying until `deadline`); with `replies`, also
+    /// the direct reply-to consumer.
+    async fn channel(&self, replies: bool, deadline: Instant) -> Result<(Channel, ConnectionStatus, u64)> {
         let mut link = self.inner.link.lock().await;
         let alive = link
             .as_ref()
@@ -308,7 +336,7 @@ impl ClientProxy {
                 tracing::info!(target = %self.inner.options.queue(), "client connection lost; reconnecting");
             }
             *link = None;
-            *link = Some(self.open().await?);
+            *link = Some(self.open(deadline).await?);
         }
         let Some(current) = link.as_mut() else {
             return Err(Error::Config("client link vanished while opening".into()));
@@ -317,13 +345,14 @@ impl ClientProxy {
             self.consume_replies(current).await?;
             current.replies = true;
         }
-        Ok((current.channel.clone(), current.id))
+        Ok((current.channel.clone(), current.connection.status().clone(), current.id))
     }
 
-    async fn open(&self) -> Result<Link> {
+    async fn open(&self, deadline: Instant) -> Result<Link> {
         let options = &self.inner.options;
         options.validate()?;
-        let connection = amqp::connect(options.broker_uri(), "rmq-bus client").await?;
+        let patience = deadline.saturating_duration_since(Instant::now());
+        let connection = amqp::connect(options, "rmq-bus client", Some(patience)).await?;
         let channel = connection
             .create_channel()
             .await
@@ -396,6 +425,24 @@ impl ClientProxy {
         });
         Ok(())
     }
+}
+
+/// Errors after which publishing again on a new connection can succeed.
+fn is_transient(error: &Error) -> bool {
+    matches!(error, Error::Disconnected { .. } | Error::Nacked { .. })
+}
+
+/// Waits while the broker blocks publishers (memory or disk alarm), up to `deadline`, so that
+/// callers feel the back-pressure instead of the client buffering without bound.
+async fn wait_unblocked(status: &ConnectionStatus, deadline: Instant) -> Result<()> {
+    let started = Instant::now();
+    while status.blocked() {
+        if Instant::now() >= deadline {
+            return Err(Error::Blocked { waited: started.elapsed() });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// A request's place among the pending ones, removed however the request ends.

@@ -9,6 +9,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
 
 /// Broker URI used when `RABBIT_MQ_URI` is not set: a local RabbitMQ with the default account.
 pub const DEFAULT_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -23,6 +24,10 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Default bound on waiting for the broker to confirm a publish.
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default bound on waiting for the broker to come back: how long `emit` waits through an
+/// outage, and how long a microservice tries at start.
+pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default bound on waiting for the reply to a request (`ClientProxy::send`).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,6 +94,13 @@ impl QueueOptions {
     pub fn argument(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         self.arguments.insert(key.into(), value.into());
         self
+    }
+
+    /// Declares a quorum queue (replicated on a cluster; works on a single node too). Quorum
+    /// queues are durable.
+    pub fn quorum(mut self) -> Self {
+        self.durable = true;
+        self.argument("x-queue-type", "quorum")
     }
 
     /// Routes rejected messages to `exchange` (with `routing_key`, or their own key when `None`).
@@ -176,6 +188,9 @@ pub struct RmqOptions {
     persistent: bool,
     max_message_bytes: usize,
     confirm_timeout: Duration,
+    reconnect_timeout: Duration,
+    retry: Option<RetryPolicy>,
+    dead_letter_queue: Option<String>,
 }
 
 impl fmt::Debug for RmqOptions {
@@ -192,6 +207,9 @@ impl fmt::Debug for RmqOptions {
             .field("persistent", &self.persistent)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("confirm_timeout", &self.confirm_timeout)
+            .field("reconnect_timeout", &self.reconnect_timeout)
+            .field("retry", &self.retry)
+            .field("dead_letter_queue", &self.dead_letter_queue)
             .finish()
     }
 }
@@ -212,6 +230,9 @@ impl RmqOptions {
             persistent: true,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
+            reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
+            retry: None,
+            dead_letter_queue: None,
         }
     }
 
@@ -220,9 +241,10 @@ impl RmqOptions {
     ///
     /// | variable | meaning | default |
     /// |---|---|---|
-    /// | `RABBIT_MQ_URI` | broker URI (`amqp://` or `amqps://`) | [`DEFAULT_URI`] |
+    /// | `RABBIT_MQ_URI` | broker URI (`amqp://` or `amqps://`), or several comma-separated (cluster nodes) | [`DEFAULT_URI`] |
     /// | `RABBIT_MQ_<NAME>_QUEUE` | the queue | `<NAME>` |
     /// | `RABBIT_MQ_PREFETCH` | prefetch, 1–65535 | [`DEFAULT_PREFETCH`] |
+    /// | `RABBIT_MQ_QUEUE_TYPE` | `classic` or `quorum` | `classic` |
     ///
     /// `RmqOptions::from_env("BILLING")` reads `RABBIT_MQ_BILLING_QUEUE`. A set but unusable
     /// value is an [`Error::InvalidEnv`] naming the variable.
@@ -270,10 +292,19 @@ impl RmqOptions {
                 }
             };
         }
+        if let Some(raw) = lookup("RABBIT_MQ_QUEUE_TYPE") {
+            options.queue_options = match raw.trim() {
+                "classic" | "" => options.queue_options,
+                "quorum" => options.queue_options.quorum(),
+                _ => return Err(invalid("RABBIT_MQ_QUEUE_TYPE", &raw, "expected classic or quorum")),
+            };
+        }
         Ok(options)
     }
 
-    /// Sets the broker URI, `amqp://user:password@host:port/vhost` (vhost `/` is `%2f`).
+    /// Sets the broker URI, `amqp://user:password@host:port/vhost` (vhost `/` is `%2f`), or
+    /// several comma-separated: rmq-bus connects to the first that answers, and on losing it
+    /// tries them again in order.
     pub fn uri(mut self, uri: impl Into<String>) -> Self {
         self.uri = uri.into();
         self
@@ -294,6 +325,31 @@ impl RmqOptions {
     /// Routes through `exchange` instead of the default exchange (see [`Exchange`]).
     pub fn exchange(mut self, exchange: Exchange) -> Self {
         self.exchange = Some(exchange);
+        self
+    }
+
+    /// Sets how long `emit` waits through a broker outage before failing, and how long a
+    /// microservice tries to connect at start (default 30 s). A running microservice keeps trying.
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self
+    }
+
+    /// Retries failed handlers of this queue with `policy` (see [`RetryPolicy`]); a handler's
+    /// or controller's own policy, set with [`Microservice::retry`](crate::Microservice::retry),
+    /// takes precedence.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Dead-letters into queue `name`, which rmq-bus declares (durable) and publishes to itself,
+    /// with headers saying why: `x-rmq-bus-error`, `x-rmq-bus-queue`, `x-rmq-bus-pattern`,
+    /// `x-rmq-bus-attempts`, `x-rmq-bus-failed-at`. Bad input goes there at once; failed
+    /// handlers after their last retry. Needs no arguments on the consumed queue, so it works
+    /// with queues NestJS or an operator declared.
+    pub fn dead_letter_queue(mut self, name: impl Into<String>) -> Self {
+        self.dead_letter_queue = Some(name.into());
         self
     }
 
@@ -389,33 +445,59 @@ impl RmqOptions {
     pub fn confirm_wait(&self) -> Duration {
         self.confirm_timeout
     }
+    /// How long `emit` waits through an outage.
+    pub fn reconnect_wait(&self) -> Duration {
+        self.reconnect_timeout
+    }
+    /// The queue's retry policy, if any.
+    pub fn retry_policy(&self) -> Option<&RetryPolicy> {
+        self.retry.as_ref()
+    }
+    /// The dead-letter queue rmq-bus publishes to, if any.
+    pub fn dead_letter_queue_name(&self) -> Option<&str> {
+        self.dead_letter_queue.as_deref()
+    }
+    /// The broker URIs, in the order they are tried.
+    pub fn broker_uris(&self) -> impl Iterator<Item = &str> {
+        self.uri.split(',').map(str::trim).filter(|uri| !uri.is_empty())
+    }
 
     /// Checks what the broker would otherwise refuse later, with a clearer message.
     pub(crate) fn validate(&self) -> Result<()> {
         check_uri(&self.uri).map_err(|reason| {
             Error::Config(format!("broker URI {}: {reason}", redact_uri(&self.uri)))
         })?;
-        if self.queue.is_empty() || self.queue.len() > 255 {
-            return Err(Error::Config(format!(
-                "queue name {:?} must have 1 to 255 bytes",
-                self.queue
-            )));
+        for name in [Some(&self.queue), self.dead_letter_queue.as_ref()].into_iter().flatten() {
+            if name.is_empty() || name.len() > 200 {
+                return Err(Error::Config(format!(
+                    "queue name {name:?} must have 1 to 200 bytes (room is kept for retry queue suffixes)"
+                )));
+            }
         }
         Ok(())
     }
 }
 
-fn check_uri(uri: &str) -> std::result::Result<(), String> {
-    if !(uri.starts_with("amqp://") || uri.starts_with("amqps://")) {
-        return Err("expected amqp://user:password@host:port/vhost or amqps://…".to_owned());
+/// Checks one URI or a comma-separated list.
+fn check_uri(uris: &str) -> std::result::Result<(), String> {
+    let mut any = false;
+    for uri in uris.split(',').map(str::trim).filter(|uri| !uri.is_empty()) {
+        any = true;
+        if !(uri.starts_with("amqp://") || uri.starts_with("amqps://")) {
+            return Err("expected amqp://user:password@host:port/vhost or amqps://…".to_owned());
+        }
+        uri.parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| format!("not a valid AMQP URI ({e})"))?;
     }
-    uri.parse::<lapin::uri::AMQPUri>()
-        .map(|_| ())
-        .map_err(|e| format!("not a valid AMQP URI ({e})"))
+    if any { Ok(()) } else { Err("no URI given".to_owned()) }
 }
 
-/// Replaces the password of a URI with `***`, so it can be logged.
-pub(crate) fn redact_uri(uri: &str) -> String {
+/// Replaces the passwords of a URI (or a comma-separated list) with `***`, so it can be logged.
+pub(crate) fn redact_uri(uris: &str) -> String {
+    uris.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(uri: &str) -> String {
     let Some(scheme_end) = uri.find("://") else {
         return uri.to_owned();
     };
@@ -490,6 +572,23 @@ mod tests {
                 other => panic!("{var}={value}: expected InvalidEnv, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn several_uris_and_queue_types() -> Result<()> {
+        let vars = [
+            ("RABBIT_MQ_URI", "amqp://a:pw1@n1:5672/%2f, amqp://a:pw2@n2:5672/%2f"),
+            ("RABBIT_MQ_QUEUE_TYPE", "quorum"),
+        ];
+        let options = RmqOptions::from_lookup("X", lookup(&vars))?;
+        let uris: Vec<&str> = options.broker_uris().collect();
+        assert_eq!(uris, ["amqp://a:pw1@n1:5672/%2f", "amqp://a:pw2@n2:5672/%2f"]);
+        assert_eq!(options.queue_declaration().arguments.get("x-queue-type"), Some(&serde_json::json!("quorum")));
+        let debug = format!("{options:?}");
+        assert!(!debug.contains("pw1") && !debug.contains("pw2"), "{debug}");
+        let bad = [("RABBIT_MQ_QUEUE_TYPE", "stream")];
+        assert!(matches!(RmqOptions::from_lookup("X", lookup(&bad)), Err(Error::InvalidEnv { .. })));
+        Ok(())
     }
 
     #[test]

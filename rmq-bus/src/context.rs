@@ -234,23 +234,19 @@ impl RmqContext {
             .map(|_| ())
     }
 
-    /// Called by the dispatcher when the handler is done: settles now with `settlement` if the
-    /// message is unsettled and nobody else holds the context, else leaves it to the last drop.
-    /// Returns what it settled.
-    pub(crate) async fn finish(self, settlement: Settlement) -> Option<Result<Settlement>> {
-        self.inner
-            .on_drop
-            .store(settlement.code(), Ordering::Release);
-        if Arc::strong_count(&self.inner) > 1 || self.claim(settlement).is_err() {
-            return None;
-        }
-        Some(
-            self.inner
-                .acker
-                .settle(settlement)
-                .await
-                .map(|()| settlement),
-        )
+    /// Called by the dispatcher when the handler is done. If nobody settled the message and no
+    /// clone of the context is left elsewhere, the dispatcher takes it over (`true`) and must
+    /// settle it with [`settle_taken`](Self::settle_taken); otherwise the last clone to be
+    /// dropped settles it with `fallback`.
+    pub(crate) fn take_over(&self, fallback: Settlement) -> bool {
+        self.inner.on_drop.store(fallback.code(), Ordering::Release);
+        Arc::strong_count(&self.inner) == 1 && self.claim(fallback).is_ok()
+    }
+
+    /// Settles a delivery taken over with [`take_over`](Self::take_over).
+    pub(crate) async fn settle_taken(&self, settlement: Settlement) -> Result<()> {
+        self.inner.state.store(settlement.code(), Ordering::Release);
+        self.inner.acker.settle(settlement).await
     }
 }
 

@@ -1,32 +1,43 @@
 //! The transport-neutral core: decode a delivery, route it by pattern, run its handler, answer a
-//! request, and settle the delivery by the configured policy, whatever happens.
+//! request, and dispose of the delivery by the configured policy (ack, retry, dead-letter),
+//! whatever happens.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use serde_json::Value;
 use tracing::{Instrument, field};
 
 use crate::codec::{decode, encode_no_handler, encode_reply};
 use crate::config::{AckMode, FailurePolicy};
-use crate::context::{Acker, DeliveryInfo, RmqContext, Settlement};
+use crate::context::{Acker, DeliveryInfo, Properties, RmqContext, Settlement};
 use crate::error::{Error, Result};
 use crate::handler::{BoxHandler, HandlerError, Message, Route, RouteKind};
 use crate::pattern::{is_wildcard, wildcard_matches};
+use crate::retry::{ATTEMPT_HEADER, RetryPolicy, now_rfc3339};
 use crate::rpc::{Response, RpcError, failure_response};
 use crate::trace::{self, Trace};
 
-/// Publishes replies to requests on behalf of whichever transport delivered them.
-pub(crate) trait Replier: Send + Sync + 'static {
-    /// Sends `body` to queue `reply_to` with `correlation_id`.
-    fn reply(
-        &self,
-        reply_to: &str,
-        correlation_id: &str,
-        body: Vec<u8>,
-    ) -> BoxFuture<'static, Result<()>>;
+/// Where the dispatcher republishes a delivery.
+pub(crate) enum Target {
+    /// Straight back into a queue (an immediate retry).
+    Queue(String),
+    /// Into the delay queue in front of `queue`, whose TTL sends it back there.
+    Delayed { queue: String, delay: Duration },
+    /// Into a dead-letter queue.
+    DeadLetter(String),
+}
+
+/// Publishes on behalf of whichever transport delivered a message.
+pub(crate) trait Publisher: Send + Sync + 'static {
+    /// Sends a reply `body` to queue `reply_to` with `correlation_id`.
+    fn reply(&self, reply_to: &str, correlation_id: &str, body: Vec<u8>) -> BoxFuture<'static, Result<()>>;
+    /// Publishes a copy of a delivery to `target` and waits for the broker's confirm.
+    fn republish<'a>(&'a self, target: Target, body: &'a [u8], properties: &'a Properties) -> BoxFuture<'a, Result<()>>;
 }
 
 /// A delivery as any transport hands it over.
@@ -34,31 +45,37 @@ pub(crate) struct Inbound {
     pub(crate) info: DeliveryInfo,
     pub(crate) body: Vec<u8>,
     pub(crate) acker: Arc<dyn Acker>,
-    pub(crate) replier: Arc<dyn Replier>,
+    pub(crate) publisher: Arc<dyn Publisher>,
     pub(crate) channel: Option<lapin::Channel>,
+}
+
+/// One registered handler.
+struct Entry {
+    kind: RouteKind,
+    retry: Option<RetryPolicy>,
+    handler: BoxHandler,
 }
 
 /// Handlers by normalised pattern; topic wildcards (`order.*`, `order.#`) are tried in
 /// registration order when no exact pattern matches.
 pub(crate) struct Router {
-    exact: HashMap<String, (RouteKind, BoxHandler)>,
-    wildcards: Vec<(String, RouteKind, BoxHandler)>,
+    exact: HashMap<String, Entry>,
+    wildcards: Vec<(String, Entry)>,
 }
 
 impl Router {
     pub(crate) fn new(routes: Vec<Route>) -> Result<Self> {
         let mut exact = HashMap::with_capacity(routes.len());
-        let mut wildcards: Vec<(String, RouteKind, BoxHandler)> = Vec::new();
+        let mut wildcards: Vec<(String, Entry)> = Vec::new();
         for route in routes {
             let key = route.pattern.key().to_owned();
+            let entry = Entry { kind: route.kind, retry: route.retry, handler: route.handler };
             let duplicate = if is_wildcard(&key) {
-                let seen = wildcards.iter().any(|(other, ..)| *other == key);
-                wildcards.push((key.clone(), route.kind, route.handler));
+                let seen = wildcards.iter().any(|(other, _)| *other == key);
+                wildcards.push((key.clone(), entry));
                 seen
             } else {
-                exact
-                    .insert(key.clone(), (route.kind, route.handler))
-                    .is_some()
+                exact.insert(key.clone(), entry).is_some()
             };
             if duplicate {
                 return Err(Error::DuplicatePattern(key));
@@ -67,42 +84,45 @@ impl Router {
         Ok(Self { exact, wildcards })
     }
 
-    fn get(&self, key: &str) -> Option<(RouteKind, &BoxHandler)> {
-        if let Some((kind, handler)) = self.exact.get(key) {
-            return Some((*kind, handler));
-        }
-        self.wildcards
-            .iter()
-            .find(|(pattern, ..)| wildcard_matches(pattern, key))
-            .map(|(_, kind, handler)| (*kind, handler))
+    fn get(&self, key: &str) -> Option<&Entry> {
+        self.exact.get(key).or_else(|| {
+            self.wildcards.iter().find(|(pattern, _)| wildcard_matches(pattern, key)).map(|(_, entry)| entry)
+        })
     }
 
     /// Every registered pattern key: the binding keys of a topic or direct exchange.
     pub(crate) fn keys(&self) -> Vec<&str> {
-        let mut keys: Vec<&str> = self
-            .exact
-            .keys()
-            .map(String::as_str)
-            .chain(self.wildcards.iter().map(|(key, ..)| key.as_str()))
-            .collect();
+        let mut keys: Vec<&str> =
+            self.exact.keys().map(String::as_str).chain(self.wildcards.iter().map(|(key, _)| key.as_str())).collect();
         keys.sort_unstable();
         keys
     }
 }
 
-/// How deliveries are settled; from the queue's [`RmqOptions`](crate::RmqOptions).
-#[derive(Clone, Copy, Debug)]
+/// How one queue's deliveries are disposed of; from its [`RmqOptions`](crate::RmqOptions).
+#[derive(Clone, Debug)]
 pub(crate) struct Policy {
     pub(crate) ack_mode: AckMode,
     pub(crate) on_failure: FailurePolicy,
     pub(crate) max_bytes: usize,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) dead_letter_queue: Option<String>,
 }
 
-impl Policy {
-    fn failure_settlement(&self, redelivered: bool) -> Settlement {
-        match self.on_failure {
-            FailurePolicy::RequeueOnce if !redelivered => Settlement::Nack { requeue: true },
-            _ => Settlement::Reject,
+/// What becomes of a delivery once handled.
+enum Disposal {
+    Settle(Settlement),
+    Retry { attempt: u32, delay: Duration },
+    DeadLetter { reason: String, attempts: u32 },
+}
+
+impl Disposal {
+    /// The plain settlement standing in when rmq-bus cannot republish (a handler kept the context).
+    fn fallback(&self) -> Settlement {
+        match self {
+            Disposal::Settle(settlement) => *settlement,
+            Disposal::Retry { .. } => Settlement::Nack { requeue: true },
+            Disposal::DeadLetter { .. } => Settlement::Reject,
         }
     }
 }
@@ -115,7 +135,7 @@ struct ReplyTo {
 }
 
 /// Handles one delivery from start to settlement, inside a span with its queue, tag and pattern.
-pub(crate) async fn dispatch(router: &Router, policy: Policy, inbound: Inbound) {
+pub(crate) async fn dispatch(router: &Router, policy: &Policy, inbound: Inbound) {
     let span = tracing::info_span!(
         "rmq.delivery",
         queue = %inbound.info.queue,
@@ -127,110 +147,168 @@ pub(crate) async fn dispatch(router: &Router, policy: Policy, inbound: Inbound) 
     run(router, policy, inbound).instrument(span).await
 }
 
-async fn run(router: &Router, policy: Policy, inbound: Inbound) {
-    let Inbound {
-        info,
-        body,
-        acker,
-        replier,
-        channel,
-    } = inbound;
+async fn run(router: &Router, policy: &Policy, inbound: Inbound) {
+    let Inbound { info, body, acker, publisher, channel } = inbound;
     let auto_acked = policy.ack_mode == AckMode::NoAck;
+    let attempt = attempt_of(&info.properties);
+    let bad_input = |reason: String| Disposal::DeadLetter { reason, attempts: attempt };
     if body.len() > policy.max_bytes {
-        let reason = format!(
-            "message of {} bytes exceeds max_message_bytes = {}",
-            body.len(),
-            policy.max_bytes
-        );
-        return reject_bad_input(acker.as_ref(), auto_acked, &reason).await;
+        let reason = format!("message of {} bytes exceeds max_message_bytes = {}", body.len(), policy.max_bytes);
+        let settlement = dispose(publisher.as_ref(), policy, &info, None, &body, bad_input(reason), auto_acked).await;
+        return settle_direct(acker.as_ref(), settlement, auto_acked).await;
     }
     let packet = match decode(&body) {
         Ok(packet) => packet,
         Err(error) => {
-            return reject_bad_input(acker.as_ref(), auto_acked, &error.to_string()).await;
+            let settlement =
+                dispose(publisher.as_ref(), policy, &info, None, &body, bad_input(error.to_string()), auto_acked).await;
+            return settle_direct(acker.as_ref(), settlement, auto_acked).await;
         }
     };
-    drop(body);
-    let key = packet.pattern.key();
-    tracing::Span::current().record("pattern", key);
+    let key = packet.pattern.key().to_owned();
+    tracing::Span::current().record("pattern", key.as_str());
     let reply_to = reply_address(&info, packet.id);
-    let Some((kind, handler)) = router.get(key) else {
+    let Some(entry) = router.get(&key) else {
         if let Some(reply_to) = &reply_to {
-            send_reply(replier.as_ref(), reply_to, encode_no_handler(&reply_to.id)).await;
+            send_reply(publisher.as_ref(), reply_to, encode_no_handler(&reply_to.id)).await;
         }
-        let reason = format!(
-            "no handler for pattern {key:?}; this service handles: {}",
-            router.keys().join(", ")
-        );
-        return reject_bad_input(acker.as_ref(), auto_acked, &reason).await;
+        let reason = format!("no handler for pattern {key:?}; this service handles: {}", router.keys().join(", "));
+        let settlement = dispose(publisher.as_ref(), policy, &info, Some(&key), &body, bad_input(reason), auto_acked).await;
+        return settle_direct(acker.as_ref(), settlement, auto_acked).await;
     };
 
     let trace = Trace {
         correlation_id: info.properties.correlation_id.clone(),
-        traceparent: info
-            .properties
-            .headers
-            .get("traceparent")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned),
+        traceparent: info.properties.headers.get("traceparent").and_then(Value::as_str).map(str::to_owned),
     };
-    let on_failure = policy.failure_settlement(info.redelivered);
-    let ctx = RmqContext::new(key.to_owned(), info, acker, channel, auto_acked, on_failure);
-    let message = Message {
-        data: packet.data,
-        ctx: ctx.clone(),
-    };
-    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message))) {
+    let redelivered = info.redelivered;
+    let ctx = RmqContext::new(key.clone(), info, acker, channel, auto_acked, Settlement::Nack { requeue: true });
+    let message = Message { data: packet.data, ctx: ctx.clone() };
+    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.handler)(message))) {
         Ok(future) => trace::scope(trace, AssertUnwindSafe(future).catch_unwind()).await,
         Err(panic) => Err(panic),
     };
 
     // A request is answered whatever happened, so that its sender need not wait for a timeout;
     // once answered it is acked, as a redelivery would only answer it again.
-    let (settlement, response) = match outcome {
-        Ok(Ok(response)) => (Settlement::Ack, response),
+    let failed = |reason: String| match (&reply_to, entry.retry.as_ref().or(policy.retry.as_ref())) {
+        (Some(_), _) => Disposal::Settle(Settlement::Ack),
+        (None, Some(retry)) if attempt < retry.max_attempts() => {
+            Disposal::Retry { attempt: attempt + 1, delay: retry.delay_before(attempt + 1) }
+        }
+        (None, Some(_)) => Disposal::DeadLetter { reason, attempts: attempt },
+        (None, None) if policy.on_failure == FailurePolicy::RequeueOnce && !redelivered => {
+            Disposal::Settle(Settlement::Nack { requeue: true })
+        }
+        (None, None) => Disposal::DeadLetter { reason, attempts: attempt },
+    };
+    let (disposal, response) = match outcome {
+        Ok(Ok(response)) => (Disposal::Settle(Settlement::Ack), response),
         Ok(Err(error @ HandlerError::BadInput(_))) => {
-            tracing::warn!(reason = %error, "bad input: rejecting without requeue (dead-lettered if the queue has a DLX)");
-            (
-                Settlement::Reject,
-                Response::Error(failure_response(&error)),
-            )
+            tracing::warn!(reason = %error, "bad input: dead-lettering");
+            (bad_input(error.to_string()), Response::Error(failure_response(&error)))
         }
         Ok(Err(error)) => {
-            tracing::error!(%error, "handler failed");
-            let settlement = if reply_to.is_some() {
-                Settlement::Ack
-            } else {
-                on_failure
-            };
-            (settlement, Response::Error(failure_response(&error)))
+            tracing::error!(%error, attempt, "handler failed");
+            (failed(error.to_string()), Response::Error(failure_response(&error)))
         }
         Err(panic) => {
-            tracing::error!(panic = %panic_text(panic.as_ref()), "handler panicked");
-            let settlement = if reply_to.is_some() {
-                Settlement::Ack
-            } else {
-                on_failure
-            };
-            (settlement, Response::Error(RpcError::internal()))
+            let text = panic_text(panic.as_ref()).to_owned();
+            tracing::error!(panic = %text, attempt, "handler panicked");
+            (failed(format!("handler panicked: {text}")), Response::Error(RpcError::internal()))
         }
     };
     if let Some(reply_to) = &reply_to {
-        send_reply(replier.as_ref(), reply_to, encode_reply(&response)).await;
+        send_reply(publisher.as_ref(), reply_to, encode_reply(&response)).await;
     }
-    match ctx.finish(settlement).await {
-        None => {}
-        Some(Ok(Settlement::Ack)) => {
-            if kind == RouteKind::Event && reply_to.is_none() && policy.ack_mode == AckMode::Manual
-            {
-                tracing::warn!(
-                    "handler returned Ok without settling its message (AckMode::Manual); acked it"
-                );
-            }
+    if !ctx.take_over(disposal.fallback()) {
+        return;
+    }
+    let acked_for_handler = matches!(disposal, Disposal::Settle(Settlement::Ack))
+        && entry.kind == RouteKind::Event
+        && reply_to.is_none()
+        && policy.ack_mode == AckMode::Manual;
+    let settlement =
+        dispose(publisher.as_ref(), policy, ctx.delivery(), Some(&key), &body, disposal, auto_acked).await;
+    match ctx.settle_taken(settlement).await {
+        Ok(()) if acked_for_handler => {
+            tracing::warn!("handler returned Ok without settling its message (AckMode::Manual); acked it")
         }
-        Some(Ok(done)) => tracing::info!(settlement = %done, "settled by the failure policy"),
-        Some(Err(error)) => tracing::warn!(%error, "could not settle"),
+        Ok(()) => {}
+        Err(error) => tracing::warn!(%error, "could not settle"),
     }
+}
+
+/// Carries out a disposal: republishes for a retry or into the dead-letter queue (confirmed),
+/// and returns how the original delivery is then settled. Republishing failed: requeue, so
+/// nothing is lost.
+async fn dispose(
+    publisher: &dyn Publisher,
+    policy: &Policy,
+    info: &DeliveryInfo,
+    pattern: Option<&str>,
+    body: &[u8],
+    disposal: Disposal,
+    auto_acked: bool,
+) -> Settlement {
+    let (target, properties, done) = match disposal {
+        Disposal::Settle(settlement) => return settlement,
+        Disposal::Retry { attempt, delay } => {
+            let mut properties = info.properties.clone();
+            properties.headers.insert(ATTEMPT_HEADER.to_owned(), attempt.into());
+            let target = if delay.is_zero() {
+                Target::Queue(info.queue.clone())
+            } else {
+                Target::Delayed { queue: info.queue.clone(), delay }
+            };
+            tracing::info!(attempt, ?delay, "scheduling a retry");
+            (target, properties, "retry scheduled")
+        }
+        Disposal::DeadLetter { reason, attempts } => {
+            let Some(queue) = policy.dead_letter_queue.clone() else {
+                tracing::warn!(%reason, "rejecting without requeue (dead-lettered if the queue has a DLX)");
+                return Settlement::Reject;
+            };
+            let mut properties = info.properties.clone();
+            let headers = &mut properties.headers;
+            headers.insert("x-rmq-bus-error".into(), reason.as_str().into());
+            headers.insert("x-rmq-bus-queue".into(), info.queue.as_str().into());
+            headers.insert("x-rmq-bus-pattern".into(), pattern.unwrap_or("").into());
+            headers.insert("x-rmq-bus-attempts".into(), attempts.into());
+            headers.insert("x-rmq-bus-failed-at".into(), now_rfc3339().into());
+            tracing::warn!(%reason, dead_letter_queue = %queue, "dead-lettering");
+            (Target::DeadLetter(queue), properties, "dead-lettered")
+        }
+    };
+    if auto_acked {
+        tracing::warn!("AckMode::NoAck: the broker already took the message; it is not republished");
+        return Settlement::Ack;
+    }
+    match publisher.republish(target, body, &properties).await {
+        Ok(()) => {
+            tracing::debug!(done);
+            Settlement::Ack
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not republish; requeueing the message so that it is not lost");
+            Settlement::Nack { requeue: true }
+        }
+    }
+}
+
+/// Settles a delivery that never reached a handler.
+async fn settle_direct(acker: &dyn Acker, settlement: Settlement, auto_acked: bool) {
+    if auto_acked {
+        return;
+    }
+    if let Err(error) = acker.settle(settlement).await {
+        tracing::warn!(%error, "could not settle");
+    }
+}
+
+/// The delivery number of this message to a handler (1 for the first).
+fn attempt_of(properties: &Properties) -> u32 {
+    properties.headers.get(ATTEMPT_HEADER).and_then(Value::as_u64).map_or(1, |n| n.clamp(1, u64::from(u32::MAX)) as u32)
 }
 
 /// Where the reply to a request goes: a packet with an `id` and a `reply_to` property.
@@ -240,32 +318,13 @@ fn reply_address(info: &DeliveryInfo, id: Option<String>) -> Option<ReplyTo> {
         tracing::warn!(request_id = %id, "request has no reply_to property; its reply cannot be sent");
         return None;
     };
-    let correlation_id = info
-        .properties
-        .correlation_id
-        .clone()
-        .unwrap_or_else(|| id.clone());
-    Some(ReplyTo {
-        id,
-        queue,
-        correlation_id,
-    })
+    let correlation_id = info.properties.correlation_id.clone().unwrap_or_else(|| id.clone());
+    Some(ReplyTo { id, queue, correlation_id })
 }
 
-async fn send_reply(replier: &dyn Replier, to: &ReplyTo, body: Vec<u8>) {
-    if let Err(error) = replier.reply(&to.queue, &to.correlation_id, body).await {
+async fn send_reply(publisher: &dyn Publisher, to: &ReplyTo, body: Vec<u8>) {
+    if let Err(error) = publisher.reply(&to.queue, &to.correlation_id, body).await {
         tracing::warn!(%error, reply_to = %to.queue, "could not send the reply; the requester will time out");
-    }
-}
-
-async fn reject_bad_input(acker: &dyn Acker, auto_acked: bool, reason: &str) {
-    if auto_acked {
-        tracing::warn!(%reason, "bad input dropped (AckMode::NoAck acked it on delivery)");
-        return;
-    }
-    tracing::warn!(%reason, "bad input: rejecting without requeue (dead-lettered if the queue has a DLX)");
-    if let Err(error) = acker.settle(Settlement::Reject).await {
-        tracing::warn!(%error, "could not reject bad input");
     }
 }
 

@@ -91,6 +91,15 @@ pub enum Error {
         routing_key: String,
     },
 
+    /// The broker blocked publishers (a memory or disk alarm) for longer than the reconnect timeout.
+    #[error(
+        "RabbitMQ has blocked publishers (memory or disk alarm) for {waited:?}; the message was not sent. Free broker resources or raise its limits"
+    )]
+    Blocked {
+        /// How long the client waited.
+        waited: std::time::Duration,
+    },
+
     /// The broker did not confirm a publish in time.
     #[error(
         "RabbitMQ did not confirm the message for {queue:?} within {timeout:?}; it may or may not be stored"

@@ -77,6 +77,7 @@ pub enum RouteKind {
 pub struct Route {
     pub(crate) pattern: Pattern,
     pub(crate) kind: RouteKind,
+    pub(crate) retry: Option<crate::retry::RetryPolicy>,
     pub(crate) handler: BoxHandler,
 }
 
@@ -117,8 +118,15 @@ impl Route {
         Self {
             pattern,
             kind,
+            retry: None,
             handler,
         }
+    }
+
+    /// Retries this handler's failures with `policy`, over its queue's.
+    pub fn retry(mut self, policy: crate::retry::RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
     }
 
     /// Whether it routes events or requests.

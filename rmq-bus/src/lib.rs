@@ -69,6 +69,7 @@ mod error;
 mod handler;
 mod interceptor;
 mod pattern;
+mod retry;
 mod rpc;
 mod server;
 mod trace;
@@ -76,7 +77,7 @@ mod trace;
 pub use client::ClientProxy;
 pub use config::{
     AckMode, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PREFETCH,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_URI, Exchange, ExchangeKind, FailurePolicy, QueueOptions,
+    DEFAULT_RECONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_URI, Exchange, ExchangeKind, FailurePolicy, QueueOptions,
     RmqOptions,
 };
 pub use context::{DeliveryInfo, Properties, RmqContext, Settlement};
@@ -87,18 +88,56 @@ pub use handler::{
 };
 pub use interceptor::{Interceptor, Next};
 pub use pattern::Pattern;
+pub use retry::RetryPolicy;
 pub use rpc::{IntoReply, Response, RpcError};
 pub use server::{DEFAULT_DRAIN_TIMEOUT, Microservice, RunningMicroservice, shutdown_signal};
 
-/// Marks an impl block as a controller: its `#[event_pattern]` methods become handlers, registered
-/// with [`Microservice::controller`].
+/// Marks an impl block as a controller: its `#[event_pattern]` and `#[message_pattern]` methods
+/// become handlers, registered with [`Microservice::controller`]. A pattern routes to one handler.
 pub use rmq_bus_macros::controller;
 /// Marks an `async fn` as the handler of an event pattern, as NestJS's `@EventPattern`.
+///
+/// The pattern is a string, `#[event_pattern("order_created")]`, or an object written as
+/// `key = value` pairs (strings, numbers, booleans): `#[event_pattern(cmd = "order", version = 2)]`
+/// is NestJS's `@EventPattern({ cmd: 'order', version: 2 })`.
 ///
 /// Arguments take `#[payload]` (the data), `#[payload("key")]` (one key of it, as
 /// `@Payload('key')`) or `#[ctx]` (the [`RmqContext`]); an argument without one is extracted by
 /// its type through [`FromMessage`].
 pub use rmq_bus_macros::event_pattern;
+/// Marks an `async fn` as the handler of a request pattern, as NestJS's `@MessagePattern`: it
+/// answers what [`ClientProxy::send`] sends.
+///
+/// The handler returns `Result<T, E>` ([`IntoReply`]): `Ok(T)` with `T: Serialize` goes back as
+/// the response, `Err(E)` with `E: Into<`[`RpcError`]`>` as the error, in the shapes of NestJS's
+/// `RpcException` (`RpcError::new("text")`, a `String` or `&str` send
+/// `{"status": "error", "message": "text"}`; [`RpcError::object`] sends any JSON; an [`Error`]
+/// sends "Internal server error"). Patterns and arguments are written as for
+/// [`event_pattern`](macro@event_pattern).
+///
+/// ```no_run
+/// use rmq_bus::{RpcError, controller, message_pattern};
+/// use serde::Serialize;
+///
+/// #[derive(Serialize)]
+/// struct Order { id: u64 }
+///
+/// struct Orders;
+///
+/// #[controller]
+/// impl Orders {
+///     #[message_pattern("get_order")]
+///     async fn get(&self, #[payload("id")] id: u64) -> Result<Order, RpcError> {
+///         if id == 0 { Err(RpcError::new("no such order")) } else { Ok(Order { id }) }
+///     }
+/// }
+///
+/// #[message_pattern(cmd = "sum")]
+/// async fn sum(#[payload] numbers: Vec<i64>) -> Result<i64, String> {
+///     Ok(numbers.iter().sum())
+/// }
+/// ```
+pub use rmq_bus_macros::message_pattern;
 
 /// What generated code refers to. Not public API: no stability promise.
 #[doc(hidden)]

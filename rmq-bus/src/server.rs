@@ -1,4 +1,5 @@
-//! [`Microservice`]: consumes queues and runs the handler of each message's pattern.
+//! [`Microservice`]: consumes queues and runs the handler of each message's pattern, reconnecting
+//! by itself when the broker goes away.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,15 +10,16 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
-use crate::amqp;
+use crate::amqp::{self, ServerPublisher};
 use crate::config::{AckMode, RmqOptions};
 use crate::dispatch::{Policy, Router, dispatch};
 use crate::error::{Error, Result};
 use crate::handler::{Controller, HandlerFn, IntoMessageRoute, IntoRoute, Route};
 use crate::interceptor::{Interceptor, wrap};
 use crate::pattern::Pattern;
+use crate::retry::RetryPolicy;
 
 /// Default time in-flight handlers get to finish at shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,7 +29,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 ///
 /// Handlers run concurrently, up to each queue's prefetch. Registration is explicit: controllers,
 /// `#[event_pattern]` functions and closures are added here, and a pattern registered twice is an
-/// error at start.
+/// error at start. When the connection is lost the microservice reconnects (trying every broker
+/// URI, with backoff), declares its topology again and resumes consuming; messages that were in
+/// flight are redelivered by the broker.
 ///
 /// ```no_run
 /// use rmq_bus::{Microservice, Payload, RmqContext, RmqOptions};
@@ -62,15 +66,11 @@ impl std::fmt::Debug for Microservice {
 impl Microservice {
     /// A microservice consuming the queue of `options`.
     pub fn new(options: RmqOptions) -> Self {
-        Self {
-            queues: vec![options],
-            routes: Vec::new(),
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-        }
+        Self { queues: vec![options], routes: Vec::new(), drain_timeout: DEFAULT_DRAIN_TIMEOUT }
     }
 
-    /// Consumes another queue too (on the broker of the first), with its own prefetch and ack mode.
-    /// Every handler serves every queue.
+    /// Consumes another queue too (on the broker of the first), with its own prefetch, ack mode,
+    /// retry policy and dead-letter queue. Every handler serves every queue.
     pub fn queue(mut self, options: RmqOptions) -> Self {
         self.queues.push(options);
         self
@@ -91,11 +91,7 @@ impl Microservice {
 
     /// Registers a closure or function for event `pattern`; its arguments are extractors
     /// ([`Payload<T>`](crate::Payload), [`RmqContext`](crate::RmqContext)).
-    pub fn on_event<Args, H: IntoRoute<Args>>(
-        mut self,
-        pattern: impl Into<Pattern>,
-        handler: H,
-    ) -> Self {
+    pub fn on_event<Args, H: IntoRoute<Args>>(mut self, pattern: impl Into<Pattern>, handler: H) -> Self {
         self.routes.push(handler.into_route(pattern.into()));
         self
     }
@@ -111,22 +107,28 @@ impl Microservice {
         self
     }
 
+    /// Registers a prepared route.
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
     /// Wraps every handler registered **so far** with `interceptor` (as axum's `layer`): call it
     /// last to wrap all of them, or between registrations to wrap only some controllers. An
     /// interceptor added later runs outside those added before.
     pub fn intercept<I: Interceptor>(mut self, interceptor: I) -> Self {
         let interceptor: Arc<dyn Interceptor> = Arc::new(interceptor);
-        self.routes = self
-            .routes
-            .into_iter()
-            .map(|route| wrap(route, interceptor.clone()))
-            .collect();
+        self.routes = self.routes.into_iter().map(|route| wrap(route, interceptor.clone())).collect();
         self
     }
 
-    /// Registers a prepared route.
-    pub fn route(mut self, route: Route) -> Self {
-        self.routes.push(route);
+    /// Gives every handler registered **so far** that has no retry policy yet this one: call it
+    /// right after a controller or handler to set theirs. Handlers without one use their
+    /// queue's ([`RmqOptions::retry`]), then its [`FailurePolicy`](crate::FailurePolicy).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        for route in &mut self.routes {
+            route.retry.get_or_insert_with(|| policy.clone());
+        }
         self
     }
 
@@ -144,81 +146,136 @@ impl Microservice {
 
     /// Runs until `shutdown` completes, then drains and closes.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let mut running = self.start().await?;
-        let failed = tokio::select! {
-            () = shutdown => None,
-            result = running.stopped() => Some(result),
-        };
-        let closed = running.shutdown().await;
-        failed.unwrap_or(closed)
+        self.start().await?.shutdown_on(shutdown).await
     }
 
-    /// Connects, declares and starts consuming; returns once every consumer is running.
+    /// Connects, declares and starts consuming; returns once every consumer is running. The
+    /// first connection is tried for the queue's
+    /// [`reconnect_timeout`](RmqOptions::reconnect_timeout), so that a wrong URI shows at start.
     pub async fn start(self) -> Result<RunningMicroservice> {
         let router = Arc::new(Router::new(self.routes)?);
-        let first = self
-            .queues
-            .first()
-            .ok_or_else(|| Error::Config("a microservice needs a queue".into()))?;
-        first.validate()?;
-        let connection = amqp::connect(first.broker_uri(), "rmq-bus microservice").await?;
-        let (stop, stopped) = watch::channel(false);
-        let mut consumers = JoinSet::new();
+        let first = self.queues.first().ok_or_else(|| Error::Config("a microservice needs a queue".into()))?;
         for options in &self.queues {
             options.validate()?;
-            let consumer = QueueConsumer::open(&connection, options, &router).await?;
-            tracing::info!(
-                queue = options.queue(),
-                prefetch = options.prefetch_count(),
-                "consuming"
-            );
-            consumers.spawn(consumer.run(router.clone(), stopped.clone(), self.drain_timeout));
         }
-        Ok(RunningMicroservice {
-            connection,
-            stop,
-            consumers,
-        })
+        let patience = first.reconnect_wait();
+        let shared = Arc::new(Shared { queues: self.queues, router, drain: self.drain_timeout });
+        let session = Session::open(&shared, Some(patience)).await?;
+        let (stop, stopping) = watch::channel(false);
+        let supervisor = tokio::spawn(supervise(shared, session, stopping));
+        Ok(RunningMicroservice { stop, supervisor })
     }
+}
+
+/// What every session of a microservice consumes and routes to.
+struct Shared {
+    queues: Vec<RmqOptions>,
+    router: Arc<Router>,
+    drain: Duration,
 }
 
 /// A started [`Microservice`]; shut it down with [`shutdown`](Self::shutdown).
 #[derive(Debug)]
 #[must_use = "dropping it leaves the consumers running until the runtime stops; call shutdown"]
 pub struct RunningMicroservice {
-    connection: Connection,
     stop: watch::Sender<bool>,
-    consumers: JoinSet<Result<()>>,
+    supervisor: JoinHandle<Result<()>>,
 }
 
 impl RunningMicroservice {
     /// Stops consuming, lets in-flight handlers finish (up to the drain timeout), settles what
     /// they left, and closes the connection. Unsettled messages go back to their queues.
-    pub async fn shutdown(mut self) -> Result<()> {
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.supervisor.await.map_err(|e| Error::Config(format!("the microservice task ended abnormally: {e}")))?
+    }
+
+    /// Runs until `signal` completes, then shuts down.
+    pub async fn shutdown_on(mut self, signal: impl Future<Output = ()>) -> Result<()> {
+        tokio::select! {
+            () = signal => self.shutdown().await,
+            ended = &mut self.supervisor => {
+                ended.map_err(|e| Error::Config(format!("the microservice task ended abnormally: {e}")))?
+            }
+        }
+    }
+}
+
+/// Keeps a session running: when one of its consumers stops by itself (connection lost, channel
+/// closed, consumer cancelled), closes the rest and opens a new session, for as long as it takes.
+async fn supervise(
+    shared: Arc<Shared>,
+    mut session: Session,
+    mut stopping: watch::Receiver<bool>,
+) -> Result<()> {
+    loop {
+        tokio::select! {
+            () = stop_requested(&mut stopping) => return session.close().await,
+            ended = session.consumers.join_next() => {
+                if let Some(Ok(Err(error))) = ended {
+                    tracing::error!(%error, "reconnecting");
+                }
+            }
+        }
+        let _ = session.close().await;
+        session = loop {
+            let opened = tokio::select! {
+                () = stop_requested(&mut stopping) => return Ok(()),
+                opened = Session::open(&shared, None) => opened,
+            };
+            match opened {
+                Ok(session) => break session,
+                // Not an outage (connecting retries for ever) but, say, a declaration refused.
+                Err(error) => {
+                    tracing::error!(%error, "could not restore the consumers; retrying in 5 s");
+                    tokio::select! {
+                        () = stop_requested(&mut stopping) => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+            }
+        };
+        tracing::info!("consumers restored");
+    }
+}
+
+/// One connection and its consumers.
+struct Session {
+    connection: Option<Connection>,
+    stop: watch::Sender<bool>,
+    consumers: JoinSet<Result<()>>,
+}
+
+impl Session {
+    /// Connects (`patience`: how long to keep trying; `None`, for ever), declares and consumes.
+    async fn open(shared: &Arc<Shared>, patience: Option<Duration>) -> Result<Self> {
+        let first = shared.queues.first().ok_or_else(|| Error::Config("a microservice needs a queue".into()))?;
+        let connection = amqp::connect(first, "rmq-bus microservice", patience).await?;
+        let publisher = Arc::new(ServerPublisher::open(&connection).await?);
+        let (stop, stopping) = watch::channel(false);
+        let mut consumers = JoinSet::new();
+        for options in &shared.queues {
+            let consumer = QueueConsumer::open(&connection, options, &shared.router, &publisher).await?;
+            tracing::info!(queue = options.queue(), prefetch = options.prefetch_count(), "consuming");
+            consumers.spawn(consumer.run(shared.router.clone(), stopping.clone(), shared.drain));
+        }
+        Ok(Self { connection: Some(connection), stop, consumers })
+    }
+
+    /// Stops the consumers (draining in-flight handlers) and closes the connection.
+    async fn close(mut self) -> Result<()> {
         let _ = self.stop.send(true);
         let mut result = Ok(());
         while let Some(joined) = self.consumers.join_next().await {
-            if let Ok(Err(error)) = joined {
-                result = result.and(Err(error));
+            if let Ok(Err(error @ Error::DrainTimeout(_))) = joined {
+                result = Err(error);
             }
         }
-        let _ = self
-            .connection
-            .close(200, ShortString::from("shutdown"))
-            .await;
-        tracing::info!("microservice stopped");
-        result
-    }
-
-    /// Resolves when a consumer stops by itself (its connection was lost), with why.
-    async fn stopped(&mut self) -> Result<()> {
-        match self.consumers.join_next().await {
-            Some(Ok(result)) => result,
-            Some(Err(join)) => Err(Error::Config(format!(
-                "a consumer task ended abnormally: {join}"
-            ))),
-            None => Ok(()),
+        if let Some(connection) = self.connection.take() {
+            let _ = connection.close(200, ShortString::from("shutdown")).await;
         }
+        tracing::info!("consumers stopped");
+        result
     }
 }
 
@@ -226,18 +283,20 @@ impl RunningMicroservice {
 struct QueueConsumer {
     channel: Channel,
     consumer: lapin::Consumer,
-    replier: Arc<amqp::ChannelReplier>,
+    publisher: Arc<ServerPublisher>,
     queue: String,
-    policy: Policy,
+    policy: Arc<Policy>,
     prefetch: usize,
 }
 
 impl QueueConsumer {
-    async fn open(connection: &Connection, options: &RmqOptions, router: &Router) -> Result<Self> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| Error::from_lapin("opening a channel", e))?;
+    async fn open(
+        connection: &Connection,
+        options: &RmqOptions,
+        router: &Router,
+        publisher: &Arc<ServerPublisher>,
+    ) -> Result<Self> {
+        let channel = connection.create_channel().await.map_err(|e| Error::from_lapin("opening a channel", e))?;
         channel
             .basic_qos(options.prefetch_count(), BasicQosOptions::default())
             .await
@@ -254,102 +313,89 @@ impl QueueConsumer {
             .basic_consume(
                 amqp::short("queue name", options.queue())?,
                 ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack,
-                    ..BasicConsumeOptions::default()
-                },
+                BasicConsumeOptions { no_ack, ..BasicConsumeOptions::default() },
                 FieldTable::default(),
             )
             .await
             .map_err(|source| match Error::from_lapin("consuming", source) {
-                Error::Broker { source, .. } => Error::Declare {
-                    queue: options.queue().to_owned(),
-                    source,
-                },
+                Error::Broker { source, .. } => Error::Declare { queue: options.queue().to_owned(), source },
                 other => other,
             })?;
         let policy = Policy {
             ack_mode: options.ack(),
             on_failure: options.on_failure(),
             max_bytes: options.max_bytes(),
+            retry: options.retry_policy().cloned(),
+            dead_letter_queue: options.dead_letter_queue_name().map(str::to_owned),
         };
         Ok(Self {
-            replier: Arc::new(amqp::ChannelReplier(channel.clone())),
             channel,
             consumer,
+            publisher: publisher.clone(),
             queue: options.queue().to_owned(),
-            policy,
+            policy: Arc::new(policy),
             prefetch: options.prefetch_count().into(),
         })
     }
 
     fn stop_error(&self, reason: String) -> Error {
-        Error::ConsumerStopped {
-            queue: self.queue.clone(),
-            reason,
-        }
+        Error::ConsumerStopped { queue: self.queue.clone(), reason }
     }
 
-    /// Feeds deliveries to handler tasks, at most `prefetch` at once, until told to stop or the
-    /// channel dies; then drains.
-    async fn run(
-        mut self,
-        router: Arc<Router>,
-        mut stop: watch::Receiver<bool>,
-        drain: Duration,
-    ) -> Result<()> {
+    /// Feeds deliveries to handler tasks, at most `prefetch` at once, until told to stop (then
+    /// drains them) or the channel dies (then leaves them: their messages come back anyway).
+    async fn run(mut self, router: Arc<Router>, mut stop: watch::Receiver<bool>, drain: Duration) -> Result<()> {
         let permits = Arc::new(Semaphore::new(self.prefetch));
         let mut tasks = JoinSet::new();
         let ended = loop {
             while tasks.try_join_next().is_some() {}
             let permit = tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => break Ok(()),
+                () = stop_requested(&mut stop) => break Ok(()),
                 permit = permits.clone().acquire_owned() => permit,
             };
             let Ok(permit) = permit else { break Ok(()) };
             let delivery = tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => break Ok(()),
+                () = stop_requested(&mut stop) => break Ok(()),
                 delivery = self.consumer.next() => delivery,
             };
             match delivery {
                 Some(Ok(delivery)) => {
-                    let inbound =
-                        amqp::inbound(delivery, &self.queue, &self.channel, &self.replier);
-                    let (router, policy) = (router.clone(), self.policy);
+                    let inbound = amqp::inbound(delivery, &self.queue, &self.channel, &self.publisher);
+                    let (router, policy) = (router.clone(), self.policy.clone());
                     tasks.spawn(async move {
-                        dispatch(&router, policy, inbound).await;
+                        dispatch(&router, &policy, inbound).await;
                         drop(permit);
                     });
                 }
                 Some(Err(error)) => break Err(self.stop_error(error.to_string())),
                 None if self.channel.status().connected() => {
-                    break Err(self.stop_error(
-                        "the broker cancelled the consumer (was the queue deleted?)".into(),
-                    ));
+                    break Err(self.stop_error("the broker cancelled the consumer (was the queue deleted?)".into()));
                 }
                 None => break Err(self.stop_error("its channel closed".into())),
             }
         };
-        if let Err(error) = &ended {
-            tracing::error!(%error, "consumer stopped; draining in-flight handlers");
+        if ended.is_err() {
+            // The channel is gone: its deliveries return to the queue whatever the handlers do.
+            tasks.detach_all();
+            return ended;
         }
-        let _ = self
-            .channel
-            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
-            .await;
-        let drained =
-            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+        let _ = self.channel.basic_cancel(self.consumer.tag(), BasicCancelOptions::default()).await;
+        let drained = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
         let left = tasks.len();
         // Closing the channel first returns every unsettled message to the queue, so handlers
         // cut short below cannot settle theirs by the failure policy.
         let _ = self.channel.close(200, ShortString::from("shutdown")).await;
         tasks.abort_all();
-        match (ended, drained) {
-            (Err(error), _) => Err(error),
-            (Ok(()), Err(_)) => Err(Error::DrainTimeout(left)),
-            (Ok(()), Ok(())) => Ok(()),
+        match drained {
+            Err(_) => Err(Error::DrainTimeout(left)),
+            Ok(()) => Ok(()),
         }
     }
+}
+
+/// Resolves once a stop is asked for (or the asker is gone).
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Resolves on Ctrl-C, or SIGTERM on Unix.
