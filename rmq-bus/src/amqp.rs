@@ -46,11 +46,14 @@ pub(crate) async fn connect(
             }
         }
         let error = failure.unwrap_or_else(|| Error::Config("no broker URI configured".into()));
-        if deadline.is_some_and(|deadline| Instant::now() + pause > deadline) {
-            return Err(error);
-        }
-        tracing::warn!(%error, retry_in = ?pause, "RabbitMQ unreachable; retrying");
-        tokio::time::sleep(pause).await;
+        // The last attempt is made at the deadline, so callers wait for the whole bound.
+        let wait = match deadline {
+            Some(deadline) if Instant::now() >= deadline => return Err(error),
+            Some(deadline) => pause.min(deadline.saturating_duration_since(Instant::now())),
+            None => pause,
+        };
+        tracing::warn!(%error, retry_in = ?wait, "RabbitMQ unreachable; retrying");
+        tokio::time::sleep(wait).await;
         pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
