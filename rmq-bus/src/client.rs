@@ -44,7 +44,7 @@ struct Inner {
     options: RmqOptions,
     link: Mutex<Option<Link>>,
     /// Requests waiting for their reply, by correlation id, with the link they were sent on.
-    pending: Arc<SyncMutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>>,
+    pending: PendingMap,
     links: AtomicU64,
 }
 
@@ -427,6 +427,9 @@ impl ClientProxy {
     }
 }
 
+/// Requests waiting for their reply, by correlation id, with the link they were sent on.
+type PendingMap = Arc<SyncMutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>>;
+
 /// Errors after which publishing again on a new connection can succeed.
 fn is_transient(error: &Error) -> bool {
     matches!(error, Error::Disconnected { .. } | Error::Nacked { .. })
@@ -447,13 +450,13 @@ async fn wait_unblocked(status: &ConnectionStatus, deadline: Instant) -> Result<
 
 /// A request's place among the pending ones, removed however the request ends.
 struct Pending {
-    map: Arc<SyncMutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>>,
+    map: PendingMap,
     id: String,
 }
 
 impl Pending {
     fn register(
-        map: &Arc<SyncMutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>>,
+        map: &PendingMap,
         id: &str,
         link: u64,
         sender: oneshot::Sender<Reply>,

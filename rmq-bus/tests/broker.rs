@@ -1,4 +1,5 @@
 //! Behaviour against the real broker: round trip, settlement, concurrency, bad input, failures.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
@@ -643,10 +644,8 @@ async fn settling_after_the_channel_died_is_an_error_and_the_consumer_recovers()
             let tx = tx.clone();
             async move {
                 // The escape hatch reaches the raw channel; closing it kills the delivery's channel.
-                if !ctx.redelivered() {
-                    if let Some(channel) = ctx.channel() {
-                        let _ = channel.close(200, "test closes it".into()).await;
-                    }
+                if let Some(channel) = ctx.channel().filter(|_| !ctx.redelivered()) {
+                    let _ = channel.close(200, "test closes it".into()).await;
                 }
                 tx.send((ctx.redelivered(), ctx.ack().await)).ok();
             }

@@ -1,5 +1,6 @@
 //! Routing beyond the default exchange, object patterns, interceptors and correlation, against
 //! the real broker.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
