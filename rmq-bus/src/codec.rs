@@ -123,6 +123,10 @@ impl std::fmt::Display for DecodeError {
 
 /// Decodes a NestJS packet. A missing `data` is `null` (Nest's `emit(p, undefined)` omits it).
 pub(crate) fn decode(body: &[u8]) -> std::result::Result<Packet, DecodeError> {
+    // serde would also read a struct from an array (`[pattern, data, id]`); a packet is an object.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(DecodeError::NotJson("expected a JSON object".to_owned()));
+    }
     let wire: WirePacket =
         serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let raw_pattern = wire.pattern.ok_or(DecodeError::NoPattern)?;
@@ -219,6 +223,7 @@ mod tests {
     fn rejects_what_is_not_a_packet() {
         assert!(matches!(decode(b"not json"), Err(DecodeError::NotJson(_))));
         assert!(matches!(decode(b"[1,2]"), Err(DecodeError::NotJson(_))));
+        assert!(matches!(decode(b"[\"a\",2,\"id\"]"), Err(DecodeError::NotJson(_))));
         assert!(matches!(decode(b"\xff\xfe"), Err(DecodeError::NotJson(_))));
         assert_eq!(decode(br#"{"data":1}"#).err(), Some(DecodeError::NoPattern));
         assert!(matches!(

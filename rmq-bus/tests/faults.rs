@@ -38,7 +38,10 @@ impl Tally {
     /// (distinct numbers handled, handlings in all)
     fn counts(&self) -> (u64, u64) {
         let inner = self.0.lock().expect("lock");
-        (inner.0.len() as u64, inner.0.values().map(|&c| u64::from(c)).sum())
+        (
+            inner.0.len() as u64,
+            inner.0.values().map(|&c| u64::from(c)).sum(),
+        )
     }
     fn last(&self) -> Instant {
         self.0.lock().expect("lock").1
@@ -88,7 +91,10 @@ async fn thousands_of_events_survive_connection_cuts() {
     broker.forget_later(&queue);
     let through_proxy = options(&queue).uri(proxy.uri());
     let tally = Tally::new();
-    let service = counting_service(through_proxy.clone(), &tally, Duration::ZERO).start().await.expect("start");
+    let service = counting_service(through_proxy.clone(), &tally, Duration::ZERO)
+        .start()
+        .await
+        .expect("start");
     let client = ClientProxy::new(through_proxy);
     let started = Instant::now();
     let publisher = tokio::spawn(emit_all(client.clone(), 0..N));
@@ -100,13 +106,21 @@ async fn thousands_of_events_survive_connection_cuts() {
         let cut_at = Instant::now();
         cut_links += proxy.cut();
         // Recovered once a message is handled after the cut (bounded).
-        while tally.last() < cut_at && cut_at.elapsed() < Duration::from_secs(30) && tally.counts().0 < N {
+        while tally.last() < cut_at
+            && cut_at.elapsed() < Duration::from_secs(30)
+            && tally.counts().0 < N
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         recoveries.push(tally.last().saturating_duration_since(cut_at));
     }
     let errors = publisher.await.expect("publisher task");
-    assert!(errors.is_empty(), "{} emits failed, first: {:?}", errors.len(), errors.first());
+    assert!(
+        errors.is_empty(),
+        "{} emits failed, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
     tally.wait_for(N, Duration::from_secs(60)).await;
     let (distinct, total) = tally.counts();
     println!(
@@ -128,7 +142,11 @@ async fn restart_broker() -> Duration {
     tokio::task::spawn_blocking(|| {
         let started = Instant::now();
         for step in ["stop_app", "start_app"] {
-            let status = Command::new("rabbitmqctl").arg("-q").arg(step).status().expect("rabbitmqctl runs");
+            let status = Command::new("rabbitmqctl")
+                .arg("-q")
+                .arg(step)
+                .status()
+                .expect("rabbitmqctl runs");
             assert!(status.success(), "rabbitmqctl {step} failed");
         }
         started.elapsed()
@@ -145,17 +163,24 @@ async fn a_broker_restart_loses_nothing() {
     let durable = options(&queue).reconnect_timeout(Duration::from_secs(90));
     let tally = Tally::new();
     // A slow consumer, so that the queue holds messages when the broker stops.
-    let service = counting_service(durable.clone().prefetch(10), &tally, Duration::from_millis(10))
-        .start()
-        .await
-        .expect("start");
+    let service = counting_service(
+        durable.clone().prefetch(10),
+        &tally,
+        Duration::from_millis(10),
+    )
+    .start()
+    .await
+    .expect("start");
     let client = ClientProxy::new(durable);
     let errors = emit_all(client.clone(), 0..N / 2).await;
     assert!(errors.is_empty(), "{errors:?}");
     let late = tokio::spawn(emit_all(client.clone(), N / 2..N));
     let took = restart_broker().await;
     let errors = late.await.expect("late emits");
-    assert!(errors.is_empty(), "emits during the restart failed: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "emits during the restart failed: {errors:?}"
+    );
     let started = Instant::now();
     tally.wait_for(N, Duration::from_secs(90)).await;
     let (distinct, total) = tally.counts();
@@ -179,7 +204,9 @@ struct Watermark;
 
 impl Watermark {
     fn set(value: &str) {
-        let _ = Command::new("rabbitmqctl").args(["-q", "set_vm_memory_high_watermark", value]).status();
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "set_vm_memory_high_watermark", value])
+            .status();
     }
 }
 
@@ -196,7 +223,9 @@ async fn blocked_publishers_wait_then_fail_clearly() {
     let queue = unique("blocked");
     broker.forget_later(&queue);
     let client = ClientProxy::new(
-        options(&queue).reconnect_timeout(Duration::from_secs(1)).confirm_timeout(Duration::from_secs(2)),
+        options(&queue)
+            .reconnect_timeout(Duration::from_secs(1))
+            .confirm_timeout(Duration::from_secs(2)),
     );
     client.connect().await.expect("connect");
     let guard = Watermark;
@@ -204,15 +233,26 @@ async fn blocked_publishers_wait_then_fail_clearly() {
     // The first publish meets the alarm (the broker stops reading); the next ones see the
     // connection blocked and wait, bounded.
     let first = client.emit("n", &1).await;
-    assert!(matches!(first, Err(Error::Blocked { .. } | Error::ConfirmTimeout { .. })), "{first:?}");
+    assert!(
+        matches!(
+            first,
+            Err(Error::Blocked { .. } | Error::ConfirmTimeout { .. })
+        ),
+        "{first:?}"
+    );
     let second = client.emit("n", &2).await;
     match &second {
-        Err(error @ Error::Blocked { .. }) => assert!(error.to_string().contains("alarm"), "{error}"),
+        Err(error @ Error::Blocked { .. }) => {
+            assert!(error.to_string().contains("alarm"), "{error}")
+        }
         other => panic!("expected Blocked, got {other:?}"),
     }
     drop(guard);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    client.emit("n", &3).await.expect("publishing works again once the alarm clears");
+    client
+        .emit("n", &3)
+        .await
+        .expect("publishing works again once the alarm clears");
     client.close().await;
     broker.cleanup().await;
 }
@@ -224,7 +264,11 @@ async fn emits_wait_through_an_outage_then_publish_or_fail_clearly() {
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let queue = unique("outage");
     broker.forget_later(&queue);
-    let client = ClientProxy::new(options(&queue).uri(proxy.uri()).reconnect_timeout(Duration::from_secs(1)));
+    let client = ClientProxy::new(
+        options(&queue)
+            .uri(proxy.uri())
+            .reconnect_timeout(Duration::from_secs(1)),
+    );
     client.emit("n", &1).await.expect("before the outage");
 
     // A short outage: the emit waits and goes through once the broker is reachable again.
@@ -236,10 +280,16 @@ async fn emits_wait_through_an_outage_then_publish_or_fail_clearly() {
         proxy
     });
     let started = Instant::now();
-    client.emit("n", &2).await.expect("published after the outage");
+    client
+        .emit("n", &2)
+        .await
+        .expect("published after the outage");
     let waited = started.elapsed();
     let proxy = healer.await.expect("healer");
-    assert!(waited >= Duration::from_millis(300), "it waited for the outage: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "it waited for the outage: {waited:?}"
+    );
 
     // A long outage: the emit fails after the bound, with the broker named.
     proxy.refuse(true);
@@ -247,12 +297,23 @@ async fn emits_wait_through_an_outage_then_publish_or_fail_clearly() {
     let started = Instant::now();
     match client.emit("n", &3).await {
         Err(error @ Error::Connect { .. }) => {
-            assert!(error.to_string().contains(&proxy.port.to_string()), "{error}");
-            assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+            assert!(
+                error.to_string().contains(&proxy.port.to_string()),
+                "{error}"
+            );
+            assert!(
+                started.elapsed() >= Duration::from_millis(900),
+                "{:?}",
+                started.elapsed()
+            );
         }
         other => panic!("expected Connect after the bound, got {other:?}"),
     }
-    assert_eq!(broker.wait_ready(&queue, 2).await, 2, "the two confirmed events are in the queue");
+    assert_eq!(
+        broker.wait_ready(&queue, 2).await,
+        2,
+        "the two confirmed events are in the queue"
+    );
     client.close().await;
     broker.cleanup().await;
 }
@@ -261,22 +322,41 @@ async fn emits_wait_through_an_outage_then_publish_or_fail_clearly() {
 async fn several_uris_fail_over_to_the_next_node() {
     let _serial = SERIAL.lock().await;
     let broker = Broker::connect().await;
-    let (first, second) = (Proxy::start("127.0.0.1:5672").await, Proxy::start("127.0.0.1:5672").await);
+    let (first, second) = (
+        Proxy::start("127.0.0.1:5672").await,
+        Proxy::start("127.0.0.1:5672").await,
+    );
     let queue = unique("failover");
     broker.forget_later(&queue);
-    let nodes = format!("amqp://guest:guest@127.0.0.1:1/%2f,{},{}", first.uri(), second.uri());
+    let nodes = format!(
+        "amqp://guest:guest@127.0.0.1:1/%2f,{},{}",
+        first.uri(),
+        second.uri()
+    );
     let tally = Tally::new();
-    let service = counting_service(options(&queue).uri(&nodes), &tally, Duration::ZERO).start().await.expect("start");
+    let service = counting_service(options(&queue).uri(&nodes), &tally, Duration::ZERO)
+        .start()
+        .await
+        .expect("start");
     let client = ClientProxy::new(options(&queue).uri(&nodes));
-    client.emit("n", &1).await.expect("through the first reachable node");
+    client
+        .emit("n", &1)
+        .await
+        .expect("through the first reachable node");
     tally.wait_for(1, Duration::from_secs(10)).await;
     // The node in use goes away for good: both sides move to the next one.
     first.refuse(true);
-    assert!(first.cut() >= 2, "service and client were connected through the first node");
+    assert!(
+        first.cut() >= 2,
+        "service and client were connected through the first node"
+    );
     client.emit("n", &2).await.expect("through the second node");
     tally.wait_for(2, Duration::from_secs(20)).await;
     assert_eq!(tally.counts().0, 2);
-    assert!(second.cut() >= 2, "service and client moved to the second node");
+    assert!(
+        second.cut() >= 2,
+        "service and client moved to the second node"
+    );
     service.shutdown().await.expect("shutdown");
     client.close().await;
     broker.cleanup().await;

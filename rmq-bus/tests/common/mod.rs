@@ -120,8 +120,15 @@ impl Broker {
             .expect("publish");
     }
 
-    /// Messages ready in `queue` (not counting unacked ones).
+    /// Messages ready in `queue` (not counting unacked ones); the queue must exist.
     pub async fn ready(&self, queue: &str) -> u32 {
+        self.try_ready(queue)
+            .await
+            .unwrap_or_else(|| panic!("queue {queue} does not exist"))
+    }
+
+    /// Messages ready in `queue`, or `None` if there is no such queue (yet).
+    pub async fn try_ready(&self, queue: &str) -> Option<u32> {
         let channel = self.connection.create_channel().await.expect("channel");
         let declared = channel
             .queue_declare(
@@ -133,16 +140,17 @@ impl Broker {
                 FieldTable::default(),
             )
             .await
-            .expect("queue exists");
+            .ok()?;
         let _ = channel.close(200, "ok".into()).await;
-        declared.message_count()
+        Some(declared.message_count())
     }
 
-    /// Waits (bounded) until `queue` has `count` ready messages; returns the last count seen.
+    /// Waits (bounded) until `queue` exists and has `count` ready messages; returns the last
+    /// count seen.
     pub async fn wait_ready(&self, queue: &str, count: u32) -> u32 {
         let mut seen = 0;
         for _ in 0..100 {
-            seen = self.ready(queue).await;
+            seen = self.try_ready(queue).await.unwrap_or(0);
             if seen == count {
                 break;
             }
