@@ -21,9 +21,8 @@
 //! Stops cleanly on Ctrl-C or SIGTERM, letting in-flight handlers finish.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use rmq_bus::{ClientProxy, Microservice, RmqContext, RmqOptions};
+use rmq_bus::{ClientProxy, Microservice, RmqContext, RmqOptions, controller, event_pattern};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
@@ -67,11 +66,13 @@ struct BillingController {
     orders: ClientProxy,
 }
 
+#[controller]
 impl BillingController {
+    #[event_pattern("order_created")]
     async fn on_order_created(
         &self,
-        order: Order,
-        ctx: RmqContext,
+        #[payload("orderPayload")] order: Order,
+        #[ctx] ctx: RmqContext,
     ) -> rmq_bus::Result<()> {
         let status = if is_fraud(&order) {
             tracing::warn!(order_id = %order.order_id, price = order.price, "order canceled as fraud");
@@ -118,18 +119,5 @@ async fn main() -> ExitCode {
             eprintln!("billing: {error}");
             ExitCode::FAILURE
         }
-    }
-}
-impl rmq_bus::Controller for BillingController {
-    fn routes(self: Arc<Self>) -> Vec<rmq_bus::Route> {
-        vec![rmq_bus::Route::event("order_created", move |message| {
-            let this = self.clone();
-            async move {
-                let a = rmq_bus::__private::payload_field(&message, "orderPayload")?;
-                let c = rmq_bus::__private::context(&message);
-                drop(message);
-                rmq_bus::IntoHandlerResult::into_handler_result(this.on_order_created(a, c).await)
-            }
-        })]
     }
 }

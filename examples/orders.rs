@@ -28,7 +28,7 @@
 //! microservice drains its handlers.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use rmq_bus::{ClientProxy, Microservice, RmqContext, RmqOptions};
+use rmq_bus::{ClientProxy, Microservice, RmqContext, RmqOptions, controller, event_pattern};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, watch};
 use tracing_subscriber::EnvFilter;
@@ -117,11 +117,13 @@ struct OrdersController {
     store: Store,
 }
 
+#[controller]
 impl OrdersController {
+    #[event_pattern("order_processed")]
     async fn on_order_processed(
         &self,
-        order: Order,
-        ctx: RmqContext,
+        #[payload("order")] order: Order,
+        #[ctx] ctx: RmqContext,
     ) -> rmq_bus::Result<()> {
         let previous = self
             .store
@@ -162,23 +164,22 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// A unique, UUID-shaped id: 64 bits of clock, then 64 bits mixing a process-wide counter with
-/// the randomly keyed std hasher. The counter makes ids unique within the process, the clock
-/// and random bits across processes; ids only need to be unique, not unguessable.
+/// A unique, UUID-shaped id: 64 bits of clock, 16 bits of a process-wide counter, 48 bits from
+/// the randomly keyed std hasher. Clock and counter keep ids apart within the process, the
+/// random bits across processes; ids only need to be unique, not unguessable.
 fn new_order_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let mut hasher = RandomState::new().build_hasher();
-    (COUNTER.fetch_add(1, Ordering::Relaxed), std::process::id()).hash(&mut hasher);
-    let random = hasher.finish();
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let random = RandomState::new().hash_one((count, nanos, std::process::id()));
     format!(
         "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
         nanos >> 32,
         (nanos >> 16) & 0xffff,
         nanos & 0xffff,
-        random >> 48,
+        count & 0xffff,
         random & 0xffff_ffff_ffff
     )
 }
@@ -219,10 +220,10 @@ async fn create_order(
             // Marked FAILED rather than removed: a confirm timeout means the event may still
             // reach billing, and its `order_processed` should then find the order; a FAILED
             // record also tells whoever got the 503 what became of their order.
-            if let Some(stored) = app.store.write().await.get_mut(&order.order_id) {
-                if stored.status == OrderStatus::Pending {
-                    stored.status = OrderStatus::Failed;
-                }
+            if let Some(stored) = app.store.write().await.get_mut(&order.order_id)
+                && stored.status == OrderStatus::Pending
+            {
+                stored.status = OrderStatus::Failed;
             }
             tracing::error!(order_id = %order.order_id, error = %emit_error, "order not sent to billing");
             error(
@@ -263,11 +264,10 @@ async fn run() -> Result<(), BoxError> {
     // Connect now so that a wrong RABBIT_MQ_URI shows at start-up, not on the first order.
     billing.connect().await?;
     let store = Store::default();
-    let microservice = Microservice::new(RmqOptions::from_env("ORDERS")?).controller(
-        OrdersController {
+    let microservice =
+        Microservice::new(RmqOptions::from_env("ORDERS")?).controller(OrdersController {
             store: store.clone(),
-        },
-    );
+        });
     let app = Router::new()
         .route("/orders", get(list_orders).post(create_order))
         .route("/orders/{order_id}", get(get_order))
@@ -325,18 +325,5 @@ async fn main() -> ExitCode {
             eprintln!("orders: {error}");
             ExitCode::FAILURE
         }
-    }
-}
-impl rmq_bus::Controller for OrdersController {
-    fn routes(self: Arc<Self>) -> Vec<rmq_bus::Route> {
-        vec![rmq_bus::Route::event("order_processed", move |message| {
-            let this = self.clone();
-            async move {
-                let a = rmq_bus::__private::payload_field(&message, "order")?;
-                let c = rmq_bus::__private::context(&message);
-                drop(message);
-                rmq_bus::IntoHandlerResult::into_handler_result(this.on_order_processed(a, c).await)
-            }
-        })]
     }
 }

@@ -22,7 +22,8 @@ impl Proxy {
         let port = listener.local_addr().expect("addr").port();
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let refusing = Arc::new(AtomicBool::new(false));
-        let (links_in, refusing_in, upstream) = (links.clone(), refusing.clone(), upstream.to_owned());
+        let (links_in, refusing_in, upstream) =
+            (links.clone(), refusing.clone(), upstream.to_owned());
         let acceptor = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if refusing_in.load(Ordering::SeqCst) {
@@ -40,7 +41,12 @@ impl Proxy {
                 links.push(link);
             }
         });
-        Proxy { port, links, refusing, acceptor }
+        Proxy {
+            port,
+            links,
+            refusing,
+            acceptor,
+        }
     }
 
     /// The broker URI through this proxy.

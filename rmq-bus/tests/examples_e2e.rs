@@ -1,0 +1,386 @@
+//! End to end: builds the `orders` and `billing` examples, runs them against the RabbitMQ on
+//! `RABBIT_MQ_URI` (default: the local broker, guest/guest) with queues of their own, and drives
+//! the orders HTTP API: orders get billed or canceled as fraud, bad input is refused with JSON
+//! errors, and both processes stop cleanly on SIGTERM.
+
+// clippy.toml allows these in `#[test]` functions only; the helpers here are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lapin::options::QueueDeleteOptions;
+use lapin::{Connection, ConnectionProperties};
+use serde_json::{Value, json};
+
+/// How long the HTTP server may take to answer after the process starts.
+const STARTUP: Duration = Duration::from_secs(30);
+/// How long an order may take to leave PENDING.
+const PROCESSING: Duration = Duration::from_secs(20);
+/// How long a process may take to exit after SIGTERM.
+const SHUTDOWN: Duration = Duration::from_secs(10);
+
+fn broker_uri() -> String {
+    std::env::var("RABBIT_MQ_URI").unwrap_or_else(|_| rmq_bus::DEFAULT_URI.to_owned())
+}
+
+/// Builds both examples (debug profile) and returns their executables, as cargo reports them
+/// (so any target directory setting is honoured).
+fn build_examples() -> (PathBuf, PathBuf) {
+    let workspace = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let output = Command::new(env!("CARGO"))
+        .current_dir(workspace)
+        .args([
+            "build",
+            "-p",
+            "rmq-bus",
+            "--example",
+            "orders",
+            "--example",
+            "billing",
+        ])
+        .arg("--message-format=json-render-diagnostics")
+        .output()
+        .expect("run cargo build");
+    assert!(
+        output.status.success(),
+        "cargo build of the examples failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let executable = |name: &str| -> PathBuf {
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|message| message["reason"] == "compiler-artifact")
+            .filter(|message| message["target"]["name"] == name)
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .unwrap_or_else(|| panic!("cargo build reported no executable for example {name}"))
+    };
+    (executable("orders"), executable("billing"))
+}
+
+/// A running example. Dropping it kills the process if it still runs, and prints its log if the
+/// test is failing.
+struct Service {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    fn spawn(name: &'static str, executable: &Path, env: &[(&str, &str)], logs: &Path) -> Self {
+        let log = logs.join(format!("{name}.log"));
+        let file = File::create(&log).expect("create log file");
+        let child = Command::new(executable)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", executable.display()));
+        Self { name, child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics, with the log, if the process has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("poll child") {
+            panic!(
+                "{} exited early with {status}; log:\n{}",
+                self.name,
+                self.log()
+            );
+        }
+    }
+
+    fn sigterm(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {} failed", self.name);
+    }
+
+    /// Waits for the process to exit, failing after `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{} still running {timeout:?} after SIGTERM; log:\n{}",
+                self.name,
+                self.log()
+            );
+            sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("----- {} log -----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: the status and the body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &str)>,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    let (content_type, content) = body.unwrap_or(("", ""));
+    if body.is_some() {
+        request += &format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            content.len()
+        );
+    }
+    request += "\r\n";
+    request += content;
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no end of headers in {response:?}")))?;
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "chunked responses are not expected: {head}"
+    );
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// A request whose answer must be JSON.
+fn http_json(port: u16, method: &str, path: &str, body: Option<(&str, &str)>) -> (u16, Value) {
+    let (status, text) =
+        http(port, method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!("{method} {path} answered {status} with non-JSON {text:?}: {e}")
+    });
+    (status, json)
+}
+
+fn post_order(port: u16, order: &Value) -> Value {
+    let body = order.to_string();
+    let (status, created) = http_json(port, "POST", "/orders", Some(("application/json", &body)));
+    assert_eq!(status, 201, "POST /orders {body}: {created}");
+    assert_eq!(created["status"], "PENDING", "{created}");
+    assert_eq!(created["productName"], order["productName"], "{created}");
+    assert_eq!(created["buyer"], order["buyer"], "{created}");
+    assert_eq!(
+        created["price"].as_f64(),
+        order["price"].as_f64(),
+        "{created}"
+    );
+    let id = created["orderId"].as_str().unwrap_or_default();
+    assert!(!id.is_empty(), "no orderId in {created}");
+    created
+}
+
+/// Polls the order until its status is `expected`.
+fn await_status(port: u16, order_id: &str, expected: &str) {
+    let start = Instant::now();
+    let path = format!("/orders/{order_id}");
+    loop {
+        let (status, order) = http_json(port, "GET", &path, None);
+        assert_eq!(status, 200, "GET {path}: {order}");
+        if order["status"] == expected {
+            return;
+        }
+        assert!(
+            start.elapsed() < PROCESSING,
+            "order {order_id} not {expected} after {PROCESSING:?}: {order}"
+        );
+        sleep(Duration::from_millis(100));
+    }
+}
+
+fn scenario(
+    orders_exe: &Path,
+    billing_exe: &Path,
+    billing_queue: &str,
+    orders_queue: &str,
+    logs: &Path,
+) {
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("find a free port")
+        .port();
+    let port_text = port.to_string();
+    let env = [
+        ("RABBIT_MQ_URI", broker_uri()),
+        ("RABBIT_MQ_BILLING_QUEUE", billing_queue.to_owned()),
+        ("RABBIT_MQ_ORDERS_QUEUE", orders_queue.to_owned()),
+        ("PORT", port_text),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut orders = Service::spawn("orders", orders_exe, &env, logs);
+    let mut billing = Service::spawn("billing", billing_exe, &env, logs);
+
+    let start = Instant::now();
+    while !matches!(http(port, "GET", "/orders", None), Ok((200, _))) {
+        orders.assert_running();
+        billing.assert_running();
+        assert!(
+            start.elapsed() < STARTUP,
+            "orders did not answer on port {port} within {STARTUP:?}"
+        );
+        sleep(Duration::from_millis(100));
+    }
+
+    // 1. An ordinary order is billed.
+    let book = post_order(
+        port,
+        &json!({"productName": "book", "price": 100, "buyer": "ada"}),
+    );
+    let book_id = book["orderId"].as_str().unwrap_or_default();
+    // 2. An order over the fraud limit is canceled.
+    let car = post_order(
+        port,
+        &json!({"productName": "car", "price": 50000, "buyer": "eve"}),
+    );
+    let car_id = car["orderId"].as_str().unwrap_or_default();
+    assert_ne!(book_id, car_id, "order ids must be unique");
+    await_status(port, book_id, "PROCESSED");
+    await_status(port, car_id, "CANCELED_FRAUD");
+    let (status, list) = http_json(port, "GET", "/orders", None);
+    assert_eq!(status, 200, "{list}");
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap_or_else(|| panic!("GET /orders is not a list: {list}"))
+        .iter()
+        .filter_map(|order| order["orderId"].as_str())
+        .collect();
+    assert!(ids.contains(&book_id) && ids.contains(&car_id), "{list}");
+
+    // 3. Bad bodies are refused with a JSON error.
+    let bad = [
+        ("application/json", r#"{"productName": 3}"#),
+        ("application/json", "not json"),
+        (
+            "application/json",
+            r#"{"productName": "pen", "buyer": "bob"}"#,
+        ),
+        (
+            "application/json",
+            r#"{"productName": "", "price": 1, "buyer": "bob"}"#,
+        ),
+        (
+            "application/json",
+            r#"{"productName": "pen", "price": -1, "buyer": "bob"}"#,
+        ),
+        (
+            "text/plain",
+            r#"{"productName": "pen", "price": 1, "buyer": "bob"}"#,
+        ),
+    ];
+    for (content_type, body) in bad {
+        let (status, answer) = http_json(port, "POST", "/orders", Some((content_type, body)));
+        assert!(
+            (400..500).contains(&status),
+            "{body} ({content_type}) answered {status}: {answer}"
+        );
+        assert!(answer["error"].is_string(), "{body}: no error in {answer}");
+    }
+
+    // 4. An unknown order is a JSON 404.
+    let (status, answer) = http_json(port, "GET", "/orders/no-such-order", None);
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer["error"].is_string(), "{answer}");
+
+    // Both stop cleanly on SIGTERM.
+    orders.sigterm();
+    billing.sigterm();
+    for service in [&mut orders, &mut billing] {
+        let status = service.wait_exit(SHUTDOWN);
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM; log:\n{}",
+            service.name,
+            service.log()
+        );
+    }
+}
+
+fn delete_queues(queues: &[&str]) -> lapin::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build a runtime");
+    runtime.block_on(async {
+        let connection =
+            Connection::connect(&broker_uri(), ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        for queue in queues {
+            channel
+                .queue_delete((*queue).into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        connection.close(200, "e2e test done".into()).await
+    })
+}
+
+#[test]
+fn orders_and_billing_examples_work_end_to_end() {
+    let (orders_exe, billing_exe) = build_examples();
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos()
+    );
+    let billing_queue = format!("e2e-billing-{unique}");
+    let orders_queue = format!("e2e-orders-{unique}");
+    // The services' logs, printed if the test fails.
+    let logs = std::env::temp_dir().join(format!("rmq-bus-e2e-{unique}"));
+    std::fs::create_dir_all(&logs).expect("create log directory");
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        scenario(
+            &orders_exe,
+            &billing_exe,
+            &billing_queue,
+            &orders_queue,
+            &logs,
+        )
+    }));
+    let _ = std::fs::remove_dir_all(&logs);
+    let deleted = delete_queues(&[&billing_queue, &orders_queue]);
+    if let Err(panic) = outcome {
+        resume_unwind(panic);
+    }
+    deleted.expect("delete the test's queues");
+}

@@ -1,0 +1,242 @@
+//! Interoperability with a real NestJS 11 service (`interop/nestjs`, installed by
+//! `scripts/test.sh`): events both ways, string and object patterns, every JSON kind, and both
+//! sides acking what they consume.
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::expect_used, clippy::panic)]
+
+mod common;
+mod nest;
+
+use std::time::Duration;
+
+use common::{Broker, options, unique, uri};
+use futures::future::BoxFuture;
+use nest::NestApp;
+use rmq_bus::{
+    ClientProxy, Error, Microservice, Pattern, Payload, RmqContext, RmqOptions, Settlement,
+};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Data of every JSON kind. Top-level `null` is missing: NestJS's `emit` refuses it ("The invalid
+/// data or message pattern (undefined/null)"). Numbers stay within what JavaScript keeps exact,
+/// and no float is integral (JavaScript writes `3.0` as `3`).
+fn payloads() -> Vec<Value> {
+    vec![
+        json!({
+            "text": "zoë ✓ 日本語 🚀",
+            "orders": [
+                {"id": 1, "lines": [{"sku": "a", "qty": 2, "price": 9.99}], "note": null},
+                {"id": 2, "lines": [], "meta": {"gift": true, "tags": ["x", "ÿ"], "rush": false}},
+            ],
+            "ints": [0, -1, 42, 9_007_199_254_740_991_i64, -9_007_199_254_740_991_i64],
+            "floats": [1.5, -0.25, 1234.5678, 1e-7, 6.02e23],
+            "none": null,
+            "yes": true,
+            "no": false,
+            "empty": {},
+            "emptyList": [],
+            "escapes": "quote \" backslash \\ newline \n tab \t nul \u{0}",
+        }),
+        json!([1, "two", {"three": [3.5, null]}, null, false]),
+        json!("zoë ✓ 日本語 🚀"),
+        json!(""),
+        json!(12345),
+        json!(-2.5),
+        json!(0),
+        json!(true),
+        json!(false),
+        json!({}),
+    ]
+}
+
+/// What a handler saw.
+#[derive(Debug)]
+struct Seen {
+    pattern: String,
+    data: Value,
+    settlement: Option<Settlement>,
+    content_type: Option<String>,
+    delivery_mode: Option<u8>,
+}
+
+async fn recv(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("timed out waiting for the rmq-bus handler")
+        .expect("handler channel open")
+}
+
+/// An rmq-bus handler that acks and reports what it got.
+fn reporter(
+    tx: mpsc::UnboundedSender<Seen>,
+) -> impl Fn(Payload<Value>, RmqContext) -> BoxFuture<'static, rmq_bus::Result<()>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |Payload(data): Payload<Value>, ctx: RmqContext| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            ctx.ack().await?;
+            let properties = ctx.properties();
+            tx.send(Seen {
+                pattern: ctx.pattern().to_owned(),
+                data,
+                settlement: ctx.settlement(),
+                content_type: properties.content_type.clone(),
+                delivery_mode: properties.delivery_mode,
+            })
+            .ok();
+            Ok::<_, Error>(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nestjs_emit_reaches_rmq_bus_handlers_intact() {
+    let broker = Broker::connect().await;
+    let (queue, nest_queue) = (unique("nest-to-rust"), unique("nest-own"));
+    broker.forget_later(&queue);
+    broker.forget_later(&nest_queue);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = Microservice::new(options(&queue))
+        .on_event("nest_to_rust", reporter(tx.clone()))
+        .on_event(
+            // Nest writes this pattern as {"v":1,"cmd":"object_event"}: key order must not matter.
+            Pattern::from(json!({"cmd": "object_event", "v": 1})),
+            reporter(tx),
+        )
+        .start()
+        .await
+        .expect("start");
+    let nest = NestApp::start(&nest_queue).await;
+
+    for data in payloads() {
+        nest.emit(&queue, json!("nest_to_rust"), &data).await;
+        let seen = recv(&mut rx).await;
+        assert_eq!(
+            seen.data, data,
+            "payload changed between NestJS and rmq-bus"
+        );
+        assert_eq!(seen.pattern, "nest_to_rust");
+        assert_eq!(seen.settlement, Some(Settlement::Ack));
+        assert_eq!(seen.content_type, None, "NestJS sets no content type");
+        assert_eq!(
+            seen.delivery_mode,
+            Some(1),
+            "NestJS emits transient by default"
+        );
+    }
+
+    let data = json!({"order": [{"id": 7, "name": "zoë ✓ 日本語 🚀"}], "total": 12.75});
+    nest.emit(&queue, json!({"v": 1, "cmd": "object_event"}), &data)
+        .await;
+    let seen = recv(&mut rx).await;
+    assert_eq!(seen.data, data);
+    assert_eq!(seen.pattern, r#"{"cmd":"object_event","v":1}"#);
+    assert_eq!(seen.settlement, Some(Settlement::Ack));
+
+    nest.shutdown().await;
+    service.shutdown().await.expect("clean shutdown");
+    // Closing the consumer's channel would have returned anything unacked to the queue.
+    assert_eq!(broker.ready(&queue).await, 0, "rmq-bus must have acked");
+    assert!(
+        rx.try_recv().is_err(),
+        "every event must be handled exactly once"
+    );
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmq_bus_emit_reaches_nestjs_handlers_intact() {
+    let broker = Broker::connect().await;
+    let queue = unique("rust-to-nest");
+    broker.forget_later(&queue);
+    let nest = NestApp::start(&queue).await;
+    let client = ClientProxy::new(options(&queue));
+
+    for data in payloads().into_iter().chain([Value::Null]) {
+        client
+            .emit("rust_to_nest", &data)
+            .await
+            .expect("emit confirmed");
+        let event = nest.next_event().await;
+        assert_eq!(event["event"], "received", "{event}");
+        assert_eq!(event["pattern"], "rust_to_nest", "{event}");
+        assert_eq!(
+            event["data"], data,
+            "payload changed between rmq-bus and NestJS"
+        );
+        assert_eq!(event["properties"]["contentType"], "application/json");
+        assert_eq!(event["properties"]["deliveryMode"], 2, "persistent");
+        assert_eq!(event["properties"]["redelivered"], false);
+    }
+
+    let data = json!({"nested": {"list": [{"a": null}, {"b": [true, 1.25]}]}});
+    client
+        .emit(Pattern::from(json!({"v": 1, "cmd": "object_event"})), &data)
+        .await
+        .expect("emit confirmed");
+    let event = nest.next_event().await;
+    assert_eq!(event["event"], "received", "{event}");
+    assert_eq!(event["pattern"], json!({"cmd": "object_event", "v": 1}));
+    assert_eq!(event["data"], data);
+
+    // An event no Nest handler knows is nacked without requeue by Nest: nothing is printed.
+    client
+        .emit("nobody_listens", &json!(1))
+        .await
+        .expect("emit confirmed");
+    client
+        .emit("rust_to_nest", &json!("after"))
+        .await
+        .expect("emit confirmed");
+    let event = nest.next_event().await;
+    assert_eq!(event["data"], "after", "{event}");
+
+    client.close().await;
+    // Stopping Nest closes its channel, which would return anything it left unacked.
+    nest.shutdown().await;
+    assert_eq!(broker.ready(&queue).await, 0, "NestJS must have acked");
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_queue_declarations_agree_with_nestjs() {
+    let broker = Broker::connect().await;
+    let (nest_first, rust_first) = (unique("decl-nest-first"), unique("decl-rust-first"));
+    broker.forget_later(&nest_first);
+    broker.forget_later(&rust_first);
+    let plain = |queue: &str| RmqOptions::new(queue).uri(uri());
+
+    // Nest's server declares its queue first ({durable: true}); rmq-bus's defaults must match.
+    let nest = NestApp::start_with(&nest_first, None).await;
+    let client = ClientProxy::new(plain(&nest_first));
+    client.connect().await.expect("same declaration as NestJS");
+    client
+        .emit("rust_to_nest", &json!("hi"))
+        .await
+        .expect("emit");
+    assert_eq!(nest.next_event().await["data"], "hi");
+
+    // rmq-bus declares first; Nest's client declares the same queue before emitting.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = Microservice::new(plain(&rust_first))
+        .on_event("nest_to_rust", reporter(tx))
+        .start()
+        .await
+        .expect("start");
+    nest.emit(&rust_first, json!("nest_to_rust"), &json!("hello"))
+        .await;
+    assert_eq!(recv(&mut rx).await.data, "hello");
+
+    client.close().await;
+    nest.shutdown().await;
+    service.shutdown().await.expect("clean shutdown");
+    assert_eq!(broker.ready(&nest_first).await, 0);
+    assert_eq!(broker.ready(&rust_first).await, 0);
+    broker.cleanup().await;
+}
