@@ -240,3 +240,135 @@ async fn default_queue_declarations_agree_with_nestjs() {
     assert_eq!(broker.ready(&rust_first).await, 0);
     broker.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nestjs_send_gets_rmq_bus_replies_values_errors_and_no_handler() {
+    let broker = Broker::connect().await;
+    let (rust_queue, nest_queue) = (unique("nest-send"), unique("nest-send-own"));
+    broker.forget_later(&rust_queue);
+    broker.forget_later(&nest_queue);
+    let service = Microservice::new(options(&rust_queue))
+        .on_message("get_order", |Payload(query): Payload<Value>| async move {
+            match query["orderId"].as_str() {
+                Some(id) => {
+                    Ok(json!({"orderId": id, "buyer": "zoë ✓ 日本語", "lines": [{"qty": 2}]}))
+                }
+                None => Err(rmq_bus::RpcError::new("order not found")),
+            }
+        })
+        .on_message(
+            Pattern::from(json!({"cmd": "sum"})),
+            |Payload(n): Payload<Vec<f64>>| async move {
+                Ok::<_, rmq_bus::RpcError>(n.iter().sum::<f64>())
+            },
+        )
+        .on_message("object_error", || async {
+            Err::<(), _>(rmq_bus::RpcError::object(
+                json!({"code": 42, "reason": "nope"}),
+            ))
+        })
+        .start()
+        .await
+        .expect("start");
+    let nest = NestApp::start(&nest_queue).await;
+
+    let reply = nest
+        .send(
+            &rust_queue,
+            json!("get_order"),
+            &json!({"orderId": "o-1"}),
+            5000,
+        )
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(
+        reply["response"],
+        json!({"orderId": "o-1", "buyer": "zoë ✓ 日本語", "lines": [{"qty": 2}]})
+    );
+
+    let reply = nest
+        .send(
+            &rust_queue,
+            json!({"cmd": "sum"}),
+            &json!([1.5, 2.25]),
+            5000,
+        )
+        .await;
+    assert_eq!(reply["response"], json!(3.75), "{reply}");
+
+    let reply = nest
+        .send(&rust_queue, json!("get_order"), &json!({}), 5000)
+        .await;
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(
+        reply["error"],
+        json!({"status": "error", "message": "order not found"})
+    );
+
+    let reply = nest
+        .send(&rust_queue, json!("object_error"), &json!({}), 5000)
+        .await;
+    assert_eq!(
+        reply["error"],
+        json!({"code": 42, "reason": "nope"}),
+        "{reply}"
+    );
+
+    let reply = nest
+        .send(&rust_queue, json!("no_such_pattern"), &json!({}), 5000)
+        .await;
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(
+        reply["error"],
+        "There is no matching message handler defined in the remote service."
+    );
+
+    nest.shutdown().await;
+    service.shutdown().await.expect("shutdown");
+    assert_eq!(
+        broker.ready(&rust_queue).await,
+        0,
+        "every request was settled"
+    );
+    broker.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmq_bus_send_gets_nestjs_replies_values_and_errors() {
+    let broker = Broker::connect().await;
+    let queue = unique("rust-send");
+    broker.forget_later(&queue);
+    let nest = NestApp::start(&queue).await;
+    let client = ClientProxy::new(options(&queue));
+
+    let sum: f64 = client.send("sum", &[1, 2, 3]).await.expect("sum");
+    assert_eq!(sum, 6.0);
+    let data = json!({"text": "zoë ✓ 日本語 🚀", "nested": [{"a": null}, {"b": [true, 1.25]}]});
+    let echoed: Value = client
+        .send(Pattern::from(json!({"cmd": "echo"})), &data)
+        .await
+        .expect("echo");
+    assert_eq!(echoed, data);
+    let expectations = [
+        ("fail_text", json!({"status": "error", "message": "boom"})),
+        ("fail_object", json!({"code": 42, "reason": "nope"})),
+        (
+            "fail_plain",
+            json!({"status": "error", "message": "Internal server error"}),
+        ),
+    ];
+    for (pattern, expected) in expectations {
+        match client.send::<_, Value>(pattern, &json!({})).await {
+            Err(Error::Remote { error, .. }) => assert_eq!(error, expected, "{pattern}"),
+            other => panic!("{pattern}: expected Remote, got {other:?}"),
+        }
+    }
+    match client.send::<_, Value>("no_such_pattern", &json!({})).await {
+        Err(Error::NoHandler { pattern }) => assert_eq!(pattern, "no_such_pattern"),
+        other => panic!("expected NoHandler, got {other:?}"),
+    }
+    client.close().await;
+    nest.shutdown().await;
+    assert_eq!(broker.ready(&queue).await, 0, "NestJS acked every request");
+    broker.cleanup().await;
+}
