@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use lapin::options::{
-    BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{
@@ -18,8 +18,9 @@ use lapin::{
 };
 use serde_json::Value;
 
+use crate::acks::AckBatcher;
 use crate::config::{Exchange, ExchangeKind, RmqOptions, redact_uri};
-use crate::context::{Acker, DeliveryInfo, Properties, Settlement};
+use crate::context::{DeliveryInfo, Properties};
 use crate::dispatch::{Inbound, Publisher, Target};
 use crate::error::{Error, Result};
 
@@ -42,7 +43,12 @@ pub(crate) async fn connect(
                     tracing::info!(uri = %redact_uri(uri), connection = name, "connected to RabbitMQ");
                     return Ok(connection);
                 }
-                Err(source) => failure = Some(Error::Connect { uri: redact_uri(uri), source }),
+                Err(source) => {
+                    failure = Some(Error::Connect {
+                        uri: redact_uri(uri),
+                        source,
+                    })
+                }
             }
         }
         let error = failure.unwrap_or_else(|| Error::Config("no broker URI configured".into()));
@@ -244,37 +250,6 @@ fn table_entries(table: &FieldTable) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Settles through lapin's single-use acker.
-struct LapinAcker(lapin::Acker);
-
-impl Acker for LapinAcker {
-    fn settle(&self, settlement: Settlement) -> BoxFuture<'static, Result<()>> {
-        let acker = self.0.clone();
-        async move {
-            let sent = match settlement {
-                Settlement::Ack => acker.ack(BasicAckOptions::default()).await,
-                Settlement::Nack { requeue } => {
-                    acker
-                        .nack(BasicNackOptions {
-                            requeue,
-                            ..BasicNackOptions::default()
-                        })
-                        .await
-                }
-                Settlement::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
-            };
-            match sent {
-                Ok(true) => Ok(()),
-                // lapin answers false when the acker is poisoned by a closed channel.
-                Ok(false) | Err(_) => Err(Error::ChannelClosed {
-                    attempted: settlement,
-                }),
-            }
-        }
-        .boxed()
-    }
-}
-
 /// Publishes on behalf of a microservice's connection: replies (unconfirmed: the requester's
 /// timeout covers a lost one) and confirmed copies for retries and the dead-letter queue, whose
 /// queues it declares on first use.
@@ -293,7 +268,10 @@ impl ServerPublisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| Error::from_lapin("enabling publisher confirms", e))?;
-        Ok(Self { channel, declared: Mutex::default() })
+        Ok(Self {
+            channel,
+            declared: Mutex::default(),
+        })
     }
 
     /// Declares `target`'s queue unless done before on this connection; returns its name.
@@ -303,21 +281,37 @@ impl ServerPublisher {
             Target::DeadLetter(queue) => (queue.clone(), BTreeMap::new()),
             Target::Delayed { queue, delay } => {
                 let arguments = BTreeMap::from([
-                    ("x-message-ttl".to_owned(), Value::from(delay.as_millis() as u64)),
+                    (
+                        "x-message-ttl".to_owned(),
+                        Value::from(delay.as_millis() as u64),
+                    ),
                     ("x-dead-letter-exchange".to_owned(), Value::from("")),
-                    ("x-dead-letter-routing-key".to_owned(), Value::from(queue.as_str())),
+                    (
+                        "x-dead-letter-routing-key".to_owned(),
+                        Value::from(queue.as_str()),
+                    ),
                 ]);
                 (crate::retry::delay_queue(queue, *delay), arguments)
             }
         };
-        if self.declared.lock().is_ok_and(|declared| declared.contains(&name)) {
+        if self
+            .declared
+            .lock()
+            .is_ok_and(|declared| declared.contains(&name))
+        {
             return Ok(name);
         }
-        let flags = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        let flags = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
         self.channel
             .queue_declare(short("queue name", &name)?, flags, field_table(&arguments)?)
             .await
-            .map_err(|source| Error::Declare { queue: name.clone(), source })?;
+            .map_err(|source| Error::Declare {
+                queue: name.clone(),
+                source,
+            })?;
         if let Ok(mut declared) = self.declared.lock() {
             declared.insert(name.clone());
         }
@@ -326,7 +320,12 @@ impl ServerPublisher {
 }
 
 impl Publisher for ServerPublisher {
-    fn reply(&self, reply_to: &str, correlation_id: &str, body: Vec<u8>) -> BoxFuture<'static, Result<()>> {
+    fn reply(
+        &self,
+        reply_to: &str,
+        correlation_id: &str,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Result<()>> {
         let channel = self.channel.clone();
         let target = short("reply_to", reply_to);
         let mut properties = BasicProperties::default();
@@ -335,7 +334,13 @@ impl Publisher for ServerPublisher {
         }
         async move {
             channel
-                .basic_publish(ShortString::from(""), target?, BasicPublishOptions::default(), &body, properties)
+                .basic_publish(
+                    ShortString::from(""),
+                    target?,
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
                 .await
                 .map(drop)
                 .map_err(|e| Error::from_lapin("publishing a reply", e))
@@ -343,7 +348,12 @@ impl Publisher for ServerPublisher {
         .boxed()
     }
 
-    fn republish<'a>(&'a self, target: Target, body: &'a [u8], properties: &'a Properties) -> BoxFuture<'a, Result<()>> {
+    fn republish<'a>(
+        &'a self,
+        target: Target,
+        body: &'a [u8],
+        properties: &'a Properties,
+    ) -> BoxFuture<'a, Result<()>> {
         async move {
             let queue = self.declare(&target).await?;
             let confirm = self
@@ -351,13 +361,19 @@ impl Publisher for ServerPublisher {
                 .basic_publish(
                     ShortString::from(""),
                     short("queue name", &queue)?,
-                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
                     body,
                     basic_properties(properties)?,
                 )
                 .await
                 .map_err(|e| Error::from_lapin("republishing", e))?;
-            match confirm.await.map_err(|e| Error::from_lapin("waiting for the republish confirm", e))? {
+            match confirm
+                .await
+                .map_err(|e| Error::from_lapin("waiting for the republish confirm", e))?
+            {
                 Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
                 Confirmation::Ack(Some(_)) => Err(Error::Unroutable { routing_key: queue }),
                 Confirmation::Nack(_) => Err(Error::Nacked { queue }),
@@ -370,7 +386,8 @@ impl Publisher for ServerPublisher {
 /// Neutral properties back to AMQP ones, for republishing a delivery.
 fn basic_properties(properties: &Properties) -> Result<BasicProperties> {
     let mut out = BasicProperties::default();
-    let text = |what: &str, value: &Option<String>| value.as_deref().map(|v| short(what, v)).transpose();
+    let text =
+        |what: &str, value: &Option<String>| value.as_deref().map(|v| short(what, v)).transpose();
     if let Some(v) = text("content_type", &properties.content_type)? {
         out = out.with_content_type(v);
     }
@@ -402,6 +419,7 @@ pub(crate) fn inbound(
     queue: &str,
     channel: &Channel,
     publisher: &Arc<ServerPublisher>,
+    acks: &Arc<AckBatcher>,
 ) -> Inbound {
     let info = DeliveryInfo {
         queue: queue.to_owned(),
@@ -414,7 +432,7 @@ pub(crate) fn inbound(
     Inbound {
         info,
         body: delivery.data,
-        acker: Arc::new(LapinAcker(delivery.acker)),
+        acker: Arc::new(acks.acker(delivery.delivery_tag)),
         publisher: publisher.clone(),
         channel: Some(channel.clone()),
     }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionStatus, PublisherConfirm};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionStatus, PublisherConfirm,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, oneshot};
@@ -111,7 +113,10 @@ impl ClientProxy {
         // the broker did not confirm is never given up silently (a retry may duplicate it).
         let deadline = self.deadline();
         loop {
-            match self.publish_confirmed(&pattern, &body, properties.clone(), deadline).await {
+            match self
+                .publish_confirmed(&pattern, &body, properties.clone(), deadline)
+                .await
+            {
                 Err(error) if is_transient(&error) && Instant::now() < deadline => {
                     tracing::warn!(%error, "emit interrupted; publishing again once the broker is back");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -134,7 +139,10 @@ impl ClientProxy {
         let confirm = self.publish(&channel, pattern, body, properties).await?;
         let wait = self.inner.options.confirm_wait();
         match tokio::time::timeout(wait, confirm).await {
-            Err(_) => Err(Error::ConfirmTimeout { queue: self.target(pattern), timeout: wait }),
+            Err(_) => Err(Error::ConfirmTimeout {
+                queue: self.target(pattern),
+                timeout: wait,
+            }),
             Ok(confirmation) => self.confirmed(pattern, confirmation),
         }
     }
@@ -326,7 +334,11 @@ impl ClientProxy {
     /// The live channel, its connection's status and its link id, opening connection, channel
     /// and declarations first when there is none (trying until `deadline`); with `replies`, also
     /// the direct reply-to consumer.
-    async fn channel(&self, replies: bool, deadline: Instant) -> Result<(Channel, ConnectionStatus, u64)> {
+    async fn channel(
+        &self,
+        replies: bool,
+        deadline: Instant,
+    ) -> Result<(Channel, ConnectionStatus, u64)> {
         let mut link = self.inner.link.lock().await;
         let alive = link
             .as_ref()
@@ -345,7 +357,11 @@ impl ClientProxy {
             self.consume_replies(current).await?;
             current.replies = true;
         }
-        Ok((current.channel.clone(), current.connection.status().clone(), current.id))
+        Ok((
+            current.channel.clone(),
+            current.connection.status().clone(),
+            current.id,
+        ))
     }
 
     async fn open(&self, deadline: Instant) -> Result<Link> {
@@ -441,7 +457,9 @@ async fn wait_unblocked(status: &ConnectionStatus, deadline: Instant) -> Result<
     let started = Instant::now();
     while status.blocked() {
         if Instant::now() >= deadline {
-            return Err(Error::Blocked { waited: started.elapsed() });
+            return Err(Error::Blocked {
+                waited: started.elapsed(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -455,12 +473,7 @@ struct Pending {
 }
 
 impl Pending {
-    fn register(
-        map: &PendingMap,
-        id: &str,
-        link: u64,
-        sender: oneshot::Sender<Reply>,
-    ) -> Self {
+    fn register(map: &PendingMap, id: &str, link: u64, sender: oneshot::Sender<Reply>) -> Self {
         if let Ok(mut pending) = map.lock() {
             pending.insert(id.to_owned(), (link, sender));
         }

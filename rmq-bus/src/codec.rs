@@ -223,7 +223,10 @@ mod tests {
     fn rejects_what_is_not_a_packet() {
         assert!(matches!(decode(b"not json"), Err(DecodeError::NotJson(_))));
         assert!(matches!(decode(b"[1,2]"), Err(DecodeError::NotJson(_))));
-        assert!(matches!(decode(b"[\"a\",2,\"id\"]"), Err(DecodeError::NotJson(_))));
+        assert!(matches!(
+            decode(b"[\"a\",2,\"id\"]"),
+            Err(DecodeError::NotJson(_))
+        ));
         assert!(matches!(decode(b"\xff\xfe"), Err(DecodeError::NotJson(_))));
         assert_eq!(decode(br#"{"data":1}"#).err(), Some(DecodeError::NoPattern));
         assert!(matches!(

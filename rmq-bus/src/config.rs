@@ -296,7 +296,13 @@ impl RmqOptions {
             options.queue_options = match raw.trim() {
                 "classic" | "" => options.queue_options,
                 "quorum" => options.queue_options.quorum(),
-                _ => return Err(invalid("RABBIT_MQ_QUEUE_TYPE", &raw, "expected classic or quorum")),
+                _ => {
+                    return Err(invalid(
+                        "RABBIT_MQ_QUEUE_TYPE",
+                        &raw,
+                        "expected classic or quorum",
+                    ));
+                }
             };
         }
         Ok(options)
@@ -459,7 +465,10 @@ impl RmqOptions {
     }
     /// The broker URIs, in the order they are tried.
     pub fn broker_uris(&self) -> impl Iterator<Item = &str> {
-        self.uri.split(',').map(str::trim).filter(|uri| !uri.is_empty())
+        self.uri
+            .split(',')
+            .map(str::trim)
+            .filter(|uri| !uri.is_empty())
     }
 
     /// Checks what the broker would otherwise refuse later, with a clearer message.
@@ -467,7 +476,10 @@ impl RmqOptions {
         check_uri(&self.uri).map_err(|reason| {
             Error::Config(format!("broker URI {}: {reason}", redact_uri(&self.uri)))
         })?;
-        for name in [Some(&self.queue), self.dead_letter_queue.as_ref()].into_iter().flatten() {
+        for name in [Some(&self.queue), self.dead_letter_queue.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             if name.is_empty() || name.len() > 200 {
                 return Err(Error::Config(format!(
                     "queue name {name:?} must have 1 to 200 bytes (room is kept for retry queue suffixes)"
@@ -489,12 +501,19 @@ fn check_uri(uris: &str) -> std::result::Result<(), String> {
         uri.parse::<lapin::uri::AMQPUri>()
             .map_err(|e| format!("not a valid AMQP URI ({e})"))?;
     }
-    if any { Ok(()) } else { Err("no URI given".to_owned()) }
+    if any {
+        Ok(())
+    } else {
+        Err("no URI given".to_owned())
+    }
 }
 
 /// Replaces the passwords of a URI (or a comma-separated list) with `***`, so it can be logged.
 pub(crate) fn redact_uri(uris: &str) -> String {
-    uris.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+    uris.split(',')
+        .map(redact_one)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn redact_one(uri: &str) -> String {
@@ -577,17 +596,29 @@ mod tests {
     #[test]
     fn several_uris_and_queue_types() -> Result<()> {
         let vars = [
-            ("RABBIT_MQ_URI", "amqp://a:pw1@n1:5672/%2f, amqp://a:pw2@n2:5672/%2f"),
+            (
+                "RABBIT_MQ_URI",
+                "amqp://a:pw1@n1:5672/%2f, amqp://a:pw2@n2:5672/%2f",
+            ),
             ("RABBIT_MQ_QUEUE_TYPE", "quorum"),
         ];
         let options = RmqOptions::from_lookup("X", lookup(&vars))?;
         let uris: Vec<&str> = options.broker_uris().collect();
-        assert_eq!(uris, ["amqp://a:pw1@n1:5672/%2f", "amqp://a:pw2@n2:5672/%2f"]);
-        assert_eq!(options.queue_declaration().arguments.get("x-queue-type"), Some(&serde_json::json!("quorum")));
+        assert_eq!(
+            uris,
+            ["amqp://a:pw1@n1:5672/%2f", "amqp://a:pw2@n2:5672/%2f"]
+        );
+        assert_eq!(
+            options.queue_declaration().arguments.get("x-queue-type"),
+            Some(&serde_json::json!("quorum"))
+        );
         let debug = format!("{options:?}");
         assert!(!debug.contains("pw1") && !debug.contains("pw2"), "{debug}");
         let bad = [("RABBIT_MQ_QUEUE_TYPE", "stream")];
-        assert!(matches!(RmqOptions::from_lookup("X", lookup(&bad)), Err(Error::InvalidEnv { .. })));
+        assert!(matches!(
+            RmqOptions::from_lookup("X", lookup(&bad)),
+            Err(Error::InvalidEnv { .. })
+        ));
         Ok(())
     }
 

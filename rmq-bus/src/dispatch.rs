@@ -35,9 +35,19 @@ pub(crate) enum Target {
 /// Publishes on behalf of whichever transport delivered a message.
 pub(crate) trait Publisher: Send + Sync + 'static {
     /// Sends a reply `body` to queue `reply_to` with `correlation_id`.
-    fn reply(&self, reply_to: &str, correlation_id: &str, body: Vec<u8>) -> BoxFuture<'static, Result<()>>;
+    fn reply(
+        &self,
+        reply_to: &str,
+        correlation_id: &str,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Result<()>>;
     /// Publishes a copy of a delivery to `target` and waits for the broker's confirm.
-    fn republish<'a>(&'a self, target: Target, body: &'a [u8], properties: &'a Properties) -> BoxFuture<'a, Result<()>>;
+    fn republish<'a>(
+        &'a self,
+        target: Target,
+        body: &'a [u8],
+        properties: &'a Properties,
+    ) -> BoxFuture<'a, Result<()>>;
 }
 
 /// A delivery as any transport hands it over.
@@ -69,7 +79,11 @@ impl Router {
         let mut wildcards: Vec<(String, Entry)> = Vec::new();
         for route in routes {
             let key = route.pattern.key().to_owned();
-            let entry = Entry { kind: route.kind, retry: route.retry, handler: route.handler };
+            let entry = Entry {
+                kind: route.kind,
+                retry: route.retry,
+                handler: route.handler,
+            };
             let duplicate = if is_wildcard(&key) {
                 let seen = wildcards.iter().any(|(other, _)| *other == key);
                 wildcards.push((key.clone(), entry));
@@ -86,14 +100,21 @@ impl Router {
 
     fn get(&self, key: &str) -> Option<&Entry> {
         self.exact.get(key).or_else(|| {
-            self.wildcards.iter().find(|(pattern, _)| wildcard_matches(pattern, key)).map(|(_, entry)| entry)
+            self.wildcards
+                .iter()
+                .find(|(pattern, _)| wildcard_matches(pattern, key))
+                .map(|(_, entry)| entry)
         })
     }
 
     /// Every registered pattern key: the binding keys of a topic or direct exchange.
     pub(crate) fn keys(&self) -> Vec<&str> {
-        let mut keys: Vec<&str> =
-            self.exact.keys().map(String::as_str).chain(self.wildcards.iter().map(|(key, _)| key.as_str())).collect();
+        let mut keys: Vec<&str> = self
+            .exact
+            .keys()
+            .map(String::as_str)
+            .chain(self.wildcards.iter().map(|(key, _)| key.as_str()))
+            .collect();
         keys.sort_unstable();
         keys
     }
@@ -148,20 +169,50 @@ pub(crate) async fn dispatch(router: &Router, policy: &Policy, inbound: Inbound)
 }
 
 async fn run(router: &Router, policy: &Policy, inbound: Inbound) {
-    let Inbound { info, body, acker, publisher, channel } = inbound;
+    let Inbound {
+        info,
+        body,
+        acker,
+        publisher,
+        channel,
+    } = inbound;
     let auto_acked = policy.ack_mode == AckMode::NoAck;
     let attempt = attempt_of(&info.properties);
-    let bad_input = |reason: String| Disposal::DeadLetter { reason, attempts: attempt };
+    let bad_input = |reason: String| Disposal::DeadLetter {
+        reason,
+        attempts: attempt,
+    };
     if body.len() > policy.max_bytes {
-        let reason = format!("message of {} bytes exceeds max_message_bytes = {}", body.len(), policy.max_bytes);
-        let settlement = dispose(publisher.as_ref(), policy, &info, None, &body, bad_input(reason), auto_acked).await;
+        let reason = format!(
+            "message of {} bytes exceeds max_message_bytes = {}",
+            body.len(),
+            policy.max_bytes
+        );
+        let settlement = dispose(
+            publisher.as_ref(),
+            policy,
+            &info,
+            None,
+            &body,
+            bad_input(reason),
+            auto_acked,
+        )
+        .await;
         return settle_direct(acker.as_ref(), settlement, auto_acked).await;
     }
     let packet = match decode(&body) {
         Ok(packet) => packet,
         Err(error) => {
-            let settlement =
-                dispose(publisher.as_ref(), policy, &info, None, &body, bad_input(error.to_string()), auto_acked).await;
+            let settlement = dispose(
+                publisher.as_ref(),
+                policy,
+                &info,
+                None,
+                &body,
+                bad_input(error.to_string()),
+                auto_acked,
+            )
+            .await;
             return settle_direct(acker.as_ref(), settlement, auto_acked).await;
         }
     };
@@ -170,20 +221,52 @@ async fn run(router: &Router, policy: &Policy, inbound: Inbound) {
     let reply_to = reply_address(&info, packet.id);
     let Some(entry) = router.get(&key) else {
         if let Some(reply_to) = &reply_to {
-            send_reply(publisher.as_ref(), reply_to, encode_no_handler(&reply_to.id)).await;
+            send_reply(
+                publisher.as_ref(),
+                reply_to,
+                encode_no_handler(&reply_to.id),
+            )
+            .await;
         }
-        let reason = format!("no handler for pattern {key:?}; this service handles: {}", router.keys().join(", "));
-        let settlement = dispose(publisher.as_ref(), policy, &info, Some(&key), &body, bad_input(reason), auto_acked).await;
+        let reason = format!(
+            "no handler for pattern {key:?}; this service handles: {}",
+            router.keys().join(", ")
+        );
+        let settlement = dispose(
+            publisher.as_ref(),
+            policy,
+            &info,
+            Some(&key),
+            &body,
+            bad_input(reason),
+            auto_acked,
+        )
+        .await;
         return settle_direct(acker.as_ref(), settlement, auto_acked).await;
     };
 
     let trace = Trace {
         correlation_id: info.properties.correlation_id.clone(),
-        traceparent: info.properties.headers.get("traceparent").and_then(Value::as_str).map(str::to_owned),
+        traceparent: info
+            .properties
+            .headers
+            .get("traceparent")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     };
     let redelivered = info.redelivered;
-    let ctx = RmqContext::new(key.clone(), info, acker, channel, auto_acked, Settlement::Nack { requeue: true });
-    let message = Message { data: packet.data, ctx: ctx.clone() };
+    let ctx = RmqContext::new(
+        key.clone(),
+        info,
+        acker,
+        channel,
+        auto_acked,
+        Settlement::Nack { requeue: true },
+    );
+    let message = Message {
+        data: packet.data,
+        ctx: ctx.clone(),
+    };
     let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.handler)(message))) {
         Ok(future) => trace::scope(trace, AssertUnwindSafe(future).catch_unwind()).await,
         Err(panic) => Err(panic),
@@ -191,31 +274,48 @@ async fn run(router: &Router, policy: &Policy, inbound: Inbound) {
 
     // A request is answered whatever happened, so that its sender need not wait for a timeout;
     // once answered it is acked, as a redelivery would only answer it again.
-    let failed = |reason: String| match (&reply_to, entry.retry.as_ref().or(policy.retry.as_ref())) {
+    let failed = |reason: String| match (&reply_to, entry.retry.as_ref().or(policy.retry.as_ref()))
+    {
         (Some(_), _) => Disposal::Settle(Settlement::Ack),
-        (None, Some(retry)) if attempt < retry.max_attempts() => {
-            Disposal::Retry { attempt: attempt + 1, delay: retry.delay_before(attempt + 1) }
-        }
-        (None, Some(_)) => Disposal::DeadLetter { reason, attempts: attempt },
+        (None, Some(retry)) if attempt < retry.max_attempts() => Disposal::Retry {
+            attempt: attempt + 1,
+            delay: retry.delay_before(attempt + 1),
+        },
+        (None, Some(_)) => Disposal::DeadLetter {
+            reason,
+            attempts: attempt,
+        },
         (None, None) if policy.on_failure == FailurePolicy::RequeueOnce && !redelivered => {
             Disposal::Settle(Settlement::Nack { requeue: true })
         }
-        (None, None) => Disposal::DeadLetter { reason, attempts: attempt },
+        (None, None) => Disposal::DeadLetter {
+            reason,
+            attempts: attempt,
+        },
     };
     let (disposal, response) = match outcome {
         Ok(Ok(response)) => (Disposal::Settle(Settlement::Ack), response),
         Ok(Err(error @ HandlerError::BadInput(_))) => {
             tracing::warn!(reason = %error, "bad input: dead-lettering");
-            (bad_input(error.to_string()), Response::Error(failure_response(&error)))
+            (
+                bad_input(error.to_string()),
+                Response::Error(failure_response(&error)),
+            )
         }
         Ok(Err(error)) => {
             tracing::error!(%error, attempt, "handler failed");
-            (failed(error.to_string()), Response::Error(failure_response(&error)))
+            (
+                failed(error.to_string()),
+                Response::Error(failure_response(&error)),
+            )
         }
         Err(panic) => {
             let text = panic_text(panic.as_ref()).to_owned();
             tracing::error!(panic = %text, attempt, "handler panicked");
-            (failed(format!("handler panicked: {text}")), Response::Error(RpcError::internal()))
+            (
+                failed(format!("handler panicked: {text}")),
+                Response::Error(RpcError::internal()),
+            )
         }
     };
     if let Some(reply_to) = &reply_to {
@@ -228,11 +328,21 @@ async fn run(router: &Router, policy: &Policy, inbound: Inbound) {
         && entry.kind == RouteKind::Event
         && reply_to.is_none()
         && policy.ack_mode == AckMode::Manual;
-    let settlement =
-        dispose(publisher.as_ref(), policy, ctx.delivery(), Some(&key), &body, disposal, auto_acked).await;
+    let settlement = dispose(
+        publisher.as_ref(),
+        policy,
+        ctx.delivery(),
+        Some(&key),
+        &body,
+        disposal,
+        auto_acked,
+    )
+    .await;
     match ctx.settle_taken(settlement).await {
         Ok(()) if acked_for_handler => {
-            tracing::warn!("handler returned Ok without settling its message (AckMode::Manual); acked it")
+            tracing::warn!(
+                "handler returned Ok without settling its message (AckMode::Manual); acked it"
+            )
         }
         Ok(()) => {}
         Err(error) => tracing::warn!(%error, "could not settle"),
@@ -255,11 +365,16 @@ async fn dispose(
         Disposal::Settle(settlement) => return settlement,
         Disposal::Retry { attempt, delay } => {
             let mut properties = info.properties.clone();
-            properties.headers.insert(ATTEMPT_HEADER.to_owned(), attempt.into());
+            properties
+                .headers
+                .insert(ATTEMPT_HEADER.to_owned(), attempt.into());
             let target = if delay.is_zero() {
                 Target::Queue(info.queue.clone())
             } else {
-                Target::Delayed { queue: info.queue.clone(), delay }
+                Target::Delayed {
+                    queue: info.queue.clone(),
+                    delay,
+                }
             };
             tracing::info!(attempt, ?delay, "scheduling a retry");
             (target, properties, "retry scheduled")
@@ -281,7 +396,9 @@ async fn dispose(
         }
     };
     if auto_acked {
-        tracing::warn!("AckMode::NoAck: the broker already took the message; it is not republished");
+        tracing::warn!(
+            "AckMode::NoAck: the broker already took the message; it is not republished"
+        );
         return Settlement::Ack;
     }
     match publisher.republish(target, body, &properties).await {
@@ -308,7 +425,11 @@ async fn settle_direct(acker: &dyn Acker, settlement: Settlement, auto_acked: bo
 
 /// The delivery number of this message to a handler (1 for the first).
 fn attempt_of(properties: &Properties) -> u32 {
-    properties.headers.get(ATTEMPT_HEADER).and_then(Value::as_u64).map_or(1, |n| n.clamp(1, u64::from(u32::MAX)) as u32)
+    properties
+        .headers
+        .get(ATTEMPT_HEADER)
+        .and_then(Value::as_u64)
+        .map_or(1, |n| n.clamp(1, u64::from(u32::MAX)) as u32)
 }
 
 /// Where the reply to a request goes: a packet with an `id` and a `reply_to` property.
@@ -318,8 +439,16 @@ fn reply_address(info: &DeliveryInfo, id: Option<String>) -> Option<ReplyTo> {
         tracing::warn!(request_id = %id, "request has no reply_to property; its reply cannot be sent");
         return None;
     };
-    let correlation_id = info.properties.correlation_id.clone().unwrap_or_else(|| id.clone());
-    Some(ReplyTo { id, queue, correlation_id })
+    let correlation_id = info
+        .properties
+        .correlation_id
+        .clone()
+        .unwrap_or_else(|| id.clone());
+    Some(ReplyTo {
+        id,
+        queue,
+        correlation_id,
+    })
 }
 
 async fn send_reply(publisher: &dyn Publisher, to: &ReplyTo, body: Vec<u8>) {

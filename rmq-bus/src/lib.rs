@@ -59,6 +59,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod acks;
 mod amqp;
 mod client;
 mod codec;
@@ -77,8 +78,8 @@ mod trace;
 pub use client::ClientProxy;
 pub use config::{
     AckMode, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PREFETCH,
-    DEFAULT_RECONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_URI, Exchange, ExchangeKind, FailurePolicy, QueueOptions,
-    RmqOptions,
+    DEFAULT_RECONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_URI, Exchange, ExchangeKind,
+    FailurePolicy, QueueOptions, RmqOptions,
 };
 pub use context::{DeliveryInfo, Properties, RmqContext, Settlement};
 pub use error::{Error, Result};

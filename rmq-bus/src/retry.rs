@@ -30,13 +30,21 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// Up to `max_attempts` deliveries in all, each retry put straight back at the tail of the queue.
     pub fn immediate(max_attempts: u32) -> Self {
-        Self { max_attempts: max_attempts.max(1), initial_delay: Duration::ZERO, max_delay: Duration::ZERO }
+        Self {
+            max_attempts: max_attempts.max(1),
+            initial_delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+        }
     }
 
     /// Up to `max_attempts` deliveries in all, the retries delayed by `initial_delay`, doubling
     /// each time up to `max_delay`.
     pub fn exponential(max_attempts: u32, initial_delay: Duration, max_delay: Duration) -> Self {
-        Self { max_attempts: max_attempts.max(1), initial_delay, max_delay: max_delay.max(initial_delay) }
+        Self {
+            max_attempts: max_attempts.max(1),
+            initial_delay,
+            max_delay: max_delay.max(initial_delay),
+        }
     }
 
     /// Deliveries in all, the first included.
@@ -47,7 +55,9 @@ impl RetryPolicy {
     /// The wait before delivery number `attempt` (2 for the first retry).
     pub fn delay_before(&self, attempt: u32) -> Duration {
         let doublings = attempt.saturating_sub(2).min(31);
-        self.initial_delay.saturating_mul(1 << doublings).min(self.max_delay)
+        self.initial_delay
+            .saturating_mul(1 << doublings)
+            .min(self.max_delay)
     }
 }
 
@@ -58,7 +68,9 @@ pub(crate) fn delay_queue(queue: &str, delay: Duration) -> String {
 
 /// Now, as an RFC 3339 UTC timestamp (`2026-11-27T12:30:58Z`).
 pub(crate) fn now_rfc3339() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let (days, rest) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -70,7 +82,12 @@ pub(crate) fn now_rfc3339() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3_600, rest % 3_600 / 60, rest % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
 }
 
 #[cfg(test)]
@@ -79,8 +96,11 @@ mod tests {
 
     #[test]
     fn delays_double_up_to_the_cap() {
-        let policy = RetryPolicy::exponential(6, Duration::from_millis(100), Duration::from_millis(350));
-        let delays: Vec<u128> = (2..=6).map(|a| policy.delay_before(a).as_millis()).collect();
+        let policy =
+            RetryPolicy::exponential(6, Duration::from_millis(100), Duration::from_millis(350));
+        let delays: Vec<u128> = (2..=6)
+            .map(|a| policy.delay_before(a).as_millis())
+            .collect();
         assert_eq!(delays, [100, 200, 350, 350, 350]);
         assert_eq!(RetryPolicy::immediate(3).delay_before(2), Duration::ZERO);
         assert_eq!(RetryPolicy::immediate(0).max_attempts(), 1);
@@ -90,6 +110,9 @@ mod tests {
     fn timestamps_are_rfc3339() {
         let now = now_rfc3339();
         assert_eq!(now.len(), 20, "{now}");
-        assert!(now.starts_with("20") && now.ends_with('Z') && &now[10..11] == "T", "{now}");
+        assert!(
+            now.starts_with("20") && now.ends_with('Z') && &now[10..11] == "T",
+            "{now}"
+        );
     }
 }

@@ -12,6 +12,7 @@ use lapin::{Channel, Connection};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::acks::AckBatcher;
 use crate::amqp::{self, ServerPublisher};
 use crate::config::{AckMode, RmqOptions};
 use crate::dispatch::{Policy, Router, dispatch};
@@ -66,7 +67,11 @@ impl std::fmt::Debug for Microservice {
 impl Microservice {
     /// A microservice consuming the queue of `options`.
     pub fn new(options: RmqOptions) -> Self {
-        Self { queues: vec![options], routes: Vec::new(), drain_timeout: DEFAULT_DRAIN_TIMEOUT }
+        Self {
+            queues: vec![options],
+            routes: Vec::new(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
     }
 
     /// Consumes another queue too (on the broker of the first), with its own prefetch, ack mode,
@@ -91,7 +96,11 @@ impl Microservice {
 
     /// Registers a closure or function for event `pattern`; its arguments are extractors
     /// ([`Payload<T>`](crate::Payload), [`RmqContext`](crate::RmqContext)).
-    pub fn on_event<Args, H: IntoRoute<Args>>(mut self, pattern: impl Into<Pattern>, handler: H) -> Self {
+    pub fn on_event<Args, H: IntoRoute<Args>>(
+        mut self,
+        pattern: impl Into<Pattern>,
+        handler: H,
+    ) -> Self {
         self.routes.push(handler.into_route(pattern.into()));
         self
     }
@@ -118,7 +127,11 @@ impl Microservice {
     /// interceptor added later runs outside those added before.
     pub fn intercept<I: Interceptor>(mut self, interceptor: I) -> Self {
         let interceptor: Arc<dyn Interceptor> = Arc::new(interceptor);
-        self.routes = self.routes.into_iter().map(|route| wrap(route, interceptor.clone())).collect();
+        self.routes = self
+            .routes
+            .into_iter()
+            .map(|route| wrap(route, interceptor.clone()))
+            .collect();
         self
     }
 
@@ -154,12 +167,19 @@ impl Microservice {
     /// [`reconnect_timeout`](RmqOptions::reconnect_timeout), so that a wrong URI shows at start.
     pub async fn start(self) -> Result<RunningMicroservice> {
         let router = Arc::new(Router::new(self.routes)?);
-        let first = self.queues.first().ok_or_else(|| Error::Config("a microservice needs a queue".into()))?;
+        let first = self
+            .queues
+            .first()
+            .ok_or_else(|| Error::Config("a microservice needs a queue".into()))?;
         for options in &self.queues {
             options.validate()?;
         }
         let patience = first.reconnect_wait();
-        let shared = Arc::new(Shared { queues: self.queues, router, drain: self.drain_timeout });
+        let shared = Arc::new(Shared {
+            queues: self.queues,
+            router,
+            drain: self.drain_timeout,
+        });
         let session = Session::open(&shared, Some(patience)).await?;
         let (stop, stopping) = watch::channel(false);
         let supervisor = tokio::spawn(supervise(shared, session, stopping));
@@ -187,7 +207,9 @@ impl RunningMicroservice {
     /// they left, and closes the connection. Unsettled messages go back to their queues.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(true);
-        self.supervisor.await.map_err(|e| Error::Config(format!("the microservice task ended abnormally: {e}")))?
+        self.supervisor
+            .await
+            .map_err(|e| Error::Config(format!("the microservice task ended abnormally: {e}")))?
     }
 
     /// Runs until `signal` completes, then shuts down.
@@ -249,17 +271,29 @@ struct Session {
 impl Session {
     /// Connects (`patience`: how long to keep trying; `None`, for ever), declares and consumes.
     async fn open(shared: &Arc<Shared>, patience: Option<Duration>) -> Result<Self> {
-        let first = shared.queues.first().ok_or_else(|| Error::Config("a microservice needs a queue".into()))?;
+        let first = shared
+            .queues
+            .first()
+            .ok_or_else(|| Error::Config("a microservice needs a queue".into()))?;
         let connection = amqp::connect(first, "rmq-bus microservice", patience).await?;
         let publisher = Arc::new(ServerPublisher::open(&connection).await?);
         let (stop, stopping) = watch::channel(false);
         let mut consumers = JoinSet::new();
         for options in &shared.queues {
-            let consumer = QueueConsumer::open(&connection, options, &shared.router, &publisher).await?;
-            tracing::info!(queue = options.queue(), prefetch = options.prefetch_count(), "consuming");
+            let consumer =
+                QueueConsumer::open(&connection, options, &shared.router, &publisher).await?;
+            tracing::info!(
+                queue = options.queue(),
+                prefetch = options.prefetch_count(),
+                "consuming"
+            );
             consumers.spawn(consumer.run(shared.router.clone(), stopping.clone(), shared.drain));
         }
-        Ok(Self { connection: Some(connection), stop, consumers })
+        Ok(Self {
+            connection: Some(connection),
+            stop,
+            consumers,
+        })
     }
 
     /// Stops the consumers (draining in-flight handlers) and closes the connection.
@@ -284,6 +318,7 @@ struct QueueConsumer {
     channel: Channel,
     consumer: lapin::Consumer,
     publisher: Arc<ServerPublisher>,
+    acks: Arc<AckBatcher>,
     queue: String,
     policy: Arc<Policy>,
     prefetch: usize,
@@ -296,7 +331,10 @@ impl QueueConsumer {
         router: &Router,
         publisher: &Arc<ServerPublisher>,
     ) -> Result<Self> {
-        let channel = connection.create_channel().await.map_err(|e| Error::from_lapin("opening a channel", e))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| Error::from_lapin("opening a channel", e))?;
         channel
             .basic_qos(options.prefetch_count(), BasicQosOptions::default())
             .await
@@ -313,12 +351,18 @@ impl QueueConsumer {
             .basic_consume(
                 amqp::short("queue name", options.queue())?,
                 ShortString::from(""),
-                BasicConsumeOptions { no_ack, ..BasicConsumeOptions::default() },
+                BasicConsumeOptions {
+                    no_ack,
+                    ..BasicConsumeOptions::default()
+                },
                 FieldTable::default(),
             )
             .await
             .map_err(|source| match Error::from_lapin("consuming", source) {
-                Error::Broker { source, .. } => Error::Declare { queue: options.queue().to_owned(), source },
+                Error::Broker { source, .. } => Error::Declare {
+                    queue: options.queue().to_owned(),
+                    source,
+                },
                 other => other,
             })?;
         let policy = Policy {
@@ -329,6 +373,7 @@ impl QueueConsumer {
             dead_letter_queue: options.dead_letter_queue_name().map(str::to_owned),
         };
         Ok(Self {
+            acks: AckBatcher::start(channel.clone(), options.prefetch_count()),
             channel,
             consumer,
             publisher: publisher.clone(),
@@ -339,12 +384,20 @@ impl QueueConsumer {
     }
 
     fn stop_error(&self, reason: String) -> Error {
-        Error::ConsumerStopped { queue: self.queue.clone(), reason }
+        Error::ConsumerStopped {
+            queue: self.queue.clone(),
+            reason,
+        }
     }
 
     /// Feeds deliveries to handler tasks, at most `prefetch` at once, until told to stop (then
     /// drains them) or the channel dies (then leaves them: their messages come back anyway).
-    async fn run(mut self, router: Arc<Router>, mut stop: watch::Receiver<bool>, drain: Duration) -> Result<()> {
+    async fn run(
+        mut self,
+        router: Arc<Router>,
+        mut stop: watch::Receiver<bool>,
+        drain: Duration,
+    ) -> Result<()> {
         let permits = Arc::new(Semaphore::new(self.prefetch));
         let mut tasks = JoinSet::new();
         let ended = loop {
@@ -360,7 +413,13 @@ impl QueueConsumer {
             };
             match delivery {
                 Some(Ok(delivery)) => {
-                    let inbound = amqp::inbound(delivery, &self.queue, &self.channel, &self.publisher);
+                    let inbound = amqp::inbound(
+                        delivery,
+                        &self.queue,
+                        &self.channel,
+                        &self.publisher,
+                        &self.acks,
+                    );
                     let (router, policy) = (router.clone(), self.policy.clone());
                     tasks.spawn(async move {
                         dispatch(&router, &policy, inbound).await;
@@ -369,7 +428,9 @@ impl QueueConsumer {
                 }
                 Some(Err(error)) => break Err(self.stop_error(error.to_string())),
                 None if self.channel.status().connected() => {
-                    break Err(self.stop_error("the broker cancelled the consumer (was the queue deleted?)".into()));
+                    break Err(self.stop_error(
+                        "the broker cancelled the consumer (was the queue deleted?)".into(),
+                    ));
                 }
                 None => break Err(self.stop_error("its channel closed".into())),
             }
@@ -379,9 +440,16 @@ impl QueueConsumer {
             tasks.detach_all();
             return ended;
         }
-        let _ = self.channel.basic_cancel(self.consumer.tag(), BasicCancelOptions::default()).await;
-        let drained = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+        let _ = self
+            .channel
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+            .await;
+        let drained =
+            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
         let left = tasks.len();
+        if let Err(error) = self.acks.flush().await {
+            tracing::warn!(%error, "could not send the last acks; those messages will be redelivered");
+        }
         // Closing the channel first returns every unsettled message to the queue, so handlers
         // cut short below cannot settle theirs by the failure policy.
         let _ = self.channel.close(200, ShortString::from("shutdown")).await;

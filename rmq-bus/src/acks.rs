@@ -1,0 +1,263 @@
+//! Coalesced acknowledgements: handlers settle one message at a time, while on the wire one
+//! `basic.ack` with `multiple` covers the highest contiguous run of settled delivery tags.
+//!
+//! Acks are sent when enough are waiting (a share of the prefetch window) or after a short timer,
+//! so the window never starves; whatever a gap holds back is acked one by one at the timer. A nack
+//! or reject goes out at once, on its own, and counts as settled for the runs around it. A
+//! multiple ack is only ever sent for a tag that is itself still outstanding, and every frame
+//! goes out under one lock, so the broker sees settlements in a consistent order.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use lapin::Channel;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use tokio::sync::Notify;
+
+use crate::context::{Acker, Settlement};
+use crate::error::{Error, Result};
+
+/// Longest an ack waits before it is sent.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(1);
+/// Most acks one multiple ack stands for before it is sent without waiting for the timer.
+const MAX_BATCH: usize = 20;
+
+/// The acks of one consumer channel.
+pub(crate) struct AckBatcher {
+    channel: Channel,
+    state: Mutex<Batch>,
+    /// Serialises frames, so a nack is on the wire before any multiple ack that passes its tag.
+    send: tokio::sync::Mutex<()>,
+    wake: Arc<Notify>,
+    batch: usize,
+}
+
+#[derive(Default)]
+struct Batch {
+    /// Every tag up to here is settled on the broker.
+    floor: u64,
+    /// Tags above `floor` settled on the broker already (nacks, rejects, single acks).
+    sent: BTreeSet<u64>,
+    /// Tags above `floor` acked by their handler, not sent yet.
+    unsent: BTreeSet<u64>,
+}
+
+/// What one flush puts on the wire.
+struct Plan {
+    multiple: Option<u64>,
+    singles: Vec<u64>,
+}
+
+impl Batch {
+    /// Takes the acks to send: one multiple ack for the contiguous run above `floor` and, with
+    /// `all`, single acks for the rest. Marks them sent.
+    fn plan(&mut self, all: bool) -> Plan {
+        let mut end = self.floor;
+        while self.sent.contains(&(end + 1)) || self.unsent.contains(&(end + 1)) {
+            end += 1;
+        }
+        let multiple = self.unsent.range(..=end).next_back().copied();
+        self.unsent = self.unsent.split_off(&(end + 1));
+        self.sent = self.sent.split_off(&(end + 1));
+        self.floor = end;
+        let singles = if all {
+            std::mem::take(&mut self.unsent).into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        self.sent.extend(&singles);
+        Plan { multiple, singles }
+    }
+}
+
+impl AckBatcher {
+    /// A batcher for `channel`, whose consumer has `prefetch` messages in flight at most. Its
+    /// timer task ends with the batcher.
+    pub(crate) fn start(channel: Channel, prefetch: u16) -> Arc<Self> {
+        let batch = (usize::from(prefetch) / 4).clamp(1, MAX_BATCH);
+        let batcher = Arc::new(Self {
+            channel,
+            state: Mutex::default(),
+            send: tokio::sync::Mutex::new(()),
+            wake: Arc::new(Notify::new()),
+            batch,
+        });
+        tokio::spawn(flush_on_timer(
+            Arc::downgrade(&batcher),
+            batcher.wake.clone(),
+        ));
+        batcher
+    }
+
+    /// The acker of delivery `tag`.
+    pub(crate) fn acker(self: &Arc<Self>, tag: u64) -> DeliveryAcker {
+        DeliveryAcker {
+            tag,
+            batcher: self.clone(),
+        }
+    }
+
+    /// Sends every ack still waiting (at shutdown, before the channel closes).
+    pub(crate) async fn flush(&self) -> Result<()> {
+        self.send_plan(true).await
+    }
+
+    async fn settle(&self, tag: u64, settlement: Settlement) -> Result<()> {
+        if !self.channel.status().connected() {
+            return Err(Error::ChannelClosed {
+                attempted: settlement,
+            });
+        }
+        if settlement != Settlement::Ack {
+            let _frames = self.send.lock().await;
+            let sent = match settlement {
+                Settlement::Nack { requeue } => {
+                    let options = BasicNackOptions {
+                        multiple: false,
+                        requeue,
+                    };
+                    self.channel.basic_nack(tag, options).await
+                }
+                _ => {
+                    self.channel
+                        .basic_reject(tag, BasicRejectOptions { requeue: false })
+                        .await
+                }
+            };
+            sent.map_err(|_| Error::ChannelClosed {
+                attempted: settlement,
+            })?;
+            self.lock().sent.insert(tag);
+            return Ok(());
+        }
+        let waiting = {
+            let mut state = self.lock();
+            state.unsent.insert(tag);
+            state.unsent.len()
+        };
+        if waiting >= self.batch {
+            self.send_plan(false).await?;
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn send_plan(&self, all: bool) -> Result<()> {
+        let _frames = self.send.lock().await;
+        let plan = self.lock().plan(all);
+        let closed = |_| Error::ChannelClosed {
+            attempted: Settlement::Ack,
+        };
+        if let Some(tag) = plan.multiple {
+            self.channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .await
+                .map_err(closed)?;
+        }
+        for tag in plan.singles {
+            self.channel
+                .basic_ack(tag, BasicAckOptions { multiple: false })
+                .await
+                .map_err(closed)?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Batch> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Sends waiting acks `FLUSH_INTERVAL` after being woken, until the batcher is gone or its
+/// channel closes. Holds no strong reference while it waits, so that the batcher can go.
+async fn flush_on_timer(batcher: Weak<AckBatcher>, wake: Arc<Notify>) {
+    loop {
+        // Wakes now and then anyway, to notice a dropped batcher.
+        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+        match batcher.upgrade() {
+            None => return,
+            Some(strong) if strong.lock().unsent.is_empty() => continue,
+            Some(_) => {}
+        }
+        tokio::time::sleep(FLUSH_INTERVAL).await;
+        let Some(strong) = batcher.upgrade() else {
+            return;
+        };
+        if !strong.channel.status().connected() {
+            return;
+        }
+        if let Err(error) = strong.send_plan(true).await {
+            tracing::debug!(%error, "could not flush acks; the channel is closing");
+        }
+    }
+}
+
+/// Settles one delivery through its channel's batcher.
+pub(crate) struct DeliveryAcker {
+    tag: u64,
+    batcher: Arc<AckBatcher>,
+}
+
+impl Acker for DeliveryAcker {
+    fn settle(&self, settlement: Settlement) -> BoxFuture<'static, Result<()>> {
+        let (tag, batcher) = (self.tag, self.batcher.clone());
+        async move { batcher.settle(tag, settlement).await }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(floor: u64, sent: &[u64], unsent: &[u64]) -> Batch {
+        Batch {
+            floor,
+            sent: sent.iter().copied().collect(),
+            unsent: unsent.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn a_contiguous_run_becomes_one_multiple_ack() {
+        let mut state = batch(0, &[], &[1, 2, 3, 5]);
+        let plan = state.plan(false);
+        assert_eq!((plan.multiple, plan.singles), (Some(3), vec![]));
+        assert_eq!((state.floor, state.unsent.len()), (3, 1), "5 waits for 4");
+    }
+
+    #[test]
+    fn a_nack_in_the_middle_counts_as_settled() {
+        let mut state = batch(0, &[2], &[1, 3, 4]);
+        let plan = state.plan(false);
+        assert_eq!(plan.multiple, Some(4));
+        assert_eq!(state.floor, 4);
+    }
+
+    #[test]
+    fn a_multiple_ack_never_names_a_tag_already_settled() {
+        // 3 was nacked: the run ends on it, but the ack must name 2, still outstanding.
+        let mut state = batch(0, &[3], &[1, 2]);
+        assert_eq!(state.plan(false).multiple, Some(2));
+        let mut state = batch(4, &[5, 6], &[]);
+        assert_eq!(state.plan(false).multiple, None);
+        assert_eq!(state.floor, 6);
+    }
+
+    #[test]
+    fn the_timer_sends_what_a_gap_holds_back_one_by_one() {
+        let mut state = batch(0, &[], &[1, 3, 4]);
+        let plan = state.plan(true);
+        assert_eq!((plan.multiple, plan.singles), (Some(1), vec![3, 4]));
+        // When 2 is acked later, the run 2..=4 is sent as a multiple ack naming 2.
+        state.unsent.insert(2);
+        let plan = state.plan(false);
+        assert_eq!((plan.multiple, plan.singles), (Some(2), vec![]));
+        assert_eq!(state.floor, 4);
+        assert!(state.sent.is_empty() && state.unsent.is_empty());
+    }
+}
