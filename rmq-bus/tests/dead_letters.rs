@@ -402,3 +402,51 @@ async fn shutdown_under_load_loses_nothing_and_leaves_nothing_unacked() {
     client.close().await;
     broker.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_work_on_a_single_node_with_retries() {
+    let broker = Broker::connect().await;
+    let queue = unique("quorum");
+    broker.forget_later(&queue);
+    broker.forget_later(&format!("{queue}.retry.50ms"));
+    let quorum = options(&queue).queue_options(rmq_bus::QueueOptions::default().quorum());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = Microservice::new(quorum.clone().retry(RetryPolicy::exponential(
+        2,
+        Duration::from_millis(50),
+        Duration::from_millis(50),
+    )))
+    .on_event("once_more", move |ctx: RmqContext| {
+        let tx = tx.clone();
+        async move {
+            let attempt = ctx
+                .properties()
+                .headers
+                .get("x-rmq-bus-attempt")
+                .and_then(|v| v.as_u64());
+            tx.send(attempt).ok();
+            if attempt.is_none() {
+                Err("first delivery fails")
+            } else {
+                Ok(())
+            }
+        }
+    })
+    .start()
+    .await
+    .expect("a quorum queue on one node");
+    let client = ClientProxy::new(quorum);
+    client.emit("once_more", &()).await.expect("emit");
+    let within = Duration::from_secs(10);
+    let first = tokio::time::timeout(within, rx.recv())
+        .await
+        .expect("first");
+    let retry = tokio::time::timeout(within, rx.recv())
+        .await
+        .expect("retry");
+    assert_eq!((first, retry), (Some(None), Some(Some(2))));
+    service.shutdown().await.expect("shutdown");
+    assert_eq!(broker.ready(&queue).await, 0);
+    client.close().await;
+    broker.cleanup().await;
+}
