@@ -1,61 +1,11 @@
-//! Attribute arguments: the pattern of `#[event_pattern(...)]` and the source of a handler
-//! argument (`#[payload]`, `#[payload("key")]`, `#[ctx]`).
+//! Argument attributes: where each argument of a handler comes from (`#[payload]`,
+//! `#[payload("key")]`, `#[ctx]`, or none).
 
-use proc_macro2::{Span, TokenStream};
-use syn::parse::{Parse, ParseStream};
-use syn::{Attribute, LitStr, Meta, Token};
+use proc_macro2::TokenStream;
+use syn::parse::ParseStream;
+use syn::{Attribute, LitStr, Meta};
 
 use crate::errors::Errors;
-
-/// The argument of `#[event_pattern("pattern")]`: a string literal, for now.
-pub(crate) struct PatternArg {
-    /// The pattern, spanned where the user wrote it (duplicates are reported there).
-    pub(crate) lit: LitStr,
-}
-
-const MISSING_PATTERN: &str =
-    "missing pattern: write the event pattern as `#[event_pattern(\"order_created\")]`";
-
-impl Parse for PatternArg {
-    fn parse(input: ParseStream) -> syn::Result<Self> {
-        if input.is_empty() {
-            // Only at the top of `#[event_pattern]`'s own arguments: the attribute is the span.
-            return Err(syn::Error::new(Span::call_site(), MISSING_PATTERN));
-        }
-        let lookahead = input.lookahead1();
-        if !lookahead.peek(LitStr) {
-            let rest: TokenStream = input.parse()?;
-            return Err(syn::Error::new_spanned(
-                rest,
-                "expected the pattern as a string literal, such as `\"order_created\"` \
-                 (object patterns are not supported yet)",
-            ));
-        }
-        let lit: LitStr = input.parse()?;
-        if input.peek(Token![,]) {
-            input.parse::<Token![,]>()?;
-        }
-        if !input.is_empty() {
-            let rest: TokenStream = input.parse()?;
-            return Err(syn::Error::new_spanned(
-                rest,
-                "`#[event_pattern]` takes one pattern; remove the extra arguments \
-                 (write another handler for another pattern)",
-            ));
-        }
-        Ok(Self { lit })
-    }
-}
-
-impl PatternArg {
-    /// Parses `attr`, an `#[event_pattern]` attribute found by `#[controller]` in a method.
-    pub(crate) fn from_attribute(attr: &Attribute) -> syn::Result<Self> {
-        match &attr.meta {
-            Meta::List(list) if !list.tokens.is_empty() => list.parse_args(),
-            _ => Err(syn::Error::new_spanned(attr, MISSING_PATTERN)),
-        }
-    }
-}
 
 /// Where a handler argument comes from.
 pub(crate) enum ArgSource {

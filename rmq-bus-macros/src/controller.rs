@@ -1,13 +1,14 @@
-//! `#[controller]` on an inherent impl block: its `#[event_pattern]` methods become the routes of
-//! a `Controller` impl.
+//! `#[controller]` on an inherent impl block: its `#[event_pattern]` and `#[message_pattern]`
+//! methods become the routes of a `Controller` impl.
 
 use proc_macro2::{Span, TokenStream};
 use quote::quote;
 use syn::{Attribute, FnArg, ImplItem, ImplItemFn, Item, ItemImpl, Path};
 
-use crate::args::{PatternArg, is_arg_attribute};
+use crate::args::is_arg_attribute;
 use crate::errors::Errors;
-use crate::handler::{Handler, Kind, analyze, cfg_attributes, use_marker};
+use crate::handler::{Handler, Kind, analyze, cfg_attributes, extra_pattern_error, use_marker};
+use crate::pattern::RouteKind;
 
 /// Expands `#[controller]`: the impl block without the rmq attributes, plus the `Controller`
 /// impl routing each handler method.
@@ -17,7 +18,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         errors.push(syn::Error::new_spanned(
             args,
             "`#[controller]` takes no arguments; write `#[controller]` and give each method its \
-             pattern with `#[event_pattern(\"...\")]`",
+             pattern with `#[event_pattern(\"...\")]` or `#[message_pattern(\"...\")]`",
         ));
     }
     let mut block = match syn::parse2::<Item>(item.clone()) {
@@ -40,7 +41,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 
     let mut markers = Vec::new();
     let handlers = handlers(&mut block, &mut markers, &mut errors);
-    // The `#[event_pattern]`s removed still count as uses of the user's import.
+    // The pattern attributes removed still count as uses of the user's imports.
     let markers = markers.iter().map(use_marker);
     if let Some((_, trait_path, _)) = &block.trait_ {
         errors.push(syn::Error::new_spanned(
@@ -86,7 +87,8 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// The handler methods of `block`, with their `#[cfg]`s, in declaration order. Removes the rmq
-/// attributes from every method, adding the paths of the `#[event_pattern]`s to `markers`.
+/// attributes from every method, adding the paths of the pattern attributes to `markers`. A
+/// pattern (normalised, whatever the kind) routes to one handler.
 fn handlers(
     block: &mut ItemImpl,
     markers: &mut Vec<Path>,
@@ -100,17 +102,14 @@ fn handlers(
         };
         let duplicate = handlers
             .iter()
-            .find(|(other, _)| other.pattern.value() == handler.pattern.value());
+            .find(|(other, _)| other.pattern.key() == handler.pattern.key());
         if let Some((first, _)) = duplicate {
-            errors.push(syn::Error::new_spanned(
-                &handler.pattern,
-                format!(
-                    "pattern {:?} already has a handler in this controller (`{}`); a pattern \
-                     routes to one handler, remove one of them",
-                    handler.pattern.value(),
-                    first.ident
-                ),
-            ));
+            errors.push(handler.pattern.error(format!(
+                "pattern {} already has a handler in this controller (`{}`); a pattern routes \
+                 to one handler, remove one of them",
+                handler.pattern.describe(),
+                first.ident
+            )));
             continue;
         }
         let cfgs = cfg_attributes(&method.attrs).cloned().collect();
@@ -119,58 +118,47 @@ fn handlers(
     handlers
 }
 
-/// The handler of `method`, if it is marked `#[event_pattern]` and valid. Removes the
-/// `#[event_pattern]` attributes (adding their paths to `markers`) and those of its arguments.
+/// The handler of `method`, if it is marked `#[event_pattern]` or `#[message_pattern]` and valid.
+/// Removes the pattern attributes (adding their paths to `markers`) and those of its arguments.
 fn handler(
     method: &mut ImplItemFn,
     markers: &mut Vec<Path>,
     errors: &mut Errors,
 ) -> Option<Handler> {
-    let (patterns, attrs) = std::mem::take(&mut method.attrs)
-        .into_iter()
-        .partition::<Vec<_>, _>(|attr| is_event_pattern(attr.path()));
-    method.attrs = attrs;
+    let mut patterns: Vec<(RouteKind, Attribute)> = Vec::new();
+    method
+        .attrs
+        .retain(|attr| match RouteKind::of(attr.path()) {
+            Some(route_kind) => {
+                patterns.push((route_kind, attr.clone()));
+                false
+            }
+            None => true,
+        });
 
-    let Some((first, extra)) = patterns.split_first() else {
-        // Not a handler: argument attributes would mean a forgotten `#[event_pattern]`.
+    let Some(((route_kind, first), extra)) = patterns.split_first() else {
+        // Not a handler: argument attributes would mean a forgotten pattern attribute.
         for input in &mut method.sig.inputs {
             let FnArg::Typed(arg) = input else { continue };
             for attr in arg.attrs.extract_if(.., |attr| is_arg_attribute(attr)) {
                 errors.push(syn::Error::new_spanned(
                     attr,
                     "argument attributes go on handlers; mark this method \
-                     `#[event_pattern(\"...\")]`",
+                     `#[event_pattern(\"...\")]` or `#[message_pattern(\"...\")]`",
                 ));
             }
         }
         return None;
     };
-    markers.push(first.path().clone());
-    for extra in extra {
-        errors.push(syn::Error::new_spanned(
+    for (extra_kind, extra) in extra {
+        errors.push(extra_pattern_error(
+            *route_kind,
+            *extra_kind,
             extra,
-            "a handler has one `#[event_pattern]`; remove this one (write another method for \
-             another pattern)",
+            Kind::Method,
         ));
     }
-    let pattern = errors.check(PatternArg::from_attribute(first));
-    analyze(
-        &mut method.sig,
-        pattern.map(|pattern| pattern.lit),
-        Kind::Method,
-        errors,
-    )
-}
-
-/// Whether `path` names the `event_pattern` macro: `event_pattern` or `rmq_bus::event_pattern`.
-fn is_event_pattern(path: &Path) -> bool {
-    let segments: Vec<String> = path
-        .segments
-        .iter()
-        .map(|segment| segment.ident.to_string())
-        .collect();
-    matches!(
-        segments.iter().map(String::as_str).collect::<Vec<_>>()[..],
-        ["event_pattern"] | ["rmq_bus", "event_pattern"]
-    )
+    markers.extend(patterns.iter().map(|(_, attr)| attr.path().clone()));
+    let pattern = errors.check(route_kind.parse_attribute(first));
+    analyze(&mut method.sig, *route_kind, pattern, Kind::Method, errors)
 }

@@ -1,13 +1,14 @@
 //! A handler function: checking its signature, extracting its arguments, and the route that calls
-//! it. Also `#[event_pattern]` on a free `async fn`.
+//! it. Also `#[event_pattern]` and `#[message_pattern]` on a free `async fn`.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Attribute, FnArg, Ident, Item, LitStr, Path, ReturnType, Signature, Type};
+use syn::{Attribute, FnArg, Ident, Item, Path, ReturnType, Signature, Type};
 
-use crate::args::{ArgSource, PatternArg, take_arg_source};
+use crate::args::{ArgSource, take_arg_source};
 use crate::errors::Errors;
+use crate::pattern::{Pattern, RouteKind};
 
 /// Where a handler is declared, which decides the receiver it must take.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -28,8 +29,10 @@ pub(crate) struct Arg {
 pub(crate) struct Handler {
     /// The function's name.
     pub(crate) ident: Ident,
-    /// The event pattern routed to it.
-    pub(crate) pattern: LitStr,
+    /// Whether it handles events or requests.
+    route_kind: RouteKind,
+    /// The pattern routed to it.
+    pub(crate) pattern: Pattern,
     args: Vec<Arg>,
     /// Where a wrong return type is reported.
     output_span: Span,
@@ -40,32 +43,36 @@ pub(crate) struct Handler {
 /// Returns `None` if the signature cannot be a handler.
 pub(crate) fn analyze(
     sig: &mut Signature,
-    pattern: Option<LitStr>,
+    route_kind: RouteKind,
+    pattern: Option<Pattern>,
     kind: Kind,
     errors: &mut Errors,
 ) -> Option<Handler> {
+    let handler = route_kind.handler();
     // This signature's own errors, to tell whether it can be a handler.
     let mut own = Errors::default();
     if let Some(unsafety) = &sig.unsafety {
         own.push(syn::Error::new_spanned(
             unsafety,
-            "event handlers cannot be `unsafe fn`; remove `unsafe`",
+            format!("{handler}s cannot be `unsafe fn`; remove `unsafe`"),
         ));
     }
     if sig.asyncness.is_none() {
         own.push(syn::Error::new_spanned(
             sig.fn_token,
-            "event handlers must be `async fn`; add `async`",
+            format!("{handler}s must be `async fn`; add `async`"),
         ));
     }
     if !sig.generics.params.is_empty() {
         own.push(syn::Error::new_spanned(
             &sig.generics,
-            "event handlers cannot have generic parameters: each argument is extracted by its \
-             concrete type; remove the generics",
+            format!(
+                "{handler}s cannot have generic parameters: each argument is extracted by its \
+                 concrete type; remove the generics"
+            ),
         ));
     }
-    if let Some(error) = check_receiver(sig, kind) {
+    if let Some(error) = check_receiver(sig, route_kind, kind) {
         own.push(error);
     }
 
@@ -76,7 +83,7 @@ pub(crate) fn analyze(
         if let Type::ImplTrait(impl_trait) = &*arg.ty {
             own.push(syn::Error::new_spanned(
                 impl_trait,
-                "event handler arguments need a concrete type, not `impl Trait`",
+                format!("{handler} arguments need a concrete type, not `impl Trait`"),
             ));
         }
         args.push(Arg {
@@ -93,6 +100,7 @@ pub(crate) fn analyze(
     errors.append(own);
     Some(Handler {
         ident: sig.ident.clone(),
+        route_kind,
         pattern: pattern.filter(|_| valid)?,
         args,
         output_span,
@@ -100,18 +108,21 @@ pub(crate) fn analyze(
 }
 
 /// The receiver error for a handler of `kind`, if its receiver is wrong.
-fn check_receiver(sig: &Signature, kind: Kind) -> Option<syn::Error> {
+fn check_receiver(sig: &Signature, route_kind: RouteKind, kind: Kind) -> Option<syn::Error> {
     let receiver = sig.receiver();
+    let attribute = route_kind.attribute();
     match (kind, receiver) {
         (Kind::Free, None) => None,
         (Kind::Free, Some(_)) => Some(syn::Error::new(
             Span::call_site(),
-            "`#[event_pattern]` on a method needs `#[controller]` on its impl block",
+            format!("`#[{attribute}]` on a method needs `#[controller]` on its impl block"),
         )),
         (Kind::Method, None) => Some(syn::Error::new_spanned(
             &sig.ident,
-            "a handler method of a `#[controller]` takes `&self`; add `&self`, or move the \
-             function out of the impl block as a free `#[event_pattern]` fn",
+            format!(
+                "a handler method of a `#[controller]` takes `&self`; add `&self`, or move the \
+                 function out of the impl block as a free `#[{attribute}]` fn"
+            ),
         )),
         (Kind::Method, Some(receiver)) => {
             const SHARED: &str = "a controller is shared through an `Arc` by handlers running \
@@ -138,13 +149,15 @@ fn is_self(ty: &Type) -> bool {
 }
 
 impl Handler {
-    /// The route of a free function: `Route::event(pattern, |message| async move { ... })`.
+    /// The route of a free function:
+    /// `Route::event(pattern, |message| async move { ... })`, or `Route::message`.
     pub(crate) fn free_route(&self) -> TokenStream {
         let pattern = &self.pattern;
+        let route = self.route_kind.route_constructor();
         let ident = self.spanned_ident();
         let future = self.future(quote!(#ident), None);
         quote! {
-            ::rmq_bus::__private::Route::event(
+            #route(
                 #pattern,
                 |__rmq_message: ::rmq_bus::__private::Message| #future,
             )
@@ -154,6 +167,7 @@ impl Handler {
     /// The route of a controller method, calling it on a clone of `self: Arc<Self>`.
     pub(crate) fn method_route(&self) -> TokenStream {
         let pattern = &self.pattern;
+        let route = self.route_kind.route_constructor();
         let ident = self.spanned_ident();
         let future = self.future(
             quote_spanned!(self.output_span=> Self::#ident),
@@ -162,7 +176,7 @@ impl Handler {
         quote! {
             {
                 let __rmq_this = ::core::clone::Clone::clone(&self);
-                ::rmq_bus::__private::Route::event(
+                #route(
                     #pattern,
                     move |__rmq_message: ::rmq_bus::__private::Message| {
                         let __rmq_this = ::core::clone::Clone::clone(&__rmq_this);
@@ -206,11 +220,11 @@ impl Handler {
             quote!(let #binding: #ty = #value;)
         });
         let receiver = receiver.map(|receiver| quote!(#receiver,));
-        // Spanned at the return type, so that a return type that does not fit is reported there.
+        // Spanned at the return type, so that a return type that does not fit is reported there
+        // (`IntoHandlerResult` for events, `IntoReply` for requests).
+        let interpret = self.route_kind.interpret_output();
         let call = quote_spanned! {self.output_span=>
-            ::rmq_bus::__private::IntoHandlerResult::into_handler_result(
-                #callee(#receiver #(#bindings),*).await
-            )
+            #interpret(#callee(#receiver #(#bindings),*).await)
         };
         quote! {
             async move {
@@ -227,11 +241,12 @@ pub(crate) fn cfg_attributes(attrs: &[Attribute]) -> impl Iterator<Item = &Attri
     attrs.iter().filter(|attr| attr.path().is_ident("cfg"))
 }
 
-/// The argument of the items `#[controller]` emits for each `#[event_pattern]` it removes, so that
-/// the user's `use` of the macro is not reported unused. Such an item expands to nothing.
+/// The argument of the items the macros emit for each `#[event_pattern]` or `#[message_pattern]`
+/// they remove, so that the user's `use` of the macro is not reported unused. Such an item expands
+/// to nothing.
 const USE_MARKER: &str = "__rmq_bus_used";
 
-/// An item using the `#[event_pattern]` named by `path`: `#[path(__rmq_bus_used)] const _: () = ();`.
+/// An item using the attribute macro named by `path`: `#[path(__rmq_bus_used)] const _: () = ();`.
 pub(crate) fn use_marker(path: &Path) -> TokenStream {
     let marker = Ident::new(USE_MARKER, Span::call_site());
     quote! {
@@ -245,21 +260,57 @@ fn is_use_marker(args: &TokenStream) -> bool {
     syn::parse2::<Ident>(args.clone()).is_ok_and(|ident| ident == USE_MARKER)
 }
 
-/// `#[event_pattern("p")]` on a free `async fn`: the function, plus a type of its name
-/// implementing `HandlerFn`.
-pub(crate) fn expand_free(args: TokenStream, item: TokenStream) -> TokenStream {
+/// The error for `extra`, a second pattern attribute (of kind `extra_kind`) on a handler already
+/// marked with one of kind `first`.
+pub(crate) fn extra_pattern_error(
+    first: RouteKind,
+    extra_kind: RouteKind,
+    extra: &Attribute,
+    kind: Kind,
+) -> syn::Error {
+    let another = match kind {
+        Kind::Free => "function",
+        Kind::Method => "method",
+    };
+    let message = if first == extra_kind {
+        format!(
+            "a handler has one `#[{}]`; remove this one (write another {another} for another \
+             pattern)",
+            first.attribute()
+        )
+    } else {
+        format!(
+            "a handler is either an event handler (`#[event_pattern]`) or a request handler \
+             (`#[message_pattern]`), not both; remove this `#[{}]` (write another {another} for \
+             it)",
+            extra_kind.attribute()
+        )
+    };
+    syn::Error::new_spanned(extra, message)
+}
+
+/// `#[event_pattern("p")]` or `#[message_pattern("p")]` (`route_kind`) on a free `async fn`: the
+/// function, plus a type of its name implementing `HandlerFn`.
+pub(crate) fn expand_free(
+    route_kind: RouteKind,
+    args: TokenStream,
+    item: TokenStream,
+) -> TokenStream {
     if is_use_marker(&args) {
         return TokenStream::new();
     }
     let mut errors = Errors::default();
-    let pattern = errors.check(syn::parse2::<PatternArg>(args));
+    let pattern = errors.check(route_kind.parse_pattern(args));
     let mut func = match syn::parse2::<Item>(item.clone()) {
         Ok(Item::Fn(func)) => func,
         Ok(_) => {
             errors.push(syn::Error::new(
                 Span::call_site(),
-                "`#[event_pattern]` goes on an `async fn`, or on a method of a `#[controller]` \
-                 impl block",
+                format!(
+                    "`#[{}]` goes on an `async fn`, or on a method of a `#[controller]` impl \
+                     block",
+                    route_kind.attribute()
+                ),
             ));
             let errors = errors.into_compile_error();
             return quote!(#item #errors);
@@ -272,16 +323,30 @@ pub(crate) fn expand_free(args: TokenStream, item: TokenStream) -> TokenStream {
     };
 
     let is_method = func.sig.receiver().is_some();
-    let handler = analyze(
-        &mut func.sig,
-        pattern.map(|pattern| pattern.lit),
-        Kind::Free,
-        &mut errors,
-    );
+    let handler = analyze(&mut func.sig, route_kind, pattern, Kind::Free, &mut errors);
     if is_method {
-        // Inside an impl block: a struct cannot go there, emit only the method.
+        // Inside an impl block: a struct cannot go there, emit only the method. Further pattern
+        // attributes stay, to report the missing `#[controller]` themselves.
         let errors = errors.into_compile_error();
         return quote!(#func #errors);
+    }
+
+    // A second pattern attribute would make a second type of the same name: removed, reported,
+    // and its use kept.
+    let mut markers = Vec::new();
+    for extra in func
+        .attrs
+        .extract_if(.., |attr| RouteKind::of(attr.path()).is_some())
+    {
+        if let Some(extra_kind) = RouteKind::of(extra.path()) {
+            errors.push(extra_pattern_error(
+                route_kind,
+                extra_kind,
+                &extra,
+                Kind::Free,
+            ));
+        }
+        markers.push(use_marker(extra.path()));
     }
 
     // Even when the handler is wrong, the type is emitted so that `.handler::<name>()`
@@ -313,6 +378,7 @@ pub(crate) fn expand_free(args: TokenStream, item: TokenStream) -> TokenStream {
             }
         }
 
+        #(#markers)*
         #errors
     }
 }

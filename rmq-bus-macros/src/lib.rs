@@ -1,20 +1,24 @@
 //! Procedural macros of rmq-bus. Use them through `rmq_bus`, which re-exports them; generated code
 //! names only `::rmq_bus::__private`, `::core` and `::std`, so users need no other dependency.
 //!
-//! Each macro parses its input, checks the handler's shape (async, no generics, a string pattern,
-//! known argument attributes) with errors spanned at the offending tokens, and expands fail-soft:
-//! on an error the original item is still emitted (without the rmq attributes), so one mistake
-//! gives one error. Types are left to the runtime crate's traits.
+//! Each macro parses its input, checks the handler's shape (async, no generics, a string or object
+//! pattern, known argument attributes) with errors spanned at the offending tokens, and expands
+//! fail-soft: on an error the original item is still emitted (without the rmq attributes), so one
+//! mistake gives one error. Types are left to the runtime crate's traits (`IntoHandlerResult` for
+//! what an event handler returns, `IntoReply` for a request handler).
 
 mod args;
 mod controller;
 mod errors;
 mod handler;
+mod pattern;
 
 use proc_macro::TokenStream;
 
-/// Makes an inherent impl block a controller: each method marked `#[event_pattern("p")]` becomes
-/// a route of an `rmq_bus::Controller` impl, registered with `Microservice::controller`.
+/// Makes an inherent impl block a controller: each method marked `#[event_pattern(...)]` or
+/// `#[message_pattern(...)]` becomes a route of an `rmq_bus::Controller` impl, registered with
+/// `Microservice::controller`. A pattern routes to one handler: two methods with the same pattern
+/// (of either kind) are an error.
 ///
 /// Handler methods are `async fn`s taking `&self` (the controller is shared through an `Arc` by
 /// concurrent handlers). See `rmq_bus::controller`.
@@ -23,12 +27,26 @@ pub fn controller(args: TokenStream, item: TokenStream) -> TokenStream {
     controller::expand(args.into(), item.into()).into()
 }
 
-/// Makes a free `async fn` the handler of an event pattern: `#[event_pattern("order_created")]`.
+/// Makes a free `async fn` the handler of an event pattern, as NestJS's `@EventPattern`:
+/// `#[event_pattern("order_created")]`, or an object pattern `#[event_pattern(cmd = "order",
+/// version = 2)]` (sent as `{"cmd":"order","version":2}`, keys sorted as NestJS does).
 ///
 /// The function stays callable as written; a hidden type of the same name implements
 /// `rmq_bus::HandlerFn`, registered with `Microservice::handler::<name>()`. On a method, use
 /// `#[controller]` on its impl block. See `rmq_bus::event_pattern`.
 #[proc_macro_attribute]
 pub fn event_pattern(args: TokenStream, item: TokenStream) -> TokenStream {
-    handler::expand_free(args.into(), item.into()).into()
+    handler::expand_free(pattern::RouteKind::Event, args.into(), item.into()).into()
+}
+
+/// Makes a free `async fn` the handler of a request pattern, as NestJS's `@MessagePattern`:
+/// `#[message_pattern("get_order")]` or `#[message_pattern(cmd = "sum")]`. It returns
+/// `Result<T, E>` (`rmq_bus::IntoReply`): `T: Serialize` is the response, `E: Into<RpcError>`
+/// the error sent back.
+///
+/// Registered as `#[event_pattern]` functions are, with `Microservice::handler::<name>()`; on a
+/// method, use `#[controller]` on its impl block. See `rmq_bus::message_pattern`.
+#[proc_macro_attribute]
+pub fn message_pattern(args: TokenStream, item: TokenStream) -> TokenStream {
+    handler::expand_free(pattern::RouteKind::Message, args.into(), item.into()).into()
 }

@@ -1,0 +1,18 @@
+use rmq_bus::{controller, message_pattern};
+
+#[message_pattern]
+async fn sum() -> Result<u32, String> {
+    Ok(0)
+}
+
+struct Orders;
+
+#[controller]
+impl Orders {
+    #[message_pattern()]
+    async fn get(&self) -> Result<u32, String> {
+        Ok(0)
+    }
+}
+
+fn main() {}
