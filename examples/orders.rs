@@ -5,7 +5,9 @@
 //!   confirmed the event, answers `201` with the order.
 //! - `GET /orders/{orderId}` and `GET /orders` show orders and their status.
 //! - A microservice on the orders queue applies `order_processed` `{"order": order}` events
-//!   (sent by the `billing` example) to the stored orders.
+//!   (sent by the `billing` example) to the stored orders, and answers `get_order`
+//!   `{"orderId"}` requests with the order, or the error
+//!   `{"status": "error", "message": "order not found"}`.
 //!
 //! Configured from the environment only:
 //!
@@ -41,7 +43,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use rmq_bus::{ClientProxy, Microservice, RmqContext, RmqOptions, controller, event_pattern};
+use rmq_bus::{
+    ClientProxy, Microservice, RmqContext, RmqOptions, RpcError, controller, event_pattern,
+    message_pattern,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, watch};
 use tracing_subscriber::EnvFilter;
@@ -149,6 +154,13 @@ impl OrdersController {
                 ctx.reject().await
             }
         }
+    }
+
+    /// Answers other services' `send("get_order", {"orderId"})` (NestJS `@MessagePattern`).
+    #[message_pattern("get_order")]
+    async fn get_order(&self, #[payload("orderId")] order_id: String) -> Result<Order, RpcError> {
+        let order = self.store.read().await.get(&order_id).cloned();
+        order.ok_or_else(|| RpcError::new("order not found"))
     }
 }
 

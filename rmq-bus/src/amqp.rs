@@ -46,7 +46,7 @@ pub(crate) async fn connect(
                 Err(source) => {
                     failure = Some(Error::Connect {
                         uri: redact_uri(uri),
-                        source,
+                        source: Box::new(source),
                     })
                 }
             }
@@ -86,7 +86,7 @@ pub(crate) async fn declare_queue(channel: &Channel, options: &RmqOptions) -> Re
         .map(drop)
         .map_err(|source| Error::Declare {
             queue: options.queue().to_owned(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -111,7 +111,7 @@ pub(crate) async fn declare_exchange(channel: &Channel, exchange: &Exchange) -> 
         .await
         .map_err(|source| Error::Declare {
             queue: format!("exchange {}", exchange.name),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -310,7 +310,7 @@ impl ServerPublisher {
             .await
             .map_err(|source| Error::Declare {
                 queue: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         if let Ok(mut declared) = self.declared.lock() {
             declared.insert(name.clone());

@@ -2,13 +2,17 @@
 
 use crate::context::Settlement;
 
+/// The underlying error of a transport (a [`lapin::Error`] on RabbitMQ).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Shorthand for `Result<T, rmq_bus::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in rmq-bus.
 ///
 /// Each message names the thing at fault (a variable, a queue, a pattern) and, where there is one,
-/// the fix. Broker errors keep the underlying [`lapin::Error`] as their [`source`](std::error::Error::source).
+/// the fix. Broker errors keep the transport's error (a [`lapin::Error`] on RabbitMQ) as their
+/// [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -36,7 +40,7 @@ pub enum Error {
         uri: String,
         /// The underlying error.
         #[source]
-        source: lapin::Error,
+        source: BoxError,
     },
 
     /// Declaring a queue failed, usually because it exists with other settings.
@@ -48,7 +52,7 @@ pub enum Error {
         queue: String,
         /// The underlying error.
         #[source]
-        source: lapin::Error,
+        source: BoxError,
     },
 
     /// The connection or channel is gone; the operation did not happen.
@@ -60,7 +64,7 @@ pub enum Error {
         context: &'static str,
         /// The underlying error.
         #[source]
-        source: lapin::Error,
+        source: BoxError,
     },
 
     /// Any other broker error during an operation.
@@ -70,7 +74,7 @@ pub enum Error {
         operation: &'static str,
         /// The underlying error.
         #[source]
-        source: lapin::Error,
+        source: BoxError,
     },
 
     /// The broker answered a publish with a negative confirm: the message was not stored.
@@ -215,15 +219,14 @@ impl Error {
     /// Classifies a lapin error: connection and channel losses become [`Error::Disconnected`].
     pub(crate) fn from_lapin(operation: &'static str, source: lapin::Error) -> Self {
         use lapin::ErrorKind as K;
-        match source.kind() {
-            K::InvalidChannelState(..)
-            | K::InvalidConnectionState(..)
-            | K::IOError(_)
-            | K::MissingHeartbeatError => Error::Disconnected {
-                context: operation,
-                source,
-            },
-            _ => Error::Broker { operation, source },
+        let lost = matches!(
+            source.kind(),
+            K::InvalidChannelState(..) | K::InvalidConnectionState(..) | K::IOError(_) | K::MissingHeartbeatError
+        );
+        if lost {
+            Error::Disconnected { context: operation, source: Box::new(source) }
+        } else {
+            Error::Broker { operation, source: Box::new(source) }
         }
     }
 }

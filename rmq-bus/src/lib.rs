@@ -82,7 +82,7 @@ pub use config::{
     FailurePolicy, QueueOptions, RmqOptions,
 };
 pub use context::{DeliveryInfo, Properties, RmqContext, Settlement};
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use handler::{
     Controller, FromMessage, HandlerError, HandlerFn, HandlerResult, IntoHandlerResult,
     IntoMessageRoute, IntoRoute, Message, Payload, Route, RouteKind,

@@ -320,6 +320,9 @@ fn scenario(
     assert_eq!(status, 404, "{answer}");
     assert!(answer["error"].is_string(), "{answer}");
 
+    // 5. Other services ask the orders service over request/reply.
+    get_order_over_the_bus(orders_queue, book_id);
+
     // Both stop cleanly on SIGTERM.
     orders.sigterm();
     billing.sigterm();
@@ -332,6 +335,37 @@ fn scenario(
             service.log()
         );
     }
+}
+
+/// `send("get_order")` to the orders service: the order, or NestJS's error shape.
+fn get_order_over_the_bus(orders_queue: &str, order_id: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("build a runtime");
+    runtime.block_on(async {
+        let client = rmq_bus::ClientProxy::new(
+            rmq_bus::RmqOptions::new(orders_queue).uri(broker_uri()),
+        );
+        let order: Value = client
+            .send("get_order", &json!({"orderId": order_id}))
+            .await
+            .expect("get_order answered");
+        assert_eq!(order["orderId"], order_id, "{order}");
+        assert_eq!(order["status"], "PROCESSED", "{order}");
+        match client
+            .send::<_, Value>("get_order", &json!({"orderId": "nope"}))
+            .await
+        {
+            Err(rmq_bus::Error::Remote { error, .. }) => assert_eq!(
+                error,
+                json!({"status": "error", "message": "order not found"})
+            ),
+            other => panic!("expected the order-not-found error, got {other:?}"),
+        }
+        client.close().await;
+    });
 }
 
 fn delete_queues(queues: &[&str]) -> lapin::Result<()> {
