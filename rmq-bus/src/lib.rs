@@ -69,6 +69,7 @@ mod dispatch;
 mod error;
 mod handler;
 mod interceptor;
+mod memory;
 mod pattern;
 mod retry;
 mod rpc;
