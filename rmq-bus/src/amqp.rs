@@ -280,17 +280,7 @@ impl ServerPublisher {
             Target::Queue(queue) => return Ok(queue.clone()),
             Target::DeadLetter(queue) => (queue.clone(), BTreeMap::new()),
             Target::Delayed { queue, delay } => {
-                let arguments = BTreeMap::from([
-                    (
-                        "x-message-ttl".to_owned(),
-                        Value::from(delay.as_millis() as u64),
-                    ),
-                    ("x-dead-letter-exchange".to_owned(), Value::from("")),
-                    (
-                        "x-dead-letter-routing-key".to_owned(),
-                        Value::from(queue.as_str()),
-                    ),
-                ]);
+                let arguments = crate::retry::delay_queue_arguments(queue, *delay);
                 (crate::retry::delay_queue(queue, *delay), arguments)
             }
         };
@@ -384,7 +374,7 @@ impl Publisher for ServerPublisher {
 }
 
 /// Neutral properties back to AMQP ones, for republishing a delivery.
-fn basic_properties(properties: &Properties) -> Result<BasicProperties> {
+pub(crate) fn basic_properties(properties: &Properties) -> Result<BasicProperties> {
     let mut out = BasicProperties::default();
     let text =
         |what: &str, value: &Option<String>| value.as_deref().map(|v| short(what, v)).transpose();

@@ -14,6 +14,10 @@ use crate::retry::RetryPolicy;
 /// Broker URI used when `RABBIT_MQ_URI` is not set: a local RabbitMQ with the default account.
 pub const DEFAULT_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// The URI scheme of the in-memory transport: `memory://shop` names an in-memory broker that
+/// every client and microservice of the process using the same name shares.
+pub const MEMORY_SCHEME: &str = "memory://";
+
 /// Default prefetch: how many unsettled messages a consumer holds, and so how many handlers run
 /// at once. NestJS's default of 0 (unlimited) lets one consumer take a whole backlog into memory;
 /// 100 keeps the broker's pipe full without that risk.
@@ -463,6 +467,10 @@ impl RmqOptions {
     pub fn dead_letter_queue_name(&self) -> Option<&str> {
         self.dead_letter_queue.as_deref()
     }
+    /// The name of the in-memory broker the URI names (`memory://name`), if it does.
+    pub fn memory_broker(&self) -> Option<&str> {
+        self.uri.trim().strip_prefix(MEMORY_SCHEME)
+    }
     /// The broker URIs, in the order they are tried.
     pub fn broker_uris(&self) -> impl Iterator<Item = &str> {
         self.uri
@@ -495,8 +503,14 @@ fn check_uri(uris: &str) -> std::result::Result<(), String> {
     let mut any = false;
     for uri in uris.split(',').map(str::trim).filter(|uri| !uri.is_empty()) {
         any = true;
+        if let Some(name) = uri.strip_prefix(MEMORY_SCHEME) {
+            if name.is_empty() {
+                return Err("memory:// needs a broker name, as memory://shop".to_owned());
+            }
+            continue;
+        }
         if !(uri.starts_with("amqp://") || uri.starts_with("amqps://")) {
-            return Err("expected amqp://user:password@host:port/vhost or amqps://…".to_owned());
+            return Err("expected amqp://user:password@host:port/vhost, amqps://… or memory://name".to_owned());
         }
         uri.parse::<lapin::uri::AMQPUri>()
             .map_err(|e| format!("not a valid AMQP URI ({e})"))?;

@@ -130,6 +130,19 @@ pub(crate) struct Policy {
     pub(crate) dead_letter_queue: Option<String>,
 }
 
+impl Policy {
+    /// The policy of the queue of `options`.
+    pub(crate) fn of(options: &crate::RmqOptions) -> Self {
+        Policy {
+            ack_mode: options.ack(),
+            on_failure: options.on_failure(),
+            max_bytes: options.max_bytes(),
+            retry: options.retry_policy().cloned(),
+            dead_letter_queue: options.dead_letter_queue_name().map(str::to_owned),
+        }
+    }
+}
+
 /// What becomes of a delivery once handled.
 enum Disposal {
     Settle(Settlement),

@@ -75,11 +75,12 @@ mod retry;
 mod rpc;
 mod server;
 mod trace;
+mod transport;
 
 pub use client::ClientProxy;
 pub use config::{
     AckMode, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PREFETCH,
-    DEFAULT_RECONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_URI, Exchange, ExchangeKind,
+    DEFAULT_RECONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_URI, Exchange, ExchangeKind, MEMORY_SCHEME,
     FailurePolicy, QueueOptions, RmqOptions,
 };
 pub use context::{DeliveryInfo, Properties, RmqContext, Settlement};

@@ -6,7 +6,10 @@
 //! waiting. The attempt count travels in the `x-rmq-bus-attempt` header, not `x-death` (which
 //! RabbitMQ 3.13+ no longer updates for client-published messages).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
 
 /// Header counting deliveries to the handler: 1 on the first, absent means 1.
 pub(crate) const ATTEMPT_HEADER: &str = "x-rmq-bus-attempt";
@@ -64,6 +67,15 @@ impl RetryPolicy {
 /// The delay queue for `delay` in front of `queue`.
 pub(crate) fn delay_queue(queue: &str, delay: Duration) -> String {
     format!("{queue}.retry.{}ms", delay.as_millis())
+}
+
+/// The declaration of that delay queue: its TTL dead-letters messages back into `queue`.
+pub(crate) fn delay_queue_arguments(queue: &str, delay: Duration) -> BTreeMap<String, Value> {
+    BTreeMap::from([
+        ("x-message-ttl".to_owned(), Value::from(delay.as_millis() as u64)),
+        ("x-dead-letter-exchange".to_owned(), Value::from("")),
+        ("x-dead-letter-routing-key".to_owned(), Value::from(queue)),
+    ])
 }
 
 /// Now, as an RFC 3339 UTC timestamp (`2026-11-27T12:30:58Z`).

@@ -5,22 +5,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::acks::AckBatcher;
-use crate::amqp::{self, ServerPublisher};
-use crate::config::{AckMode, RmqOptions};
+use crate::config::RmqOptions;
 use crate::dispatch::{Policy, Router, dispatch};
 use crate::error::{Error, Result};
 use crate::handler::{Controller, HandlerFn, IntoMessageRoute, IntoRoute, Route};
 use crate::interceptor::{Interceptor, wrap};
 use crate::pattern::Pattern;
 use crate::retry::RetryPolicy;
+use crate::transport::{self, Source};
 
 /// Default time in-flight handlers get to finish at shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -263,7 +258,7 @@ async fn supervise(
 
 /// One connection and its consumers.
 struct Session {
-    connection: Option<Connection>,
+    transport: Option<transport::Session>,
     stop: watch::Sender<bool>,
     consumers: JoinSet<Result<()>>,
 }
@@ -275,25 +270,16 @@ impl Session {
             .queues
             .first()
             .ok_or_else(|| Error::Config("a microservice needs a queue".into()))?;
-        let connection = amqp::connect(first, "rmq-bus microservice", patience).await?;
-        let publisher = Arc::new(ServerPublisher::open(&connection).await?);
+        let transport = transport::Session::connect(first, patience).await?;
         let (stop, stopping) = watch::channel(false);
         let mut consumers = JoinSet::new();
         for options in &shared.queues {
-            let consumer =
-                QueueConsumer::open(&connection, options, &shared.router, &publisher).await?;
-            tracing::info!(
-                queue = options.queue(),
-                prefetch = options.prefetch_count(),
-                "consuming"
-            );
+            let source = transport.consume(options, &shared.router).await?;
+            tracing::info!(queue = options.queue(), prefetch = options.prefetch_count(), "consuming");
+            let consumer = QueueConsumer { source, policy: Arc::new(Policy::of(options)), prefetch: options.prefetch_count().into() };
             consumers.spawn(consumer.run(shared.router.clone(), stopping.clone(), shared.drain));
         }
-        Ok(Self {
-            connection: Some(connection),
-            stop,
-            consumers,
-        })
+        Ok(Self { transport: Some(transport), stop, consumers })
     }
 
     /// Stops the consumers (draining in-flight handlers) and closes the connection.
@@ -305,99 +291,25 @@ impl Session {
                 result = Err(error);
             }
         }
-        if let Some(connection) = self.connection.take() {
-            let _ = connection.close(200, ShortString::from("shutdown")).await;
+        if let Some(transport) = self.transport.take() {
+            transport.close().await;
         }
         tracing::info!("consumers stopped");
         result
     }
 }
 
-/// One queue's channel and consumer.
+/// One queue's consumer and how its deliveries are disposed of.
 struct QueueConsumer {
-    channel: Channel,
-    consumer: lapin::Consumer,
-    publisher: Arc<ServerPublisher>,
-    acks: Arc<AckBatcher>,
-    queue: String,
+    source: Source,
     policy: Arc<Policy>,
     prefetch: usize,
 }
 
 impl QueueConsumer {
-    async fn open(
-        connection: &Connection,
-        options: &RmqOptions,
-        router: &Router,
-        publisher: &Arc<ServerPublisher>,
-    ) -> Result<Self> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| Error::from_lapin("opening a channel", e))?;
-        channel
-            .basic_qos(options.prefetch_count(), BasicQosOptions::default())
-            .await
-            .map_err(|e| Error::from_lapin("setting the prefetch", e))?;
-        if !options.is_no_assert() {
-            if let Some(exchange) = options.exchange_options() {
-                amqp::declare_exchange(&channel, exchange).await?;
-            }
-            amqp::declare_queue(&channel, options).await?;
-            amqp::bind_queue(&channel, options, &router.keys()).await?;
-        }
-        let no_ack = options.ack() == AckMode::NoAck;
-        let consumer = channel
-            .basic_consume(
-                amqp::short("queue name", options.queue())?,
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| match Error::from_lapin("consuming", source) {
-                Error::Broker { source, .. } => Error::Declare {
-                    queue: options.queue().to_owned(),
-                    source,
-                },
-                other => other,
-            })?;
-        let policy = Policy {
-            ack_mode: options.ack(),
-            on_failure: options.on_failure(),
-            max_bytes: options.max_bytes(),
-            retry: options.retry_policy().cloned(),
-            dead_letter_queue: options.dead_letter_queue_name().map(str::to_owned),
-        };
-        Ok(Self {
-            acks: AckBatcher::start(channel.clone(), options.prefetch_count()),
-            channel,
-            consumer,
-            publisher: publisher.clone(),
-            queue: options.queue().to_owned(),
-            policy: Arc::new(policy),
-            prefetch: options.prefetch_count().into(),
-        })
-    }
-
-    fn stop_error(&self, reason: String) -> Error {
-        Error::ConsumerStopped {
-            queue: self.queue.clone(),
-            reason,
-        }
-    }
-
     /// Feeds deliveries to handler tasks, at most `prefetch` at once, until told to stop (then
-    /// drains them) or the channel dies (then leaves them: their messages come back anyway).
-    async fn run(
-        mut self,
-        router: Arc<Router>,
-        mut stop: watch::Receiver<bool>,
-        drain: Duration,
-    ) -> Result<()> {
+    /// drains them) or the consumer dies (then leaves them: their messages come back anyway).
+    async fn run(mut self, router: Arc<Router>, mut stop: watch::Receiver<bool>, drain: Duration) -> Result<()> {
         let permits = Arc::new(Semaphore::new(self.prefetch));
         let mut tasks = JoinSet::new();
         let ended = loop {
@@ -409,50 +321,32 @@ impl QueueConsumer {
             let Ok(permit) = permit else { break Ok(()) };
             let delivery = tokio::select! {
                 () = stop_requested(&mut stop) => break Ok(()),
-                delivery = self.consumer.next() => delivery,
+                delivery = self.source.next() => delivery,
             };
             match delivery {
-                Some(Ok(delivery)) => {
-                    let inbound = amqp::inbound(
-                        delivery,
-                        &self.queue,
-                        &self.channel,
-                        &self.publisher,
-                        &self.acks,
-                    );
+                Ok(inbound) => {
                     let (router, policy) = (router.clone(), self.policy.clone());
                     tasks.spawn(async move {
                         dispatch(&router, &policy, inbound).await;
                         drop(permit);
                     });
                 }
-                Some(Err(error)) => break Err(self.stop_error(error.to_string())),
-                None if self.channel.status().connected() => {
-                    break Err(self.stop_error(
-                        "the broker cancelled the consumer (was the queue deleted?)".into(),
-                    ));
+                Err(reason) => {
+                    break Err(Error::ConsumerStopped { queue: self.source.queue().to_owned(), reason });
                 }
-                None => break Err(self.stop_error("its channel closed".into())),
             }
         };
         if ended.is_err() {
-            // The channel is gone: its deliveries return to the queue whatever the handlers do.
+            // The consumer is gone: its deliveries return to the queue whatever the handlers do.
             tasks.detach_all();
             return ended;
         }
-        let _ = self
-            .channel
-            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
-            .await;
-        let drained =
-            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+        self.source.cancel().await;
+        let drained = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
         let left = tasks.len();
-        if let Err(error) = self.acks.flush().await {
-            tracing::warn!(%error, "could not send the last acks; those messages will be redelivered");
-        }
-        // Closing the channel first returns every unsettled message to the queue, so handlers
-        // cut short below cannot settle theirs by the failure policy.
-        let _ = self.channel.close(200, ShortString::from("shutdown")).await;
+        // Closing first returns every unsettled message to the queue, so handlers cut short
+        // below cannot settle theirs by the failure policy.
+        self.source.close().await;
         tasks.abort_all();
         match drained {
             Err(_) => Err(Error::DrainTimeout(left)),
