@@ -77,6 +77,8 @@ mod server;
 mod trace;
 mod transport;
 
+pub mod testing;
+
 pub use client::ClientProxy;
 pub use config::{
     AckMode, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PREFETCH,

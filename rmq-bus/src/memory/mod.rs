@@ -64,6 +64,23 @@ struct Inner {
     state: Mutex<State>,
     /// Wakes the expiry timer task.
     timer: Arc<Notify>,
+    /// Every settlement, oldest first, for tests to wait on.
+    settled: Mutex<std::collections::VecDeque<Settled>>,
+    settled_wake: Notify,
+}
+
+/// A delivery a consumer settled, as tests see it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Settled {
+    /// The queue it was consumed from.
+    pub queue: String,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// Its properties.
+    pub properties: Properties,
+    /// How it was settled.
+    pub settlement: Settlement,
 }
 
 impl Inner {
@@ -113,6 +130,8 @@ impl MemoryBroker {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::new()),
                 timer: Arc::new(Notify::new()),
+                settled: Mutex::default(),
+                settled_wake: Notify::new(),
             }),
         }
     }
@@ -201,6 +220,23 @@ impl MemoryBroker {
     /// Messages of `queue` delivered to consumers and not settled; `None` if there is no such queue.
     pub(crate) fn unacked(&self, queue: &str) -> Option<usize> {
         self.observe(|state| state.unacked(queue))
+    }
+
+    /// Waits for the next settlement of a delivery from `queue` (in settlement order) and
+    /// takes it from the record.
+    pub(crate) async fn next_settled(&self, queue: &str) -> Settled {
+        loop {
+            let woken = self.inner.settled_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            {
+                let mut settled = self.inner.settled.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(found) = settled.iter().position(|s| s.queue == queue).and_then(|at| settled.remove(at)) {
+                    return found;
+                }
+            }
+            woken.await;
+        }
     }
 
     /// Simulates a lost connection: every consumer ends, their unsettled messages go back to
@@ -420,7 +456,12 @@ impl MemoryAcker {
     /// with [`MemoryError::PreconditionFailed`] ("unknown delivery tag") if already settled or
     /// delivered without acknowledgement.
     pub(crate) fn settle(&self, settlement: Settlement) -> Result<(), MemoryError> {
-        self.broker
-            .with(|state| state.settle(self.consumer, self.epoch, self.tag, settlement))
+        let settled = self
+            .broker
+            .with(|state| state.settle(self.consumer, self.epoch, self.tag, settlement))?;
+        let inner = &self.broker.inner;
+        inner.settled.lock().unwrap_or_else(PoisonError::into_inner).push_back(settled);
+        inner.settled_wake.notify_waiters();
+        Ok(())
     }
 }

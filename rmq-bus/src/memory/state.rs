@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::Settled;
 use super::death::{EXPIRED, REJECTED, is_cycle, record_death};
 use super::declare::{
     QueueSettings, default_exchange, equivalent, kind_name, no_exchange, no_queue, reserved,
@@ -451,7 +452,7 @@ impl State {
         epoch: u64,
         tag: u64,
         settlement: Settlement,
-    ) -> Result<(), MemoryError> {
+    ) -> Result<Settled, MemoryError> {
         if epoch != self.epoch {
             return Err(MemoryError::Disconnected);
         }
@@ -459,6 +460,12 @@ impl State {
         let consumer = self.consumers.get_mut(&id).ok_or_else(unknown)?;
         let mut message = consumer.unacked.remove(&tag).ok_or_else(unknown)?;
         let (name, queue_id) = (consumer.queue.clone(), consumer.queue_id);
+        let record = Settled {
+            queue: name.clone(),
+            body: message.body.clone(),
+            properties: message.properties.clone(),
+            settlement,
+        };
         // Its window has room again.
         self.dirty.insert(name.clone());
         let alive = self
@@ -478,7 +485,7 @@ impl State {
             }
         }
         self.forget_if_done(id);
-        Ok(())
+        Ok(record)
     }
 
     /// A simulated connection loss: every consumer ends, and what they had not settled goes
