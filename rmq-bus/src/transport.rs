@@ -33,6 +33,8 @@ pub(crate) struct Link {
     reply_to: OnceCell<String>,
 }
 
+// One per connection or consumer, never per message: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum LinkKind {
     Amqp { connection: Connection, channel: lapin::Channel },
     Memory(MemoryBroker),
@@ -222,6 +224,8 @@ fn declare_memory_queue(broker: &MemoryBroker, options: &RmqOptions) -> Result<(
 }
 
 /// A microservice's connection to its broker.
+// One per connection or consumer, never per message: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Session {
     Amqp { connection: Connection, publisher: Arc<ServerPublisher> },
     Memory { broker: MemoryBroker, publisher: Arc<MemoryPublisher> },
@@ -308,6 +312,8 @@ impl Session {
 }
 
 /// One queue's consumer.
+// One per connection or consumer, never per message: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Source {
     Amqp {
         channel: lapin::Channel,

@@ -1,0 +1,162 @@
+//! What only the in-memory transport offers: test helpers and injected faults, used as a user
+//! would use them to test their own controllers and failure paths.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmq_bus::testing::TestBroker;
+use rmq_bus::{
+    ClientProxy, Error, Microservice, RmqContext, Settlement, controller, event_pattern,
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Notify;
+
+#[derive(Deserialize)]
+struct Order {
+    price: f64,
+}
+
+/// The billing controller of the examples, in miniature.
+struct Billing {
+    orders: ClientProxy,
+}
+
+#[controller]
+impl Billing {
+    #[event_pattern("order_created")]
+    async fn bill(
+        &self,
+        #[payload("orderPayload")] order: Order,
+        #[ctx] ctx: RmqContext,
+    ) -> rmq_bus::Result<()> {
+        let status = if order.price > 10_000.0 {
+            "CANCELED_FRAUD"
+        } else {
+            "PROCESSED"
+        };
+        self.orders
+            .emit("order_processed", &json!({"order": {"status": status}}))
+            .await?;
+        ctx.ack().await
+    }
+}
+
+#[tokio::test]
+async fn a_controller_is_tested_without_a_broker() {
+    let broker = TestBroker::new();
+    let orders = ClientProxy::new(broker.options("ORDERS"));
+    let running = Microservice::new(broker.options("BILLING"))
+        .controller(Billing { orders })
+        .start()
+        .await
+        .expect("start");
+
+    broker
+        .publish(
+            "BILLING",
+            "order_created",
+            &json!({"orderPayload": {"price": 50000}}),
+        )
+        .expect("publish");
+    let settled = broker.settled("BILLING").await;
+    assert_eq!(settled.settlement, Settlement::Ack);
+
+    // What was emitted where: one order_processed in ORDERS.
+    let emitted = broker.messages("ORDERS");
+    assert_eq!(emitted.len(), 1);
+    let (pattern, data) = emitted[0].packet().expect("a NestJS packet");
+    assert_eq!(
+        (pattern.as_str(), data),
+        (
+            "order_processed",
+            json!({"order": {"status": "CANCELED_FRAUD"}})
+        )
+    );
+
+    // Bad input is dead-lettered (dropped here: no DLX) and settled as a reject.
+    broker
+        .publish(
+            "BILLING",
+            "order_created",
+            &json!({"orderPayload": {"price": "free"}}),
+        )
+        .expect("publish");
+    assert_eq!(
+        broker.settled("BILLING").await.settlement,
+        Settlement::Reject
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_lost_connection_redelivers_unacked_messages_and_the_service_recovers() {
+    let broker = TestBroker::new();
+    let gate = Arc::new(Notify::new());
+    let started = Arc::new(Notify::new());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (held, running_now) = (gate.clone(), started.clone());
+    let running = Microservice::new(broker.options("JOBS"))
+        .on_event("job", move |ctx: RmqContext| {
+            let (held, running_now, tx) = (held.clone(), running_now.clone(), tx.clone());
+            async move {
+                if !ctx.redelivered() {
+                    // Still working when the connection drops.
+                    running_now.notify_one();
+                    held.notified().await;
+                }
+                tx.send((ctx.redelivered(), ctx.ack().await)).ok();
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    broker.publish("JOBS", "job", &1).expect("publish");
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the handler runs");
+    assert_eq!(broker.unacked("JOBS"), 1, "the handler holds the message");
+    broker.disconnect();
+    gate.notify_one();
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let result = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        results.push(result.expect("a handler finished").expect("open"));
+    }
+    results.sort_by_key(|(redelivered, _)| *redelivered);
+    assert!(
+        matches!(results[0], (false, Err(Error::ChannelClosed { .. }))),
+        "the old delivery cannot be acked after the loss: {:?}",
+        results[0]
+    );
+    assert!(
+        matches!(results[1], (true, Ok(()))),
+        "redelivered, flagged, and handled by the recovered consumer"
+    );
+    running.shutdown().await.expect("shutdown");
+    assert_eq!(broker.ready("JOBS") + broker.unacked("JOBS"), 0);
+}
+
+#[tokio::test]
+async fn refused_publishes_surface_as_errors() {
+    let broker = TestBroker::new();
+    let client = ClientProxy::new(
+        broker
+            .options("Q")
+            .reconnect_timeout(Duration::from_millis(200)),
+    );
+    client.connect().await.expect("connect");
+    broker.refuse_publishes(1);
+    client
+        .emit("x", &1)
+        .await
+        .expect("one refusal is retried and the emit goes through");
+    broker.refuse_publishes(10_000);
+    assert!(matches!(
+        client.emit("x", &2).await,
+        Err(Error::Nacked { .. })
+    ));
+    broker.refuse_publishes(0);
+    assert_eq!(broker.messages("Q").len(), 1);
+}
