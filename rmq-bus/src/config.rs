@@ -467,6 +467,10 @@ impl RmqOptions {
     pub fn dead_letter_queue_name(&self) -> Option<&str> {
         self.dead_letter_queue.as_deref()
     }
+    /// The broker URI(s) with passwords replaced by `***`, for logs and messages.
+    pub fn display_uri(&self) -> String {
+        redact_uri(&self.uri)
+    }
     /// The name of the in-memory broker the URI names (`memory://name`), if it does.
     pub fn memory_broker(&self) -> Option<&str> {
         self.uri.trim().strip_prefix(MEMORY_SCHEME)

@@ -32,7 +32,7 @@ fn broker_uri() -> String {
 
 /// Builds both examples (debug profile) and returns their executables, as cargo reports them
 /// (so any target directory setting is honoured).
-fn build_examples() -> (PathBuf, PathBuf) {
+fn build_examples() -> (PathBuf, PathBuf, PathBuf) {
     let workspace = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let output = Command::new(env!("CARGO"))
         .current_dir(workspace)
@@ -44,6 +44,8 @@ fn build_examples() -> (PathBuf, PathBuf) {
             "orders",
             "--example",
             "billing",
+            "--example",
+            "shop",
         ])
         .arg("--message-format=json-render-diagnostics")
         .output()
@@ -62,7 +64,11 @@ fn build_examples() -> (PathBuf, PathBuf) {
             .find_map(|message| message["executable"].as_str().map(PathBuf::from))
             .unwrap_or_else(|| panic!("cargo build reported no executable for example {name}"))
     };
-    (executable("orders"), executable("billing"))
+    (
+        executable("orders"),
+        executable("billing"),
+        executable("shop"),
+    )
 }
 
 /// A running example. Dropping it kills the process if it still runs, and prints its log if the
@@ -345,9 +351,8 @@ fn get_order_over_the_bus(orders_queue: &str, order_id: &str) {
         .build()
         .expect("build a runtime");
     runtime.block_on(async {
-        let client = rmq_bus::ClientProxy::new(
-            rmq_bus::RmqOptions::new(orders_queue).uri(broker_uri()),
-        );
+        let client =
+            rmq_bus::ClientProxy::new(rmq_bus::RmqOptions::new(orders_queue).uri(broker_uri()));
         let order: Value = client
             .send("get_order", &json!({"orderId": order_id}))
             .await
@@ -388,7 +393,7 @@ fn delete_queues(queues: &[&str]) -> lapin::Result<()> {
 
 #[test]
 fn orders_and_billing_examples_work_end_to_end() {
-    let (orders_exe, billing_exe) = build_examples();
+    let (orders_exe, billing_exe, _) = build_examples();
     let unique = format!(
         "{}-{}",
         std::process::id(),
@@ -417,4 +422,42 @@ fn orders_and_billing_examples_work_end_to_end() {
         resume_unwind(panic);
     }
     deleted.expect("delete the test's queues");
+}
+
+/// The one-process demo places three orders and follows them to the end, on RabbitMQ when it
+/// answers and on the in-memory transport when it does not.
+#[test]
+fn the_shop_demo_runs_on_both_transports() {
+    let (_, _, shop) = build_examples();
+    for (uri, transport) in [
+        (broker_uri(), "running on RabbitMQ"),
+        (
+            "amqp://guest:guest@127.0.0.1:1/%2f".to_owned(),
+            "running on the in-memory transport",
+        ),
+    ] {
+        let output = Command::new(&shop)
+            .env("RABBIT_MQ_URI", &uri)
+            .output()
+            .expect("run the shop example");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "shop failed on {uri}: {text}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(text.contains(transport), "{text}");
+        assert!(
+            text.contains("o-2 is now CANCELED_FRAUD") && text.contains("o-1 is now PROCESSED"),
+            "{text}"
+        );
+        assert!(
+            text.contains("send(get_order o-2) → CANCELED_FRAUD"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("guest:guest"),
+            "the password is not printed: {text}"
+        );
+    }
 }

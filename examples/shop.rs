@@ -1,0 +1,223 @@
+//! The ordering app in one process, with zero setup: orders and billing run side by side, a few
+//! orders are placed (one of them fraudulent), and the flow is printed as it happens.
+//!
+//! It runs on RabbitMQ when `RABBIT_MQ_URI` (default `amqp://guest:guest@127.0.0.1:5672/%2f`)
+//! answers, and otherwise on rmq-bus's in-memory transport, and says which. The code is the same
+//! either way: only the URI differs.
+//!
+//! ```text
+//! cargo run --example shop
+//! ```
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmq_bus::{
+    ClientProxy, Microservice, QueueOptions, RmqContext, RmqOptions, RpcError, controller,
+    event_pattern, message_pattern, testing::TestBroker,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{Mutex, mpsc};
+use tracing_subscriber::EnvFilter;
+
+/// Billing's deterministic fraud rule: orders above this price are canceled.
+const FRAUD_PRICE_LIMIT: f64 = 10_000.0;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Order {
+    order_id: String,
+    product_name: String,
+    price: f64,
+    buyer: String,
+    status: String,
+}
+
+/// Checks orders for fraud and bills them; acks only once `order_processed` is confirmed.
+struct Billing {
+    orders: ClientProxy,
+}
+
+#[controller]
+impl Billing {
+    #[event_pattern("order_created")]
+    async fn bill(
+        &self,
+        #[payload("orderPayload")] mut order: Order,
+        #[ctx] ctx: RmqContext,
+    ) -> rmq_bus::Result<()> {
+        order.status = if order.price > FRAUD_PRICE_LIMIT {
+            "CANCELED_FRAUD"
+        } else {
+            "PROCESSED"
+        }
+        .into();
+        println!(
+            "[billing] {}: {:.2} by {} → {}, emitting order_processed",
+            order.order_id, order.price, order.buyer, order.status
+        );
+        self.orders
+            .emit("order_processed", &json!({ "order": order }))
+            .await?;
+        ctx.ack().await
+    }
+}
+
+/// Keeps the orders and their status; answers `get_order` requests.
+struct Orders {
+    store: Arc<Mutex<HashMap<String, Order>>>,
+    updates: mpsc::UnboundedSender<String>,
+}
+
+#[controller]
+impl Orders {
+    #[event_pattern("order_processed")]
+    async fn processed(
+        &self,
+        #[payload("order")] order: Order,
+        #[ctx] ctx: RmqContext,
+    ) -> rmq_bus::Result<()> {
+        println!("[orders ] {} is now {}", order.order_id, order.status);
+        let id = order.order_id.clone();
+        self.store.lock().await.insert(id.clone(), order);
+        ctx.ack().await?;
+        let _ = self.updates.send(id);
+        Ok(())
+    }
+
+    #[message_pattern("get_order")]
+    async fn get_order(&self, #[payload("orderId")] order_id: String) -> Result<Order, RpcError> {
+        self.store
+            .lock()
+            .await
+            .get(&order_id)
+            .cloned()
+            .ok_or_else(|| RpcError::new("order not found"))
+    }
+}
+
+/// RabbitMQ if it answers within a second, else the in-memory transport.
+async fn choose_broker() -> (String, String) {
+    let uri = std::env::var("RABBIT_MQ_URI").unwrap_or_else(|_| rmq_bus::DEFAULT_URI.to_owned());
+    let options = RmqOptions::new("shop.probe").uri(&uri).no_assert(true);
+    let probe = ClientProxy::new(options.clone().reconnect_timeout(Duration::from_secs(1)));
+    match probe.connect().await {
+        Ok(()) => {
+            probe.close().await;
+            (uri, format!("RabbitMQ at {}", options.display_uri()))
+        }
+        Err(_) => (
+            TestBroker::named("shop").uri(),
+            format!(
+                "the in-memory transport (no RabbitMQ answered at {})",
+                options.display_uri()
+            ),
+        ),
+    }
+}
+
+async fn run() -> rmq_bus::Result<()> {
+    let (uri, transport) = choose_broker().await;
+    println!("rmq-bus shop: running on {transport}");
+    // Queues of this demo only, gone once it stops.
+    let queue = |name: &str| {
+        let declaration = QueueOptions {
+            durable: false,
+            auto_delete: true,
+            ..QueueOptions::default()
+        };
+        RmqOptions::new(name).uri(&uri).queue_options(declaration)
+    };
+    let (billing_queue, orders_queue) = (queue("shop.billing"), queue("shop.orders"));
+
+    let store = Arc::new(Mutex::new(HashMap::new()));
+    let (updates, mut updated) = mpsc::unbounded_channel();
+    let billing = Microservice::new(billing_queue.clone())
+        .controller(Billing {
+            orders: ClientProxy::new(orders_queue.clone()),
+        })
+        .start()
+        .await?;
+    let orders = Microservice::new(orders_queue.clone())
+        .controller(Orders {
+            store: store.clone(),
+            updates,
+        })
+        .start()
+        .await?;
+    let to_billing = ClientProxy::new(billing_queue);
+    let to_orders = ClientProxy::new(orders_queue);
+
+    let placed = [
+        ("Keyboard", 49.9, "ada@example.com"),
+        ("Server rack", 50_000.0, "mallory@example.com"),
+        ("Monitor", 299.0, "grace@example.com"),
+    ];
+    for (n, (product, price, buyer)) in placed.iter().enumerate() {
+        let order = Order {
+            order_id: format!("o-{}", n + 1),
+            product_name: (*product).to_owned(),
+            price: *price,
+            buyer: (*buyer).to_owned(),
+            status: "PENDING".into(),
+        };
+        println!(
+            "[orders ] {}: {} at {:.2} for {}: saved PENDING, emitting order_created",
+            order.order_id, order.product_name, order.price, order.buyer
+        );
+        store
+            .lock()
+            .await
+            .insert(order.order_id.clone(), order.clone());
+        to_billing
+            .emit("order_created", &json!({ "orderPayload": order }))
+            .await?;
+    }
+    for _ in 0..placed.len() {
+        if tokio::time::timeout(Duration::from_secs(10), updated.recv())
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            println!("[shop   ] billing did not answer within 10 s");
+            break;
+        }
+    }
+    let fraud: Order = to_orders
+        .send("get_order", &json!({ "orderId": "o-2" }))
+        .await?;
+    println!(
+        "[shop   ] send(get_order o-2) → {} ({:.2})",
+        fraud.status, fraud.price
+    );
+    if let Err(error) = to_orders
+        .send::<_, Order>("get_order", &json!({ "orderId": "o-9" }))
+        .await
+    {
+        println!("[shop   ] send(get_order o-9) → {error}");
+    }
+
+    to_billing.close().await;
+    to_orders.close().await;
+    billing.shutdown().await?;
+    orders.shutdown().await?;
+    println!("rmq-bus shop: done");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("shop: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
