@@ -40,18 +40,81 @@
 //! }
 //! ```
 //!
-//! ## Acknowledgement and failures
+//! ## From NestJS to rmq-bus
 //!
-//! With the default [`AckMode::Manual`], handlers settle their message through [`RmqContext`].
-//! Whatever a handler does, the message is settled exactly once:
+//! | NestJS | rmq-bus |
+//! |---|---|
+//! | `@Controller()` class with `@EventPattern('p')` / `@MessagePattern('p')` methods | a struct with a [`#[controller]`](controller) impl block, methods marked [`#[event_pattern("p")]`](event_pattern) / [`#[message_pattern("p")]`](message_pattern) |
+//! | `@Payload()`, `@Payload('key')`, `@Ctx()` | `#[payload]`, `#[payload("key")]`, `#[ctx]` on arguments (or the types [`Payload<T>`] and [`RmqContext`]) |
+//! | `ClientProxy.emit` / `.send` | [`ClientProxy::emit`] (awaits the broker's confirm) / [`ClientProxy::send`] |
+//! | `RmqModule.register({ name })`, `getOptions(queue, noAck)` | [`RmqOptions::from_env`], [`RmqOptions::ack_mode`] |
+//! | `RpcException('text')`, `RpcException(object)` | [`RpcError::new`], [`RpcError::object`] |
+//! | interceptors | [`Microservice::intercept`] |
+//!
+//! A controller holds its dependencies (stores, other [`ClientProxy`] handles) and is registered
+//! explicitly with [`Microservice::controller`]; free `async fn` handlers use
+//! [`Microservice::handler`], closures [`Microservice::on_event`] and [`Microservice::on_message`].
+//! The macros check shape (async, one string or `key = value` pattern, known argument
+//! attributes) with errors at the offending token; argument and return types are checked by the
+//! traits [`FromMessage`], [`IntoHandlerResult`] and [`IntoReply`].
+//!
+//! ## Ack modes and failures
+//!
+//! With the default [`AckMode::Manual`], handlers settle their message through [`RmqContext`]
+//! ([`AckMode::AfterHandler`] acks on `Ok`; [`AckMode::NoAck`] is NestJS's at-most-once
+//! `noAck: true`). Whatever a handler does, the message is settled exactly once:
 //!
 //! | what happens | settlement |
 //! |---|---|
-//! | body not JSON, no pattern, unknown pattern, data of the wrong shape, too large | rejected without requeue (dead-lettered if the queue has a dead-letter exchange), logged with the reason |
+//! | body not JSON, no pattern, unknown pattern, data of the wrong shape, too large | dead-lettered with the reason ([`RmqOptions::dead_letter_queue`], else rejected to the queue's DLX), never retried |
 //! | handler returns `Ok` without settling | acked, with a warning |
-//! | handler returns `Err` or panics without settling | [`FailurePolicy`]: by default requeued once, then rejected |
+//! | handler returns `Err` or panics without settling | its [`RetryPolicy`] (delayed retries on the broker, then the dead-letter queue), else the [`FailurePolicy`]: requeued once, then rejected |
+//! | request handler (`#[message_pattern]`) | answered (value or error), then acked |
 //! | handler keeps a clone of the context | settled when the last clone is dropped |
 //! | shutdown while a handler runs past the drain timeout | returned to the queue |
+//!
+//! ## Errors
+//!
+//! Every fallible call returns [`Error`], whose messages name what is at fault and what to do:
+//! the variable of a bad setting, the queue whose declaration conflicts, the pattern nobody
+//! handles. Broker errors keep the transport's error as their source. Settling twice or on a
+//! closed channel is an error value, never a panic.
+//!
+//! ## Testing without a broker
+//!
+//! [`testing::TestBroker`] is an in-memory broker with RabbitMQ's semantics. Point the options
+//! at it (`memory://name` URIs) and the same controllers run in a unit test; wait for a delivery
+//! to be settled, look at what was emitted where, or inject a lost connection or a refused
+//! publish:
+//!
+//! ```
+//! use rmq_bus::testing::TestBroker;
+//! use rmq_bus::{controller, event_pattern, ClientProxy, Microservice, RmqContext, Settlement};
+//! # use serde::Deserialize;
+//! # #[derive(Deserialize)] struct Order { price: f64 }
+//! # struct Billing { orders: ClientProxy }
+//! # #[controller]
+//! # impl Billing {
+//! #     #[event_pattern("order_created")]
+//! #     async fn bill(&self, #[payload("orderPayload")] order: Order, #[ctx] ctx: RmqContext) -> rmq_bus::Result<()> {
+//! #         let status = if order.price > 10_000.0 { "CANCELED_FRAUD" } else { "PROCESSED" };
+//! #         self.orders.emit("order_processed", &serde_json::json!({ "status": status })).await?;
+//! #         ctx.ack().await
+//! #     }
+//! # }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> rmq_bus::Result<()> {
+//! let broker = TestBroker::new();
+//! let orders = ClientProxy::new(broker.options("ORDERS"));
+//! let billing = Microservice::new(broker.options("BILLING")).controller(Billing { orders }).start().await?;
+//!
+//! broker.publish("BILLING", "order_created", &serde_json::json!({"orderPayload": {"price": 50000}}))?;
+//! assert_eq!(broker.settled("BILLING").await.settlement, Settlement::Ack);
+//! let (pattern, data) = broker.messages("ORDERS")[0].packet().expect("a packet");
+//! assert_eq!((pattern.as_str(), data["status"].as_str()), ("order_processed", Some("CANCELED_FRAUD")));
+//! billing.shutdown().await
+//! # }
+//! ```
 //!
 //! ## MSRV
 //!
