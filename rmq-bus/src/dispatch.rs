@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use tracing::{Instrument, field};
 
-use crate::codec::{decode, encode_no_handler, encode_reply};
+use crate::codec::{Packet, decode, encode_no_handler, encode_reply};
 use crate::config::{AckMode, FailurePolicy};
 use crate::context::{Acker, DeliveryInfo, Properties, RmqContext, Settlement};
 use crate::error::{Error, Result};
@@ -195,69 +195,35 @@ async fn run(router: &Router, policy: &Policy, inbound: Inbound) {
         reason,
         attempts: attempt,
     };
-    if body.len() > policy.max_bytes {
-        let reason = format!(
-            "message of {} bytes exceeds max_message_bytes = {}",
-            body.len(),
-            policy.max_bytes
-        );
-        let settlement = dispose(
-            publisher.as_ref(),
-            policy,
-            &info,
-            None,
-            &body,
-            bad_input(reason),
-            auto_acked,
-        )
-        .await;
-        return settle_direct(acker.as_ref(), settlement, auto_acked).await;
-    }
-    let packet = match decode(&body) {
-        Ok(packet) => packet,
-        Err(error) => {
+    // Bad input never reaches a handler: dead-lettered with its reason (a request is told first).
+    let (packet, entry, key) = match route(router, policy, &body) {
+        Ok(routed) => routed,
+        Err(refusal) => {
+            if let Some(reply_to) = reply_address(&info, refusal.request_id) {
+                send_reply(
+                    publisher.as_ref(),
+                    &reply_to,
+                    encode_no_handler(&reply_to.id),
+                )
+                .await;
+            }
+            let disposal = bad_input(refusal.reason);
+            let pattern = refusal.pattern.as_deref();
             let settlement = dispose(
                 publisher.as_ref(),
                 policy,
                 &info,
-                None,
+                pattern,
                 &body,
-                bad_input(error.to_string()),
+                disposal,
                 auto_acked,
             )
             .await;
             return settle_direct(acker.as_ref(), settlement, auto_acked).await;
         }
     };
-    let key = packet.pattern.key().to_owned();
     tracing::Span::current().record("pattern", key.as_str());
-    let reply_to = reply_address(&info, packet.id);
-    let Some(entry) = router.get(&key) else {
-        if let Some(reply_to) = &reply_to {
-            send_reply(
-                publisher.as_ref(),
-                reply_to,
-                encode_no_handler(&reply_to.id),
-            )
-            .await;
-        }
-        let reason = format!(
-            "no handler for pattern {key:?}; this service handles: {}",
-            router.keys().join(", ")
-        );
-        let settlement = dispose(
-            publisher.as_ref(),
-            policy,
-            &info,
-            Some(&key),
-            &body,
-            bad_input(reason),
-            auto_acked,
-        )
-        .await;
-        return settle_direct(acker.as_ref(), settlement, auto_acked).await;
-    };
-
+    let reply_to = reply_address(&info, packet.id.clone());
     let trace = Trace {
         correlation_id: info.properties.correlation_id.clone(),
         traceparent: info
@@ -359,6 +325,48 @@ async fn run(router: &Router, policy: &Policy, inbound: Inbound) {
         }
         Ok(()) => {}
         Err(error) => tracing::warn!(%error, "could not settle"),
+    }
+}
+
+/// Why a delivery reaches no handler.
+struct Refusal {
+    reason: String,
+    /// Its pattern, if it had one.
+    pattern: Option<String>,
+    /// Its request id, when it was a request nobody handles (its sender is told).
+    request_id: Option<String>,
+}
+
+/// Decodes `body` and finds its handler.
+fn route<'r>(
+    router: &'r Router,
+    policy: &Policy,
+    body: &[u8],
+) -> std::result::Result<(Packet, &'r Entry, String), Refusal> {
+    let refuse = |reason: String| Refusal {
+        reason,
+        pattern: None,
+        request_id: None,
+    };
+    if body.len() > policy.max_bytes {
+        return Err(refuse(format!(
+            "message of {} bytes exceeds max_message_bytes = {}",
+            body.len(),
+            policy.max_bytes
+        )));
+    }
+    let packet = decode(body).map_err(|error| refuse(error.to_string()))?;
+    let key = packet.pattern.key().to_owned();
+    match router.get(&key) {
+        Some(entry) => Ok((packet, entry, key)),
+        None => Err(Refusal {
+            reason: format!(
+                "no handler for pattern {key:?}; this service handles: {}",
+                router.keys().join(", ")
+            ),
+            pattern: Some(key),
+            request_id: packet.id,
+        }),
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Broker, eventually, options, options_with_dlq, unique};
+use common::{Broker, options, options_with_dlq, unique};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use rmq_bus::{
@@ -102,124 +102,6 @@ async fn emit_writes_the_nestjs_packet() {
         r#"{"pattern":"order_created","data":{"orderPayload":{"a":1}}}"#
     );
     assert_eq!(*properties.delivery_mode(), Some(2));
-    client.close().await;
-    broker.cleanup().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nack_with_requeue_redelivers_with_the_flag_set() {
-    let broker = Broker::connect().await;
-    let queue = unique("nack");
-    broker.forget_later(&queue);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let service = Microservice::new(options(&queue))
-        .on_event("job", move |ctx: RmqContext| {
-            let tx = tx.clone();
-            async move {
-                // Report before settling: once nacked, the redelivery may run at once.
-                let redelivered = ctx.redelivered();
-                tx.send(redelivered).ok();
-                if redelivered {
-                    ctx.ack().await
-                } else {
-                    ctx.nack(true).await
-                }
-            }
-        })
-        .start()
-        .await
-        .expect("start");
-    let client = ClientProxy::new(options(&queue));
-    client.emit("job", &json!(1)).await.expect("emit");
-    assert!(!recv(&mut rx).await, "first delivery is not redelivered");
-    assert!(
-        recv(&mut rx).await,
-        "requeued delivery carries the redelivered flag"
-    );
-    service.shutdown().await.expect("shutdown");
-    assert_eq!(broker.ready(&queue).await, 0);
-    client.close().await;
-    broker.cleanup().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reject_dead_letters_through_the_dlx() {
-    let broker = Broker::connect().await;
-    let (queue, dlq) = (unique("reject"), unique("reject-dlq"));
-    broker.declare(&dlq).await;
-    broker.forget_later(&queue);
-    let service = Microservice::new(options_with_dlq(&queue, &dlq))
-        .on_event("job", |ctx: RmqContext| async move { ctx.reject().await })
-        .start()
-        .await
-        .expect("start");
-    let client = ClientProxy::new(options_with_dlq(&queue, &dlq));
-    client.emit("job", &json!({"n": 7})).await.expect("emit");
-    assert_eq!(
-        broker.wait_ready(&dlq, 1).await,
-        1,
-        "rejected message is in the DLQ"
-    );
-    let dead = broker.drain(&dlq).await;
-    assert_eq!(
-        String::from_utf8_lossy(&dead[0].0),
-        r#"{"pattern":"job","data":{"n":7}}"#
-    );
-    let reason = dead[0]
-        .1
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-first-death-reason").cloned());
-    assert_eq!(reason, Some(AMQPValue::LongString("rejected".into())));
-    service.shutdown().await.expect("shutdown");
-    client.close().await;
-    broker.cleanup().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handlers_run_concurrently_within_the_prefetch_window() {
-    const N: usize = 8;
-    let broker = Broker::connect().await;
-    let queue = unique("concurrent");
-    broker.forget_later(&queue);
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    // Every handler waits until all N are running at once: one at a time, this never completes.
-    let barrier = Arc::new(tokio::sync::Barrier::new(N));
-    let done = Arc::new(AtomicUsize::new(0));
-    let (flight, top, gate, finished) = (
-        in_flight.clone(),
-        peak.clone(),
-        barrier.clone(),
-        done.clone(),
-    );
-    let service = Microservice::new(options(&queue).prefetch(N as u16))
-        .on_event("slow", move |ctx: RmqContext| {
-            let (flight, top, gate, finished) =
-                (flight.clone(), top.clone(), gate.clone(), finished.clone());
-            async move {
-                let now = flight.fetch_add(1, Ordering::SeqCst) + 1;
-                top.fetch_max(now, Ordering::SeqCst);
-                gate.wait().await;
-                flight.fetch_sub(1, Ordering::SeqCst);
-                ctx.ack().await?;
-                finished.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, Error>(())
-            }
-        })
-        .start()
-        .await
-        .expect("start");
-    let client = ClientProxy::new(options(&queue));
-    for i in 0..N {
-        client.emit("slow", &i).await.expect("emit");
-    }
-    eventually("all handlers met at the barrier", || {
-        done.load(Ordering::SeqCst) == N
-    })
-    .await;
-    assert_eq!(peak.load(Ordering::SeqCst), N);
-    service.shutdown().await.expect("shutdown");
     client.close().await;
     broker.cleanup().await;
 }
@@ -391,44 +273,6 @@ async fn dead_letter_policy_skips_the_requeue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn settling_twice_is_an_error_value_and_unsettled_success_is_acked() {
-    let broker = Broker::connect().await;
-    let queue = unique("twice");
-    broker.forget_later(&queue);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let service = Microservice::new(options(&queue))
-        .on_event("twice", move |ctx: RmqContext| {
-            let tx = tx.clone();
-            async move {
-                let first = ctx.ack().await;
-                let second = ctx.nack(true).await;
-                let third = ctx.reject().await;
-                tx.send(format!("{first:?} | {second:?} | {third:?}")).ok();
-            }
-        })
-        .on_event("forgets", |_: Payload<Value>| async {})
-        .start()
-        .await
-        .expect("start");
-    let client = ClientProxy::new(options(&queue));
-    client.emit("twice", &()).await.expect("emit");
-    let seen = recv(&mut rx).await;
-    assert_eq!(
-        seen,
-        "Ok(()) | Err(AlreadySettled { previous: Ack }) | Err(AlreadySettled { previous: Ack })"
-    );
-    client.emit("forgets", &json!({})).await.expect("emit");
-    service.shutdown().await.expect("shutdown");
-    assert_eq!(
-        broker.ready(&queue).await,
-        0,
-        "a handler that forgot to ack has its message acked"
-    );
-    client.close().await;
-    broker.cleanup().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_context_kept_past_the_handler_settles_it_later() {
     let broker = Broker::connect().await;
     let queue = unique("deferred");
@@ -561,10 +405,11 @@ async fn client_errors_say_what_happened() {
     }
     unroutable.close().await;
 
-    let refused =
-        ClientProxy::new(rmq_bus::RmqOptions::new("q")
+    let refused = ClientProxy::new(
+        rmq_bus::RmqOptions::new("q")
             .uri("amqp://guest:s3cret@127.0.0.1:1/%2f")
-            .reconnect_timeout(Duration::from_millis(300)));
+            .reconnect_timeout(Duration::from_millis(300)),
+    );
     match refused.emit("x", &1).await {
         Err(error @ Error::Connect { .. }) => {
             let text = error.to_string();
@@ -656,14 +501,27 @@ async fn settling_after_the_channel_died_is_an_error_and_the_consumer_recovers()
     let client = ClientProxy::new(options(&queue));
     client.emit("x", &()).await.expect("emit");
     match recv(&mut rx).await {
-        (false, Err(error @ Error::ChannelClosed { attempted: Settlement::Ack })) => {
+        (
+            false,
+            Err(
+                error @ Error::ChannelClosed {
+                    attempted: Settlement::Ack,
+                },
+            ),
+        ) => {
             assert!(error.to_string().contains("delivered again"), "{error}")
         }
         other => panic!("expected ChannelClosed, got {other:?}"),
     }
     let (redelivered, acked) = recv(&mut rx).await;
-    assert!(redelivered && acked.is_ok(), "the consumer came back and got the message again");
-    service.shutdown().await.expect("clean shutdown after recovery");
+    assert!(
+        redelivered && acked.is_ok(),
+        "the consumer came back and got the message again"
+    );
+    service
+        .shutdown()
+        .await
+        .expect("clean shutdown after recovery");
     assert_eq!(broker.ready(&queue).await, 0);
     client.close().await;
     broker.cleanup().await;
