@@ -38,7 +38,7 @@ pub(crate) async fn connect(
         let mut failure = None;
         for uri in options.broker_uris() {
             let properties = ConnectionProperties::default().with_connection_name(name.into());
-            match Connection::connect(uri, properties).await {
+            match connect_one(uri, properties).await {
                 Ok(connection) => {
                     tracing::info!(uri = %redact_uri(uri), connection = name, "connected to RabbitMQ");
                     return Ok(connection);
@@ -61,6 +61,22 @@ pub(crate) async fn connect(
         tracing::warn!(%error, retry_in = ?wait, "RabbitMQ unreachable; retrying");
         tokio::time::sleep(wait).await;
         pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The frame size asked for unless the URI says otherwise (`?frame_max=`). lapin keeps send and
+/// receive buffers of 32 frames per connection, resident: RabbitMQ's default of 128 KiB costs
+/// 8 MiB a connection, 16 KiB costs 1 MiB, with no measurable loss for messages of a few KiB.
+const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+
+async fn connect_one(uri: &str, properties: ConnectionProperties) -> lapin::Result<Connection> {
+    match uri.parse::<lapin::uri::AMQPUri>() {
+        Ok(mut parsed) => {
+            parsed.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+            Connection::connect_uri(parsed, properties).await
+        }
+        // Let lapin say what is wrong with it.
+        Err(_) => Connection::connect(uri, properties).await,
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as SyncMutex};
+use std::sync::{Arc, Mutex as SyncMutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -36,7 +36,10 @@ pub struct ClientProxy {
 
 struct Inner {
     options: RmqOptions,
-    link: Mutex<Option<(Arc<Link>, u64)>>,
+    /// The live link and its id: read on every call, so a plain read lock, not an async mutex.
+    link: RwLock<Option<(Arc<Link>, u64)>>,
+    /// Held while a link opens, so that concurrent calls open one, not one each.
+    opening: Mutex<()>,
     /// Requests waiting for their reply.
     pending: PendingMap,
     links: AtomicU64,
@@ -57,7 +60,8 @@ impl ClientProxy {
         Self {
             inner: Arc::new(Inner {
                 options,
-                link: Mutex::new(None),
+                link: RwLock::new(None),
+                opening: Mutex::new(()),
                 pending: Arc::default(),
                 links: AtomicU64::new(0),
             }),
@@ -195,7 +199,8 @@ impl ClientProxy {
 
     /// Closes the connection, after outstanding confirms. Later calls open a new one.
     pub async fn close(&self) {
-        if let Some((link, _)) = self.inner.link.lock().await.take() {
+        let current = self.inner.link.write().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some((link, _)) = current {
             link.close().await;
         }
     }
@@ -249,17 +254,26 @@ impl ClientProxy {
 
     /// The live link and its id, opening one (trying until `deadline`) when there is none.
     async fn link(&self, deadline: Instant) -> Result<(Arc<Link>, u64)> {
-        let mut current = self.inner.link.lock().await;
-        if let Some((link, id)) = current.as_ref().filter(|(link, _)| link.alive()) {
-            return Ok((link.clone(), *id));
+        if let Some(live) = self.live_link() {
+            return Ok(live);
         }
-        if current.take().is_some() {
+        let _opening = self.inner.opening.lock().await;
+        if let Some(live) = self.live_link() {
+            return Ok(live);
+        }
+        let lost = self.inner.link.write().unwrap_or_else(PoisonError::into_inner).take();
+        if lost.is_some() {
             tracing::info!(queue = %self.inner.options.queue(), "client connection lost; reconnecting");
         }
         let link = Arc::new(Link::open(&self.inner.options, deadline).await?);
         let id = self.inner.links.fetch_add(1, Ordering::Relaxed);
-        *current = Some((link.clone(), id));
+        *self.inner.link.write().unwrap_or_else(PoisonError::into_inner) = Some((link.clone(), id));
         Ok((link, id))
+    }
+
+    fn live_link(&self) -> Option<(Arc<Link>, u64)> {
+        let current = self.inner.link.read().unwrap_or_else(PoisonError::into_inner);
+        current.as_ref().filter(|(link, _)| link.alive()).map(|(link, id)| (link.clone(), *id))
     }
 
     /// The reply address of `link`, starting its reply consumer on first use: each reply goes to

@@ -32,7 +32,7 @@ fn broker_uri() -> String {
 
 /// Builds both examples (debug profile) and returns their executables, as cargo reports them
 /// (so any target directory setting is honoured).
-fn build_examples() -> (PathBuf, PathBuf, PathBuf) {
+fn build_examples() -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let workspace = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let output = Command::new(env!("CARGO"))
         .current_dir(workspace)
@@ -46,6 +46,8 @@ fn build_examples() -> (PathBuf, PathBuf, PathBuf) {
             "billing",
             "--example",
             "shop",
+            "--example",
+            "bench",
         ])
         .arg("--message-format=json-render-diagnostics")
         .output()
@@ -68,6 +70,7 @@ fn build_examples() -> (PathBuf, PathBuf, PathBuf) {
         executable("orders"),
         executable("billing"),
         executable("shop"),
+        executable("bench"),
     )
 }
 
@@ -393,7 +396,7 @@ fn delete_queues(queues: &[&str]) -> lapin::Result<()> {
 
 #[test]
 fn orders_and_billing_examples_work_end_to_end() {
-    let (orders_exe, billing_exe, _) = build_examples();
+    let (orders_exe, billing_exe, _, _) = build_examples();
     let unique = format!(
         "{}-{}",
         std::process::id(),
@@ -428,7 +431,7 @@ fn orders_and_billing_examples_work_end_to_end() {
 /// answers and on the in-memory transport when it does not.
 #[test]
 fn the_shop_demo_runs_on_both_transports() {
-    let (_, _, shop) = build_examples();
+    let (_, _, shop, _) = build_examples();
     for (uri, transport) in [
         (broker_uri(), "running on RabbitMQ"),
         (
@@ -460,4 +463,32 @@ fn the_shop_demo_runs_on_both_transports() {
             "the password is not printed: {text}"
         );
     }
+}
+
+/// The benchmark runs end to end with a small N (a smoke check: its figures are not judged here).
+#[test]
+fn the_benchmark_runs_with_a_small_n() {
+    let (_, _, _, bench) = build_examples();
+    let output = Command::new(&bench)
+        .env("RABBIT_MQ_URI", broker_uri())
+        .envs([
+            ("N", "1000"),
+            ("ROUNDS", "1"),
+            ("S2_N", "200"),
+            ("S3_N", "50"),
+        ])
+        .output()
+        .expect("run the bench example");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("S1 end_to_end ratio (rmq-bus / raw lapin expert): "),
+        "{text}"
+    );
+    assert!(text.contains("S3 request/reply"), "{text}");
 }
