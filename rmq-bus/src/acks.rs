@@ -37,11 +37,9 @@ pub(crate) struct AckBatcher {
 
 #[derive(Default)]
 struct Batch {
-    /// Every tag up to here is settled on the broker.
-    floor: u64,
-    /// Tags above `floor` settled on the broker already (nacks, rejects, single acks).
-    sent: BTreeSet<u64>,
-    /// Tags above `floor` acked by their handler, not sent yet.
+    /// Delivered and not settled by their handler yet: bounded by the prefetch window.
+    outstanding: BTreeSet<u64>,
+    /// Acked by their handler, not sent yet.
     unsent: BTreeSet<u64>,
 }
 
@@ -52,23 +50,18 @@ struct Plan {
 }
 
 impl Batch {
-    /// Takes the acks to send: one multiple ack for the contiguous run above `floor` and, with
-    /// `all`, single acks for the rest. Marks them sent.
+    /// Takes the acks to send: one multiple ack naming the highest waiting tag below the lowest
+    /// outstanding one (every tag below that is settled, so the ack covers exactly the waiting
+    /// ones) and, with `all`, single acks for the rest.
     fn plan(&mut self, all: bool) -> Plan {
-        let mut end = self.floor;
-        while self.sent.contains(&(end + 1)) || self.unsent.contains(&(end + 1)) {
-            end += 1;
-        }
-        let multiple = self.unsent.range(..=end).next_back().copied();
-        self.unsent = self.unsent.split_off(&(end + 1));
-        self.sent = self.sent.split_off(&(end + 1));
-        self.floor = end;
+        let low = self.outstanding.first().copied().unwrap_or(u64::MAX);
+        let multiple = self.unsent.range(..low).next_back().copied();
+        self.unsent = self.unsent.split_off(&low);
         let singles = if all {
             std::mem::take(&mut self.unsent).into_iter().collect()
         } else {
             Vec::new()
         };
-        self.sent.extend(&singles);
         Plan { multiple, singles }
     }
 }
@@ -92,8 +85,12 @@ impl AckBatcher {
         batcher
     }
 
-    /// The acker of delivery `tag`.
-    pub(crate) fn acker(self: &Arc<Self>, tag: u64) -> DeliveryAcker {
+    /// The acker of delivery `tag`, which is outstanding until it is settled (`track`: false for
+    /// deliveries the broker acked itself, `AckMode::NoAck`).
+    pub(crate) fn acker(self: &Arc<Self>, tag: u64, track: bool) -> DeliveryAcker {
+        if track {
+            self.lock().outstanding.insert(tag);
+        }
         DeliveryAcker {
             tag,
             batcher: self.clone(),
@@ -130,11 +127,13 @@ impl AckBatcher {
             sent.map_err(|_| Error::ChannelClosed {
                 attempted: settlement,
             })?;
-            self.lock().sent.insert(tag);
+            // Only now may a multiple ack pass this tag: the nack is on the wire before it.
+            self.lock().outstanding.remove(&tag);
             return Ok(());
         }
         let waiting = {
             let mut state = self.lock();
+            state.outstanding.remove(&tag);
             state.unsent.insert(tag);
             state.unsent.len()
         };
@@ -214,50 +213,54 @@ impl Acker for DeliveryAcker {
 mod tests {
     use super::*;
 
-    fn batch(floor: u64, sent: &[u64], unsent: &[u64]) -> Batch {
+    fn batch(outstanding: &[u64], unsent: &[u64]) -> Batch {
         Batch {
-            floor,
-            sent: sent.iter().copied().collect(),
+            outstanding: outstanding.iter().copied().collect(),
             unsent: unsent.iter().copied().collect(),
         }
     }
 
     #[test]
-    fn a_contiguous_run_becomes_one_multiple_ack() {
-        let mut state = batch(0, &[], &[1, 2, 3, 5]);
+    fn waiting_acks_below_the_lowest_outstanding_tag_become_one_multiple_ack() {
+        let mut state = batch(&[4], &[1, 2, 3, 5]);
         let plan = state.plan(false);
         assert_eq!((plan.multiple, plan.singles), (Some(3), vec![]));
-        assert_eq!((state.floor, state.unsent.len()), (3, 1), "5 waits for 4");
+        assert_eq!(
+            state.unsent.iter().copied().collect::<Vec<_>>(),
+            [5],
+            "5 waits for 4"
+        );
     }
 
     #[test]
-    fn a_nack_in_the_middle_counts_as_settled() {
-        let mut state = batch(0, &[2], &[1, 3, 4]);
-        let plan = state.plan(false);
-        assert_eq!(plan.multiple, Some(4));
-        assert_eq!(state.floor, 4);
+    fn a_nacked_tag_in_the_middle_is_passed() {
+        // 2 was nacked (sent, no longer outstanding): the multiple ack covers 1, 3 and 4.
+        let mut state = batch(&[], &[1, 3, 4]);
+        assert_eq!(state.plan(false).multiple, Some(4));
     }
 
     #[test]
     fn a_multiple_ack_never_names_a_tag_already_settled() {
-        // 3 was nacked: the run ends on it, but the ack must name 2, still outstanding.
-        let mut state = batch(0, &[3], &[1, 2]);
+        // 3 was nacked and 4 is outstanding: the ack names 2, the highest waiting one.
+        let mut state = batch(&[4], &[1, 2]);
         assert_eq!(state.plan(false).multiple, Some(2));
-        let mut state = batch(4, &[5, 6], &[]);
+        let mut state = batch(&[7], &[]);
         assert_eq!(state.plan(false).multiple, None);
-        assert_eq!(state.floor, 6);
     }
 
     #[test]
-    fn the_timer_sends_what_a_gap_holds_back_one_by_one() {
-        let mut state = batch(0, &[], &[1, 3, 4]);
+    fn the_timer_sends_what_a_slow_delivery_holds_back_one_by_one() {
+        let mut state = batch(&[2], &[1, 3, 4]);
         let plan = state.plan(true);
         assert_eq!((plan.multiple, plan.singles), (Some(1), vec![3, 4]));
-        // When 2 is acked later, the run 2..=4 is sent as a multiple ack naming 2.
+        assert!(
+            state.unsent.is_empty(),
+            "nothing accumulates behind the slow delivery"
+        );
+        // When 2 is acked at last, it goes out alone, as a multiple ack naming it.
+        state.outstanding.remove(&2);
         state.unsent.insert(2);
         let plan = state.plan(false);
         assert_eq!((plan.multiple, plan.singles), (Some(2), vec![]));
-        assert_eq!(state.floor, 4);
-        assert!(state.sent.is_empty() && state.unsent.is_empty());
     }
 }

@@ -266,32 +266,63 @@ fn table_entries(table: &FieldTable) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Publishes on behalf of a microservice's connection: replies (unconfirmed: the requester's
-/// timeout covers a lost one) and confirmed copies for retries and the dead-letter queue, whose
-/// queues it declares on first use.
+/// Publishes on behalf of a microservice's connection: replies on a channel without confirms
+/// (the requester's timeout covers a lost one, and an unawaited confirm would be kept by lapin
+/// for the life of the channel), and confirmed copies for retries and the dead-letter queue,
+/// whose queues it declares on first use. A channel that died (a refused declaration closes it)
+/// is opened again on next use.
 pub(crate) struct ServerPublisher {
-    channel: Channel,
+    connection: Arc<Connection>,
+    replies: tokio::sync::Mutex<Option<Channel>>,
+    confirmed: tokio::sync::Mutex<Option<Channel>>,
     declared: Mutex<HashSet<String>>,
+    /// Bound on waiting for a republish to be confirmed.
+    confirm_timeout: Duration,
 }
 
 impl ServerPublisher {
-    pub(crate) async fn open(connection: &Connection) -> Result<Self> {
-        let channel = connection
+    pub(crate) fn new(connection: Arc<Connection>, confirm_timeout: Duration) -> Self {
+        Self {
+            connection,
+            replies: tokio::sync::Mutex::new(None),
+            confirmed: tokio::sync::Mutex::new(None),
+            declared: Mutex::default(),
+            confirm_timeout,
+        }
+    }
+
+    /// The channel in `slot`, opened (in confirm mode if `confirms`) when there is none alive.
+    async fn channel(
+        &self,
+        slot: &tokio::sync::Mutex<Option<Channel>>,
+        confirms: bool,
+    ) -> Result<Channel> {
+        let mut slot = slot.lock().await;
+        if let Some(channel) = slot.as_ref().filter(|channel| channel.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let channel = self
+            .connection
             .create_channel()
             .await
             .map_err(|e| Error::from_lapin("opening the publishing channel", e))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| Error::from_lapin("enabling publisher confirms", e))?;
-        Ok(Self {
-            channel,
-            declared: Mutex::default(),
-        })
+        if confirms {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| Error::from_lapin("enabling publisher confirms", e))?;
+            // Declarations were made on the channel that died with them, maybe not at all.
+            self.declared
+                .lock()
+                .map(|mut declared| declared.clear())
+                .ok();
+        }
+        *slot = Some(channel.clone());
+        Ok(channel)
     }
 
-    /// Declares `target`'s queue unless done before on this connection; returns its name.
-    async fn declare(&self, target: &Target) -> Result<String> {
+    /// Declares `target`'s queue unless done before; returns its name.
+    async fn declare(&self, channel: &Channel, target: &Target) -> Result<String> {
         let (name, arguments) = match target {
             Target::Queue(queue) => return Ok(queue.clone()),
             Target::DeadLetter(queue) => (queue.clone(), BTreeMap::new()),
@@ -311,7 +342,7 @@ impl ServerPublisher {
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        self.channel
+        channel
             .queue_declare(short("queue name", &name)?, flags, field_table(&arguments)?)
             .await
             .map_err(|source| Error::Declare {
@@ -331,14 +362,14 @@ impl Publisher for ServerPublisher {
         reply_to: &str,
         correlation_id: &str,
         body: Vec<u8>,
-    ) -> BoxFuture<'static, Result<()>> {
-        let channel = self.channel.clone();
+    ) -> BoxFuture<'_, Result<()>> {
         let target = short("reply_to", reply_to);
         let mut properties = BasicProperties::default();
         if let Ok(id) = ShortString::try_new(correlation_id) {
             properties = properties.with_correlation_id(id);
         }
         async move {
+            let channel = self.channel(&self.replies, false).await?;
             channel
                 .basic_publish(
                     ShortString::from(""),
@@ -361,9 +392,9 @@ impl Publisher for ServerPublisher {
         properties: &'a Properties,
     ) -> BoxFuture<'a, Result<()>> {
         async move {
-            let queue = self.declare(&target).await?;
-            let confirm = self
-                .channel
+            let channel = self.channel(&self.confirmed, true).await?;
+            let queue = self.declare(&channel, &target).await?;
+            let confirm = channel
                 .basic_publish(
                     ShortString::from(""),
                     short("queue name", &queue)?,
@@ -376,8 +407,20 @@ impl Publisher for ServerPublisher {
                 )
                 .await
                 .map_err(|e| Error::from_lapin("republishing", e))?;
-            match confirm
-                .await
+            // Awaited to the end even past the timeout, so lapin keeps no abandoned confirm.
+            let mut confirm = tokio::spawn(confirm);
+            let confirmation = match tokio::time::timeout(self.confirm_timeout, &mut confirm).await
+            {
+                Err(_) => {
+                    return Err(Error::ConfirmTimeout {
+                        queue,
+                        timeout: self.confirm_timeout,
+                    });
+                }
+                Ok(Err(join)) => return Err(Error::Config(format!("confirm task failed: {join}"))),
+                Ok(Ok(confirmation)) => confirmation,
+            };
+            match confirmation
                 .map_err(|e| Error::from_lapin("waiting for the republish confirm", e))?
             {
                 Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
@@ -426,6 +469,7 @@ pub(crate) fn inbound(
     channel: &Channel,
     publisher: &Arc<ServerPublisher>,
     acks: &Arc<AckBatcher>,
+    track: bool,
 ) -> Inbound {
     let info = DeliveryInfo {
         queue: queue.to_owned(),
@@ -438,7 +482,7 @@ pub(crate) fn inbound(
     Inbound {
         info,
         body: delivery.data,
-        acker: Arc::new(acks.acker(delivery.delivery_tag)),
+        acker: Arc::new(acks.acker(delivery.delivery_tag, track)),
         publisher: publisher.clone(),
         channel: Some(channel.clone()),
     }

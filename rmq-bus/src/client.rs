@@ -50,7 +50,9 @@ type PendingMap = Arc<SyncMutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>>
 
 impl fmt::Debug for ClientProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientProxy").field("options", &self.inner.options).finish_non_exhaustive()
+        f.debug_struct("ClientProxy")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,13 +97,20 @@ impl ClientProxy {
     /// client.emit("order_created", &serde_json::json!({"orderPayload": {"price": 10}})).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn emit<T: Serialize + ?Sized>(&self, pattern: impl Into<Pattern>, data: &T) -> Result<()> {
+    pub async fn emit<T: Serialize + ?Sized>(
+        &self,
+        pattern: impl Into<Pattern>,
+        data: &T,
+    ) -> Result<()> {
         let pattern = pattern.into();
         let body = encode_event(&pattern, data)?;
         let properties = self.properties(None, self.inner.options.is_persistent());
         let deadline = self.deadline();
         loop {
-            match self.publish_confirmed(&pattern, &body, &properties, deadline).await {
+            match self
+                .publish_confirmed(&pattern, &body, &properties, deadline)
+                .await
+            {
                 Err(error) if is_transient(&error) && Instant::now() < deadline => {
                     tracing::warn!(%error, "emit interrupted; publishing again once the broker is back");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -121,11 +130,19 @@ impl ClientProxy {
     ) -> Result<()> {
         let (link, _) = self.link(deadline).await?;
         wait_unblocked(&link, deadline).await?;
-        let confirm = self.publish(&link, pattern, body, properties).await?;
+        let mut confirm = self.publish(&link, pattern, body, properties).await?;
         let wait = self.inner.options.confirm_wait();
-        tokio::time::timeout(wait, confirm)
-            .await
-            .unwrap_or_else(|_| Err(Error::ConfirmTimeout { queue: self.target(pattern), timeout: wait }))
+        match tokio::time::timeout(wait, &mut confirm).await {
+            Ok(confirmation) => confirmation,
+            Err(_) => {
+                // lapin keeps an abandoned confirm for the life of the channel: see it through.
+                tokio::spawn(confirm);
+                Err(Error::ConfirmTimeout {
+                    queue: self.target(pattern),
+                    timeout: wait,
+                })
+            }
+        }
     }
 
     /// When the current outage must end for a call to go on.
@@ -152,11 +169,17 @@ impl ClientProxy {
         T: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        self.send_timeout(pattern, data, crate::config::DEFAULT_REQUEST_TIMEOUT).await
+        self.send_timeout(pattern, data, crate::config::DEFAULT_REQUEST_TIMEOUT)
+            .await
     }
 
     /// [`send`](Self::send) with its own timeout.
-    pub async fn send_timeout<T, R>(&self, pattern: impl Into<Pattern>, data: &T, timeout: Duration) -> Result<R>
+    pub async fn send_timeout<T, R>(
+        &self,
+        pattern: impl Into<Pattern>,
+        data: &T,
+        timeout: Duration,
+    ) -> Result<R>
     where
         T: Serialize + ?Sized,
         R: DeserializeOwned,
@@ -165,41 +188,54 @@ impl ClientProxy {
         let id = trace::new_id();
         let body = encode_request(&pattern, data, &id)?;
         let deadline = Instant::now() + timeout;
-        let wait = async {
-            let (link, link_id) = self.link(deadline).await?;
-            wait_unblocked(&link, deadline).await?;
-            let reply_to = self.reply_to(&link, link_id).await?;
-            let (sender, receiver) = oneshot::channel();
-            let pending = Pending::register(&self.inner.pending, &id, link_id, sender);
-            let mut properties = self.properties(Some(&id), false);
-            properties.reply_to = Some(reply_to);
-            // The reply may come before the confirm; an unroutable or refused request fails at once.
-            let confirm = self.publish(&link, &pattern, &body, &properties).await?;
-            tokio::pin!(confirm);
-            let (mut receiver, mut confirmed) = (receiver, false);
-            let reply = loop {
-                tokio::select! {
-                    reply = &mut receiver => {
-                        break reply.map_err(|_| Error::ReplyLost { pattern: pattern.key().to_owned() })?;
-                    }
-                    confirmation = &mut confirm, if !confirmed => {
-                        confirmed = true;
-                        confirmation?;
+        let timed_out = || Error::RequestTimeout {
+            pattern: pattern.key().to_owned(),
+            timeout,
+        };
+        let (link, link_id) = tokio::time::timeout_at(deadline.into(), self.link(deadline))
+            .await
+            .map_err(|_| timed_out())??;
+        wait_unblocked(&link, deadline).await?;
+        let reply_to = self.reply_to(&link, link_id).await?;
+        let (sender, mut receiver) = oneshot::channel();
+        let pending = Pending::register(&self.inner.pending, &id, link_id, sender);
+        let mut properties = self.properties(Some(&id), false);
+        properties.reply_to = Some(reply_to);
+        // The reply may come before the confirm; an unroutable or refused request fails at once.
+        let mut confirm = self.publish(&link, &pattern, &body, &properties).await?;
+        let expired = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(expired);
+        let mut confirmed = false;
+        let reply = loop {
+            tokio::select! {
+                reply = &mut receiver => {
+                    break reply.map_err(|_| Error::ReplyLost { pattern: pattern.key().to_owned() });
+                }
+                confirmation = &mut confirm, if !confirmed => {
+                    confirmed = true;
+                    if let Err(error) = confirmation {
+                        break Err(error);
                     }
                 }
-            };
-            drop(pending);
-            Ok(reply)
+                () = &mut expired => break Err(timed_out()),
+            }
         };
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(reply) => interpret(pattern.key(), reply?),
-            Err(_) => Err(Error::RequestTimeout { pattern: pattern.key().to_owned(), timeout }),
+        if !confirmed {
+            // lapin keeps an abandoned confirm for the life of the channel: see it through.
+            tokio::spawn(confirm);
         }
+        drop(pending);
+        interpret(pattern.key(), reply?)
     }
 
     /// Closes the connection, after outstanding confirms. Later calls open a new one.
     pub async fn close(&self) {
-        let current = self.inner.link.write().unwrap_or_else(PoisonError::into_inner).take();
+        let current = self
+            .inner
+            .link
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some((link, _)) = current {
             link.close().await;
         }
@@ -227,9 +263,13 @@ impl ClientProxy {
             correlation_id: Some(correlation_id),
             ..Properties::default()
         };
-        let traceparent = current.and_then(|t| t.traceparent).and_then(|p| trace::child_traceparent(&p));
+        let traceparent = current
+            .and_then(|t| t.traceparent)
+            .and_then(|p| trace::child_traceparent(&p));
         if let Some(traceparent) = traceparent {
-            properties.headers.insert("traceparent".to_owned(), traceparent.into());
+            properties
+                .headers
+                .insert("traceparent".to_owned(), traceparent.into());
         }
         properties
     }
@@ -244,10 +284,16 @@ impl ClientProxy {
     ) -> Result<crate::transport::Confirm> {
         let options = &self.inner.options;
         if body.len() > options.max_bytes() {
-            return Err(Error::TooLarge { size: body.len(), max: options.max_bytes() });
+            return Err(Error::TooLarge {
+                size: body.len(),
+                max: options.max_bytes(),
+            });
         }
         match options.exchange_options() {
-            Some(exchange) => link.publish(&exchange.name, pattern.key(), body, properties).await,
+            Some(exchange) => {
+                link.publish(&exchange.name, pattern.key(), body, properties)
+                    .await
+            }
             None => link.publish("", options.queue(), body, properties).await,
         }
     }
@@ -261,19 +307,35 @@ impl ClientProxy {
         if let Some(live) = self.live_link() {
             return Ok(live);
         }
-        let lost = self.inner.link.write().unwrap_or_else(PoisonError::into_inner).take();
+        let lost = self
+            .inner
+            .link
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if lost.is_some() {
             tracing::info!(queue = %self.inner.options.queue(), "client connection lost; reconnecting");
         }
         let link = Arc::new(Link::open(&self.inner.options, deadline).await?);
         let id = self.inner.links.fetch_add(1, Ordering::Relaxed);
-        *self.inner.link.write().unwrap_or_else(PoisonError::into_inner) = Some((link.clone(), id));
+        *self
+            .inner
+            .link
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some((link.clone(), id));
         Ok((link, id))
     }
 
     fn live_link(&self) -> Option<(Arc<Link>, u64)> {
-        let current = self.inner.link.read().unwrap_or_else(PoisonError::into_inner);
-        current.as_ref().filter(|(link, _)| link.alive()).map(|(link, id)| (link.clone(), *id))
+        let current = self
+            .inner
+            .link
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        current
+            .as_ref()
+            .filter(|(link, _)| link.alive())
+            .map(|(link, id)| (link.clone(), *id))
     }
 
     /// The reply address of `link`, starting its reply consumer on first use: each reply goes to
@@ -290,7 +352,9 @@ impl ClientProxy {
                 (Some((_, sender)), Ok(reply)) => {
                     let _ = sender.send(reply);
                 }
-                (Some(_), Err(reason)) => tracing::warn!(correlation_id = %id, %reason, "unreadable reply dropped"),
+                (Some(_), Err(reason)) => {
+                    tracing::warn!(correlation_id = %id, %reason, "unreadable reply dropped")
+                }
                 (None, _) => tracing::debug!(correlation_id = %id, "late or unknown reply dropped"),
             }
         });
@@ -315,7 +379,9 @@ async fn wait_unblocked(link: &Link, deadline: Instant) -> Result<()> {
     let started = Instant::now();
     while link.blocked() {
         if Instant::now() >= deadline {
-            return Err(Error::Blocked { waited: started.elapsed() });
+            return Err(Error::Blocked {
+                waited: started.elapsed(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -333,7 +399,10 @@ impl Pending {
         if let Ok(mut pending) = map.lock() {
             pending.insert(id.to_owned(), (link, sender));
         }
-        Self { map: map.clone(), id: id.to_owned() }
+        Self {
+            map: map.clone(),
+            id: id.to_owned(),
+        }
     }
 }
 
@@ -349,11 +418,19 @@ impl Drop for Pending {
 fn interpret<R: DeserializeOwned>(pattern: &str, reply: Reply) -> Result<R> {
     if let Some(error) = reply.err.filter(|e| !e.is_null()) {
         return Err(if error.as_str() == Some(NO_HANDLER) {
-            Error::NoHandler { pattern: pattern.to_owned() }
+            Error::NoHandler {
+                pattern: pattern.to_owned(),
+            }
         } else {
-            Error::Remote { pattern: pattern.to_owned(), error }
+            Error::Remote {
+                pattern: pattern.to_owned(),
+                error,
+            }
         });
     }
     let raw = reply.response.as_deref().map_or("null", |r| r.get());
-    serde_json::from_str(raw).map_err(|e| Error::BadReply { pattern: pattern.to_owned(), reason: e.to_string() })
+    serde_json::from_str(raw).map_err(|e| Error::BadReply {
+        pattern: pattern.to_owned(),
+        reason: e.to_string(),
+    })
 }

@@ -274,11 +274,11 @@ impl RmqOptions {
             Some(value) => value,
             None => name.to_owned(),
         };
-        if queue.len() > 255 {
+        if queue.len() > 200 {
             return Err(invalid(
                 &queue_var,
                 &queue,
-                "a queue name has at most 255 bytes",
+                "a queue name has at most 200 bytes (room is kept for retry queue suffixes)",
             ));
         }
         let mut options = Self::new(queue);
@@ -516,7 +516,10 @@ fn check_uri(uris: &str) -> std::result::Result<(), String> {
             continue;
         }
         if !(uri.starts_with("amqp://") || uri.starts_with("amqps://")) {
-            return Err("expected amqp://user:password@host:port/vhost, amqps://… or memory://name".to_owned());
+            return Err(
+                "expected amqp://user:password@host:port/vhost, amqps://… or memory://name"
+                    .to_owned(),
+            );
         }
         uri.parse::<lapin::uri::AMQPUri>()
             .map_err(|e| format!("not a valid AMQP URI ({e})"))?;

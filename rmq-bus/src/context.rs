@@ -191,7 +191,8 @@ impl RmqContext {
         Settlement::from_code(self.inner.state.load(Ordering::Acquire))
     }
 
-    /// Acknowledges the message: processed, remove it from the queue.
+    /// Acknowledges the message: processed, remove it from the queue. (With `AckMode::NoAck`
+    /// the broker already did; this is then a no-op.)
     pub async fn ack(&self) -> Result<()> {
         self.settle(Settlement::Ack).await
     }
@@ -209,14 +210,13 @@ impl RmqContext {
 
     async fn settle(&self, settlement: Settlement) -> Result<()> {
         if let Err(previous) = self.claim(settlement) {
-            return Err(match previous {
-                AUTO_ACKED => Error::AlreadySettled {
-                    previous: Settlement::Ack,
-                },
-                code => Error::AlreadySettled {
-                    previous: Settlement::from_code(code).unwrap_or(Settlement::Ack),
-                },
-            });
+            // With `AckMode::NoAck` the broker acked on delivery: an ack agrees with it, so a
+            // handler written for manual acks keeps working; a nack or reject cannot be honoured.
+            if previous == AUTO_ACKED && settlement == Settlement::Ack {
+                return Ok(());
+            }
+            let previous = Settlement::from_code(previous).unwrap_or(Settlement::Ack);
+            return Err(Error::AlreadySettled { previous });
         }
         self.inner.acker.settle(settlement).await
     }

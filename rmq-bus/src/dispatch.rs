@@ -40,7 +40,7 @@ pub(crate) trait Publisher: Send + Sync + 'static {
         reply_to: &str,
         correlation_id: &str,
         body: Vec<u8>,
-    ) -> BoxFuture<'static, Result<()>>;
+    ) -> BoxFuture<'_, Result<()>>;
     /// Publishes a copy of a delivery to `target` and waits for the broker's confirm.
     fn republish<'a>(
         &'a self,
@@ -152,11 +152,13 @@ enum Disposal {
 
 impl Disposal {
     /// The plain settlement standing in when rmq-bus cannot republish (a handler kept the context).
-    fn fallback(&self) -> Settlement {
+    /// A retry falls back to one requeue, so that a failing handler that keeps its context
+    /// cannot loop for ever.
+    fn fallback(&self, redelivered: bool) -> Settlement {
         match self {
             Disposal::Settle(settlement) => *settlement,
-            Disposal::Retry { .. } => Settlement::Nack { requeue: true },
-            Disposal::DeadLetter { .. } => Settlement::Reject,
+            Disposal::Retry { .. } if !redelivered => Settlement::Nack { requeue: true },
+            Disposal::Retry { .. } | Disposal::DeadLetter { .. } => Settlement::Reject,
         }
     }
 }
@@ -300,7 +302,7 @@ async fn run(router: &Router, policy: &Policy, inbound: Inbound) {
     if let Some(reply_to) = &reply_to {
         send_reply(publisher.as_ref(), reply_to, encode_reply(&response)).await;
     }
-    if !ctx.take_over(disposal.fallback()) {
+    if !ctx.take_over(disposal.fallback(redelivered)) {
         return;
     }
     let acked_for_handler = matches!(disposal, Disposal::Settle(Settlement::Ack))
@@ -357,6 +359,14 @@ fn route<'r>(
     }
     let packet = decode(body).map_err(|error| refuse(error.to_string()))?;
     let key = packet.pattern.key().to_owned();
+    // Routing keys have at most 255 bytes; a longer pattern matches no handler, and refusing it
+    // here keeps wildcard matching cheap whatever a message claims.
+    if key.len() > 255 {
+        return Err(refuse(format!(
+            "pattern of {} bytes is longer than the 255 a routing key can have",
+            key.len()
+        )));
+    }
     match router.get(&key) {
         Some(entry) => Ok((packet, entry, key)),
         None => Err(Refusal {
@@ -407,6 +417,8 @@ async fn dispose(
             };
             let mut properties = info.properties.clone();
             let headers = &mut properties.headers;
+            // A message moved back from the dead-letter queue starts its retries afresh.
+            headers.remove(ATTEMPT_HEADER);
             headers.insert("x-rmq-bus-error".into(), reason.as_str().into());
             headers.insert("x-rmq-bus-queue".into(), info.queue.as_str().into());
             headers.insert("x-rmq-bus-pattern".into(), pattern.unwrap_or("").into());

@@ -148,7 +148,7 @@ pub enum Error {
 
     /// A consumer stopped receiving: its channel or connection closed, or the broker cancelled it.
     #[error(
-        "the consumer of queue {queue:?} stopped: {reason}; its unsettled messages return to the queue. Restart the service (or let your supervisor do it)"
+        "the consumer of queue {queue:?} stopped: {reason}; its unsettled messages return to the queue, and the microservice reconnects by itself"
     )]
     ConsumerStopped {
         /// The queue.
@@ -221,12 +221,21 @@ impl Error {
         use lapin::ErrorKind as K;
         let lost = matches!(
             source.kind(),
-            K::InvalidChannelState(..) | K::InvalidConnectionState(..) | K::IOError(_) | K::MissingHeartbeatError
+            K::InvalidChannelState(..)
+                | K::InvalidConnectionState(..)
+                | K::IOError(_)
+                | K::MissingHeartbeatError
         );
         if lost {
-            Error::Disconnected { context: operation, source: Box::new(source) }
+            Error::Disconnected {
+                context: operation,
+                source: Box::new(source),
+            }
         } else {
-            Error::Broker { operation, source: Box::new(source) }
+            Error::Broker {
+                operation,
+                source: Box::new(source),
+            }
         }
     }
 }

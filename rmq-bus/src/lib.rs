@@ -145,8 +145,8 @@ pub mod testing;
 pub use client::ClientProxy;
 pub use config::{
     AckMode, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PREFETCH,
-    DEFAULT_RECONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_URI, Exchange, ExchangeKind, MEMORY_SCHEME,
-    FailurePolicy, QueueOptions, RmqOptions,
+    DEFAULT_RECONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_URI, Exchange, ExchangeKind,
+    FailurePolicy, MEMORY_SCHEME, QueueOptions, RmqOptions,
 };
 pub use context::{DeliveryInfo, Properties, RmqContext, Settlement};
 pub use error::{BoxError, Error, Result};

@@ -72,7 +72,10 @@ pub(crate) fn delay_queue(queue: &str, delay: Duration) -> String {
 /// The declaration of that delay queue: its TTL dead-letters messages back into `queue`.
 pub(crate) fn delay_queue_arguments(queue: &str, delay: Duration) -> BTreeMap<String, Value> {
     BTreeMap::from([
-        ("x-message-ttl".to_owned(), Value::from(delay.as_millis() as u64)),
+        (
+            "x-message-ttl".to_owned(),
+            Value::from(delay.as_millis() as u64),
+        ),
         ("x-dead-letter-exchange".to_owned(), Value::from("")),
         ("x-dead-letter-routing-key".to_owned(), Value::from(queue)),
     ])

@@ -191,7 +191,7 @@ struct Shared {
 
 /// A started [`Microservice`]; shut it down with [`shutdown`](Self::shutdown).
 #[derive(Debug)]
-#[must_use = "dropping it leaves the consumers running until the runtime stops; call shutdown"]
+#[must_use = "dropping it stops the microservice at once, without draining; keep it and call shutdown"]
 pub struct RunningMicroservice {
     stop: watch::Sender<bool>,
     supervisor: JoinHandle<Result<()>>,
@@ -234,7 +234,9 @@ async fn supervise(
                 }
             }
         }
-        let _ = session.close().await;
+        // The others' deliveries return to their queues when the connection goes: cut them
+        // short rather than drain, so that recovery does not wait for the drain timeout.
+        session.abandon().await;
         session = loop {
             let opened = tokio::select! {
                 () = stop_requested(&mut stopping) => return Ok(()),
@@ -275,11 +277,31 @@ impl Session {
         let mut consumers = JoinSet::new();
         for options in &shared.queues {
             let source = transport.consume(options, &shared.router).await?;
-            tracing::info!(queue = options.queue(), prefetch = options.prefetch_count(), "consuming");
-            let consumer = QueueConsumer { source, policy: Arc::new(Policy::of(options)), prefetch: options.prefetch_count().into() };
+            tracing::info!(
+                queue = options.queue(),
+                prefetch = options.prefetch_count(),
+                "consuming"
+            );
+            let consumer = QueueConsumer {
+                source,
+                policy: Arc::new(Policy::of(options)),
+                prefetch: options.prefetch_count().into(),
+            };
             consumers.spawn(consumer.run(shared.router.clone(), stopping.clone(), shared.drain));
         }
-        Ok(Self { transport: Some(transport), stop, consumers })
+        Ok(Self {
+            transport: Some(transport),
+            stop,
+            consumers,
+        })
+    }
+
+    /// Stops the consumers at once (their handlers too) and closes the connection.
+    async fn abandon(mut self) {
+        self.consumers.shutdown().await;
+        if let Some(transport) = self.transport.take() {
+            transport.close().await;
+        }
     }
 
     /// Stops the consumers (draining in-flight handlers) and closes the connection.
@@ -309,7 +331,12 @@ struct QueueConsumer {
 impl QueueConsumer {
     /// Feeds deliveries to handler tasks, at most `prefetch` at once, until told to stop (then
     /// drains them) or the consumer dies (then leaves them: their messages come back anyway).
-    async fn run(mut self, router: Arc<Router>, mut stop: watch::Receiver<bool>, drain: Duration) -> Result<()> {
+    async fn run(
+        mut self,
+        router: Arc<Router>,
+        mut stop: watch::Receiver<bool>,
+        drain: Duration,
+    ) -> Result<()> {
         let permits = Arc::new(Semaphore::new(self.prefetch));
         let mut tasks = JoinSet::new();
         let ended = loop {
@@ -332,7 +359,10 @@ impl QueueConsumer {
                     });
                 }
                 Err(reason) => {
-                    break Err(Error::ConsumerStopped { queue: self.source.queue().to_owned(), reason });
+                    break Err(Error::ConsumerStopped {
+                        queue: self.source.queue().to_owned(),
+                        reason,
+                    });
                 }
             }
         };
@@ -342,7 +372,8 @@ impl QueueConsumer {
             return ended;
         }
         self.source.cancel().await;
-        let drained = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained =
+            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
         let left = tasks.len();
         // Closing first returns every unsettled message to the queue, so handlers cut short
         // below cannot settle theirs by the failure policy.

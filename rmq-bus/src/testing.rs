@@ -70,12 +70,20 @@ impl TestBroker {
     /// A broker of its own, under a name no other test uses.
     pub fn new() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        Self::named(&format!("test-broker-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+        Self::named(&format!(
+            "test-broker-{}",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
     }
 
     /// The process-wide broker called `name`: `memory://name` URIs reach it.
     pub fn named(name: &str) -> Self {
-        Self { broker: MemoryBroker::named(name), name: name.to_owned() }
+        let broker = MemoryBroker::named(name);
+        broker.record_settlements();
+        Self {
+            broker,
+            name: name.to_owned(),
+        }
     }
 
     /// Its URI, `memory://name`.
@@ -92,37 +100,63 @@ impl TestBroker {
     pub fn declare_queue(&self, queue: &str, options: &QueueOptions) -> Result<()> {
         self.broker
             .declare_queue(queue, options.durable, &options.arguments)
-            .map_err(|error| Error::Declare { queue: queue.to_owned(), source: Box::new(error) })
+            .map_err(|error| Error::Declare {
+                queue: queue.to_owned(),
+                source: Box::new(error),
+            })
     }
 
     /// Puts a NestJS event packet `{"pattern", "data"}` into `queue`, as a NestJS service would.
-    pub fn publish<T: Serialize + ?Sized>(&self, queue: &str, pattern: impl Into<Pattern>, data: &T) -> Result<()> {
+    pub fn publish<T: Serialize + ?Sized>(
+        &self,
+        queue: &str,
+        pattern: impl Into<Pattern>,
+        data: &T,
+    ) -> Result<()> {
         let body = encode_event(&pattern.into(), data)?;
         self.publish_raw(queue, body, Properties::default())
     }
 
     /// Puts any body into `queue`, through the default exchange.
-    pub fn publish_raw(&self, queue: &str, body: impl Into<Vec<u8>>, properties: Properties) -> Result<()> {
+    pub fn publish_raw(
+        &self,
+        queue: &str,
+        body: impl Into<Vec<u8>>,
+        properties: Properties,
+    ) -> Result<()> {
         match self.broker.publish("", queue, body.into(), properties) {
             Ok(PublishOutcome::Routed(_)) => Ok(()),
-            Ok(PublishOutcome::Unroutable) => Err(Error::Unroutable { routing_key: queue.to_owned() }),
-            Ok(PublishOutcome::Refused) => Err(Error::Nacked { queue: queue.to_owned() }),
-            Err(error) => Err(Error::Broker { operation: "publishing", source: Box::new(error) }),
+            Ok(PublishOutcome::Unroutable) => Err(Error::Unroutable {
+                routing_key: queue.to_owned(),
+            }),
+            Ok(PublishOutcome::Refused) => Err(Error::Nacked {
+                queue: queue.to_owned(),
+            }),
+            Err(error) => Err(Error::Broker {
+                operation: "publishing",
+                source: Box::new(error),
+            }),
         }
     }
 
     /// Waits until a consumer settles a delivery from `queue`, and says which and how. Each
-    /// settlement is reported once, in order.
+    /// settlement (since this `TestBroker` was made) is reported once, in order. It waits for
+    /// ever: wrap it in `tokio::time::timeout` when a test may see none.
     pub async fn settled(&self, queue: &str) -> Settled {
         self.broker.next_settled(queue).await
     }
 
     /// Takes every message waiting in `queue`: what was emitted there.
     pub fn messages(&self, queue: &str) -> Vec<Received> {
-        let Ok(mut consumer) = self.broker.consume(queue, 0, true) else { return Vec::new() };
+        let Ok(mut consumer) = self.broker.consume(queue, 0, true) else {
+            return Vec::new();
+        };
         let mut taken = Vec::new();
         while let Some(Some(delivery)) = consumer.next().now_or_never() {
-            taken.push(Received { body: delivery.body, properties: delivery.properties });
+            taken.push(Received {
+                body: delivery.body,
+                properties: delivery.properties,
+            });
         }
         taken
     }

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Confirmation, Connection};
 use tokio::sync::OnceCell;
@@ -36,7 +38,10 @@ pub(crate) struct Link {
 // One per connection or consumer, never per message: boxing the large variant buys nothing.
 #[allow(clippy::large_enum_variant)]
 enum LinkKind {
-    Amqp { connection: Connection, channel: lapin::Channel },
+    Amqp {
+        connection: Connection,
+        channel: lapin::Channel,
+    },
     Memory(MemoryBroker),
 }
 
@@ -58,8 +63,10 @@ impl Link {
             None => {
                 let patience = deadline.saturating_duration_since(Instant::now());
                 let connection = amqp::connect(options, "rmq-bus client", Some(patience)).await?;
-                let channel =
-                    connection.create_channel().await.map_err(|e| Error::from_lapin("opening a channel", e))?;
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| Error::from_lapin("opening a channel", e))?;
                 channel
                     .confirm_select(ConfirmSelectOptions::default())
                     .await
@@ -70,16 +77,25 @@ impl Link {
                         None => amqp::declare_queue(&channel, options).await?,
                     }
                 }
-                LinkKind::Amqp { connection, channel }
+                LinkKind::Amqp {
+                    connection,
+                    channel,
+                }
             }
         };
-        Ok(Link { kind, reply_to: OnceCell::new() })
+        Ok(Link {
+            kind,
+            reply_to: OnceCell::new(),
+        })
     }
 
     /// Whether the link can still carry messages.
     pub(crate) fn alive(&self) -> bool {
         match &self.kind {
-            LinkKind::Amqp { connection, channel } => channel.status().connected() && connection.status().connected(),
+            LinkKind::Amqp {
+                connection,
+                channel,
+            } => channel.status().connected() && connection.status().connected(),
             LinkKind::Memory(_) => true,
         }
     }
@@ -102,7 +118,10 @@ impl Link {
     ) -> Result<Confirm> {
         match &self.kind {
             LinkKind::Amqp { channel, .. } => {
-                let publish = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+                let publish = BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                };
                 let confirm = channel
                     .basic_publish(
                         amqp::short("exchange name", exchange)?,
@@ -116,10 +135,12 @@ impl Link {
                 let target = routing_key.to_owned();
                 Ok(async move {
                     match confirm.await {
-                        Err(error) => Err(Error::from_lapin("waiting for the publish confirm", error)),
-                        Ok(Confirmation::Ack(Some(returned))) => {
-                            Err(Error::Unroutable { routing_key: returned.delivery.routing_key.as_str().to_owned() })
+                        Err(error) => {
+                            Err(Error::from_lapin("waiting for the publish confirm", error))
                         }
+                        Ok(Confirmation::Ack(Some(returned))) => Err(Error::Unroutable {
+                            routing_key: returned.delivery.routing_key.as_str().to_owned(),
+                        }),
                         Ok(Confirmation::Nack(_)) => Err(Error::Nacked { queue: target }),
                         Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
                     }
@@ -127,7 +148,8 @@ impl Link {
                 .boxed())
             }
             LinkKind::Memory(broker) => {
-                let outcome = broker.publish(exchange, routing_key, body.to_vec(), properties.clone());
+                let outcome =
+                    broker.publish(exchange, routing_key, body.to_vec(), properties.clone());
                 let result = memory_publish_result(outcome, routing_key);
                 Ok(futures::future::ready(result).boxed())
             }
@@ -136,7 +158,11 @@ impl Link {
 
     /// Starts the direct reply-to consumer on first use, handing each reply to `on_reply` and
     /// calling `on_end` when it stops; returns the address requests name as `reply_to`.
-    pub(crate) async fn reply_to(&self, on_reply: OnReply, on_end: impl FnOnce() + Send + 'static) -> Result<String> {
+    pub(crate) async fn reply_to(
+        &self,
+        on_reply: OnReply,
+        on_end: impl FnOnce() + Send + 'static,
+    ) -> Result<String> {
         self.reply_to
             .get_or_try_init(|| async {
                 match &self.kind {
@@ -145,14 +171,21 @@ impl Link {
                             .basic_consume(
                                 ShortString::from(memory::REPLY_TO),
                                 ShortString::from(""),
-                                BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
+                                BasicConsumeOptions {
+                                    no_ack: true,
+                                    ..BasicConsumeOptions::default()
+                                },
                                 FieldTable::default(),
                             )
                             .await
                             .map_err(|e| Error::from_lapin("consuming direct replies", e))?;
                         tokio::spawn(async move {
                             while let Some(Ok(delivery)) = consumer.next().await {
-                                let id = delivery.properties.correlation_id().as_ref().map(|id| id.as_str().to_owned());
+                                let id = delivery
+                                    .properties
+                                    .correlation_id()
+                                    .as_ref()
+                                    .map(|id| id.as_str().to_owned());
                                 on_reply(id, delivery.data);
                             }
                             on_end();
@@ -180,18 +213,31 @@ impl Link {
 
     /// Closes the connection; on RabbitMQ, after outstanding confirms.
     pub(crate) async fn close(&self) {
-        if let LinkKind::Amqp { connection, channel } = &self.kind {
+        if let LinkKind::Amqp {
+            connection,
+            channel,
+        } = &self.kind
+        {
             let _ = channel.close(200, ShortString::from("client closed")).await;
-            let _ = connection.close(200, ShortString::from("client closed")).await;
+            let _ = connection
+                .close(200, ShortString::from("client closed"))
+                .await;
         }
     }
 }
 
-fn memory_publish_result(outcome: std::result::Result<PublishOutcome, MemoryError>, routing_key: &str) -> Result<()> {
+fn memory_publish_result(
+    outcome: std::result::Result<PublishOutcome, MemoryError>,
+    routing_key: &str,
+) -> Result<()> {
     match outcome {
         Ok(PublishOutcome::Routed(_)) => Ok(()),
-        Ok(PublishOutcome::Unroutable) => Err(Error::Unroutable { routing_key: routing_key.to_owned() }),
-        Ok(PublishOutcome::Refused) => Err(Error::Nacked { queue: routing_key.to_owned() }),
+        Ok(PublishOutcome::Unroutable) => Err(Error::Unroutable {
+            routing_key: routing_key.to_owned(),
+        }),
+        Ok(PublishOutcome::Refused) => Err(Error::Nacked {
+            queue: routing_key.to_owned(),
+        }),
         Err(error) => Err(memory_error("publishing", error)),
     }
 }
@@ -199,18 +245,26 @@ fn memory_publish_result(outcome: std::result::Result<PublishOutcome, MemoryErro
 /// A refusal of the in-memory broker as the error RabbitMQ's would give.
 fn memory_error(operation: &'static str, error: MemoryError) -> Error {
     match error {
-        MemoryError::Disconnected => Error::Disconnected { context: operation, source: Box::new(error) },
-        other => Error::Broker { operation, source: Box::new(other) },
+        MemoryError::Disconnected => Error::Disconnected {
+            context: operation,
+            source: Box::new(error),
+        },
+        other => Error::Broker {
+            operation,
+            source: Box::new(other),
+        },
     }
 }
 
 /// Declares the exchange of `options`, if any, on the in-memory broker.
 fn declare_memory_exchange(broker: &MemoryBroker, options: &RmqOptions) -> Result<()> {
     if let Some(exchange) = options.exchange_options() {
-        broker.declare_exchange(&exchange.name, exchange.kind).map_err(|error| Error::Declare {
-            queue: format!("exchange {}", exchange.name),
-            source: Box::new(error),
-        })?;
+        broker
+            .declare_exchange(&exchange.name, exchange.kind)
+            .map_err(|error| Error::Declare {
+                queue: format!("exchange {}", exchange.name),
+                source: Box::new(error),
+            })?;
     }
     Ok(())
 }
@@ -220,28 +274,46 @@ fn declare_memory_queue(broker: &MemoryBroker, options: &RmqOptions) -> Result<(
     let declaration = options.queue_declaration();
     broker
         .declare_queue(options.queue(), declaration.durable, &declaration.arguments)
-        .map_err(|error| Error::Declare { queue: options.queue().to_owned(), source: Box::new(error) })
+        .map_err(|error| Error::Declare {
+            queue: options.queue().to_owned(),
+            source: Box::new(error),
+        })
 }
 
 /// A microservice's connection to its broker.
 // One per connection or consumer, never per message: boxing the large variant buys nothing.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Session {
-    Amqp { connection: Connection, publisher: Arc<ServerPublisher> },
-    Memory { broker: MemoryBroker, publisher: Arc<MemoryPublisher> },
+    Amqp {
+        connection: Arc<Connection>,
+        publisher: Arc<ServerPublisher>,
+    },
+    Memory {
+        broker: MemoryBroker,
+        publisher: Arc<MemoryPublisher>,
+    },
 }
 
 impl Session {
     /// Connects to the broker of `options` (`patience`: how long to keep trying; `None`, for ever).
-    pub(crate) async fn connect(options: &RmqOptions, patience: Option<std::time::Duration>) -> Result<Self> {
+    pub(crate) async fn connect(
+        options: &RmqOptions,
+        patience: Option<std::time::Duration>,
+    ) -> Result<Self> {
         if let Some(name) = options.memory_broker() {
             let broker = MemoryBroker::named(name);
             let publisher = Arc::new(MemoryPublisher(broker.clone()));
             return Ok(Session::Memory { broker, publisher });
         }
-        let connection = amqp::connect(options, "rmq-bus microservice", patience).await?;
-        let publisher = Arc::new(ServerPublisher::open(&connection).await?);
-        Ok(Session::Amqp { connection, publisher })
+        let connection = Arc::new(amqp::connect(options, "rmq-bus microservice", patience).await?);
+        let publisher = Arc::new(ServerPublisher::new(
+            connection.clone(),
+            options.confirm_wait(),
+        ));
+        Ok(Session::Amqp {
+            connection,
+            publisher,
+        })
     }
 
     /// Declares the queue of `options` (and its exchange and bindings) unless told not to, and
@@ -250,9 +322,14 @@ impl Session {
         let no_ack = options.ack() == AckMode::NoAck;
         let queue = options.queue().to_owned();
         match self {
-            Session::Amqp { connection, publisher } => {
-                let channel =
-                    connection.create_channel().await.map_err(|e| Error::from_lapin("opening a channel", e))?;
+            Session::Amqp {
+                connection,
+                publisher,
+            } => {
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| Error::from_lapin("opening a channel", e))?;
                 channel
                     .basic_qos(options.prefetch_count(), BasicQosOptions::default())
                     .await
@@ -268,16 +345,29 @@ impl Session {
                     .basic_consume(
                         amqp::short("queue name", &queue)?,
                         ShortString::from(""),
-                        BasicConsumeOptions { no_ack, ..BasicConsumeOptions::default() },
+                        BasicConsumeOptions {
+                            no_ack,
+                            ..BasicConsumeOptions::default()
+                        },
                         FieldTable::default(),
                     )
                     .await
                     .map_err(|source| match Error::from_lapin("consuming", source) {
-                        Error::Broker { source, .. } => Error::Declare { queue: queue.clone(), source },
+                        Error::Broker { source, .. } => Error::Declare {
+                            queue: queue.clone(),
+                            source,
+                        },
                         other => other,
                     })?;
                 let acks = AckBatcher::start(channel.clone(), options.prefetch_count());
-                Ok(Source::Amqp { channel, consumer, publisher: publisher.clone(), acks, queue })
+                Ok(Source::Amqp {
+                    channel,
+                    consumer,
+                    publisher: publisher.clone(),
+                    acks,
+                    queue,
+                    no_ack,
+                })
             }
             Session::Memory { broker, publisher } => {
                 if !options.is_no_assert() {
@@ -289,16 +379,23 @@ impl Session {
                             _ => router.keys(),
                         };
                         for key in keys {
-                            broker
-                                .bind(&queue, &exchange.name, key)
-                                .map_err(|e| memory_error("binding the queue to its exchange", e))?;
+                            broker.bind(&queue, &exchange.name, key).map_err(|e| {
+                                memory_error("binding the queue to its exchange", e)
+                            })?;
                         }
                     }
                 }
                 let consumer = broker
                     .consume(&queue, options.prefetch_count(), no_ack)
-                    .map_err(|error| Error::Declare { queue: queue.clone(), source: Box::new(error) })?;
-                Ok(Source::Memory { consumer, publisher: publisher.clone(), queue })
+                    .map_err(|error| Error::Declare {
+                        queue: queue.clone(),
+                        source: Box::new(error),
+                    })?;
+                Ok(Source::Memory {
+                    consumer,
+                    publisher: publisher.clone(),
+                    queue,
+                })
             }
         }
     }
@@ -321,16 +418,22 @@ pub(crate) enum Source {
         publisher: Arc<ServerPublisher>,
         acks: Arc<AckBatcher>,
         queue: String,
+        /// The broker acks deliveries itself (`AckMode::NoAck`).
+        no_ack: bool,
     },
-    Memory { consumer: MemoryConsumer, publisher: Arc<MemoryPublisher>, queue: String },
+    Memory {
+        consumer: MemoryConsumer,
+        publisher: Arc<MemoryPublisher>,
+        queue: String,
+    },
 }
 
 impl Source {
     /// The next delivery; `Err` with the reason once the consumer has stopped by itself.
     pub(crate) async fn next(&mut self) -> std::result::Result<Inbound, String> {
         match self {
-            Source::Amqp { channel, consumer, publisher, acks, queue } => match consumer.next().await {
-                Some(Ok(delivery)) => Ok(amqp::inbound(delivery, queue, channel, publisher, acks)),
+            Source::Amqp { channel, consumer, publisher, acks, queue, no_ack } => match consumer.next().await {
+                Some(Ok(delivery)) => Ok(amqp::inbound(delivery, queue, channel, publisher, acks, !*no_ack)),
                 Some(Err(error)) => Err(error.to_string()),
                 None if channel.status().connected() => {
                     Err("the broker cancelled the consumer (was the queue deleted?)".to_owned())
@@ -370,8 +473,12 @@ impl Source {
     /// Stops receiving; deliveries already handed out stay to be settled.
     pub(crate) async fn cancel(&self) {
         match self {
-            Source::Amqp { channel, consumer, .. } => {
-                let _ = channel.basic_cancel(consumer.tag(), Default::default()).await;
+            Source::Amqp {
+                channel, consumer, ..
+            } => {
+                let _ = channel
+                    .basic_cancel(consumer.tag(), Default::default())
+                    .await;
             }
             Source::Memory { consumer, .. } => consumer.cancel(),
         }
@@ -397,8 +504,12 @@ struct MemorySettle(MemoryAcker);
 impl Acker for MemorySettle {
     fn settle(&self, settlement: Settlement) -> BoxFuture<'static, Result<()>> {
         let result = self.0.settle(settlement).map_err(|error| match error {
-            MemoryError::Disconnected => Error::ChannelClosed { attempted: settlement },
-            MemoryError::PreconditionFailed(_) => Error::AlreadySettled { previous: settlement },
+            MemoryError::Disconnected => Error::ChannelClosed {
+                attempted: settlement,
+            },
+            MemoryError::PreconditionFailed(_) => Error::AlreadySettled {
+                previous: settlement,
+            },
             other => memory_error("settling", other),
         });
         futures::future::ready(result).boxed()
@@ -409,17 +520,33 @@ impl Acker for MemorySettle {
 pub(crate) struct MemoryPublisher(MemoryBroker);
 
 impl Publisher for MemoryPublisher {
-    fn reply(&self, reply_to: &str, correlation_id: &str, body: Vec<u8>) -> BoxFuture<'static, Result<()>> {
-        let properties = Properties { correlation_id: Some(correlation_id.to_owned()), ..Properties::default() };
-        let result = memory_publish_result(self.0.publish("", reply_to, body, properties), reply_to);
+    fn reply(
+        &self,
+        reply_to: &str,
+        correlation_id: &str,
+        body: Vec<u8>,
+    ) -> BoxFuture<'_, Result<()>> {
+        let properties = Properties {
+            correlation_id: Some(correlation_id.to_owned()),
+            ..Properties::default()
+        };
+        let result =
+            memory_publish_result(self.0.publish("", reply_to, body, properties), reply_to);
         futures::future::ready(result).boxed()
     }
 
-    fn republish<'a>(&'a self, target: Target, body: &'a [u8], properties: &'a Properties) -> BoxFuture<'a, Result<()>> {
+    fn republish<'a>(
+        &'a self,
+        target: Target,
+        body: &'a [u8],
+        properties: &'a Properties,
+    ) -> BoxFuture<'a, Result<()>> {
         let broker = &self.0;
         let declared = match &target {
             Target::Queue(queue) => Ok(queue.clone()),
-            Target::DeadLetter(queue) => broker.declare_queue(queue, true, &Default::default()).map(|()| queue.clone()),
+            Target::DeadLetter(queue) => broker
+                .declare_queue(queue, true, &Default::default())
+                .map(|()| queue.clone()),
             Target::Delayed { queue, delay } => {
                 let name = crate::retry::delay_queue(queue, *delay);
                 let arguments = crate::retry::delay_queue_arguments(queue, *delay);
@@ -427,8 +554,16 @@ impl Publisher for MemoryPublisher {
             }
         };
         let result = declared
-            .map_err(|error| Error::Declare { queue: "a retry or dead-letter queue".into(), source: Box::new(error) })
-            .and_then(|queue| memory_publish_result(broker.publish("", &queue, body.to_vec(), properties.clone()), &queue));
+            .map_err(|error| Error::Declare {
+                queue: "a retry or dead-letter queue".into(),
+                source: Box::new(error),
+            })
+            .and_then(|queue| {
+                memory_publish_result(
+                    broker.publish("", &queue, body.to_vec(), properties.clone()),
+                    &queue,
+                )
+            });
         futures::future::ready(result).boxed()
     }
 }

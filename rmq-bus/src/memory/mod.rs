@@ -67,6 +67,8 @@ struct Inner {
     /// Every settlement, oldest first, for tests to wait on.
     settled: Mutex<std::collections::VecDeque<Settled>>,
     settled_wake: Notify,
+    /// Whether settlements are recorded (a test helper watches this broker).
+    record_settlements: std::sync::atomic::AtomicBool,
 }
 
 /// A delivery a consumer settled, as tests see it.
@@ -132,6 +134,7 @@ impl MemoryBroker {
                 timer: Arc::new(Notify::new()),
                 settled: Mutex::default(),
                 settled_wake: Notify::new(),
+                record_settlements: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -222,6 +225,13 @@ impl MemoryBroker {
         self.observe(|state| state.unacked(queue))
     }
 
+    /// Records settlements from now on, for [`next_settled`](Self::next_settled).
+    pub(crate) fn record_settlements(&self) {
+        self.inner
+            .record_settlements
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Waits for the next settlement of a delivery from `queue` (in settlement order) and
     /// takes it from the record.
     pub(crate) async fn next_settled(&self, queue: &str) -> Settled {
@@ -230,8 +240,16 @@ impl MemoryBroker {
             tokio::pin!(woken);
             woken.as_mut().enable();
             {
-                let mut settled = self.inner.settled.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(found) = settled.iter().position(|s| s.queue == queue).and_then(|at| settled.remove(at)) {
+                let mut settled = self
+                    .inner
+                    .settled
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if let Some(found) = settled
+                    .iter()
+                    .position(|s| s.queue == queue)
+                    .and_then(|at| settled.remove(at))
+                {
                     return found;
                 }
             }
@@ -460,8 +478,18 @@ impl MemoryAcker {
             .broker
             .with(|state| state.settle(self.consumer, self.epoch, self.tag, settlement))?;
         let inner = &self.broker.inner;
-        inner.settled.lock().unwrap_or_else(PoisonError::into_inner).push_back(settled);
-        inner.settled_wake.notify_waiters();
+        // Recorded only for tests that asked (a TestBroker), so a long-lived broker keeps nothing.
+        if inner
+            .record_settlements
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            inner
+                .settled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push_back(settled);
+            inner.settled_wake.notify_waiters();
+        }
         Ok(())
     }
 }
