@@ -54,19 +54,20 @@ pub enum AckMode {
     NoAck,
 }
 
-/// What happens to a message whose handler returned an error or panicked without settling it.
+/// What happens to a message whose handler returned an error or panicked without settling it,
+/// when no [`RetryPolicy`] applies.
 ///
 /// Bad input (not JSON, no pattern, unknown pattern, data of the wrong shape, too large) is
-/// always rejected without requeue: retrying cannot fix it.
+/// always dead-lettered at once: retrying cannot fix it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FailurePolicy {
-    /// Requeue a first delivery once; reject a redelivered one (dead-lettered if the queue has a
-    /// dead-letter exchange). A transient failure gets a second chance, a persistent one cannot
-    /// loop.
+    /// Requeue a first delivery once; dead-letter a redelivered one (see
+    /// [`RmqOptions::dead_letter_queue`]). A transient failure gets a second chance, a
+    /// persistent one cannot loop. For more and delayed attempts, use a [`RetryPolicy`].
     #[default]
     RequeueOnce,
-    /// Reject straight away (dead-lettered if the queue has a dead-letter exchange).
+    /// Dead-letter straight away.
     DeadLetter,
 }
 
@@ -196,7 +197,17 @@ pub struct RmqOptions {
     confirm_timeout: Duration,
     reconnect_timeout: Duration,
     retry: Option<RetryPolicy>,
-    dead_letter_queue: Option<String>,
+    dead_letter_queue: DeadLetters,
+}
+
+/// Where rmq-bus puts messages it dead-letters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum DeadLetters {
+    /// `<queue>.dlq`, unless the queue has a dead-letter exchange of its own.
+    Default,
+    Named(String),
+    /// Reject, leaving them to the queue's dead-letter exchange (or to be dropped).
+    Reject,
 }
 
 impl fmt::Debug for RmqOptions {
@@ -238,7 +249,7 @@ impl RmqOptions {
             confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
             retry: None,
-            dead_letter_queue: None,
+            dead_letter_queue: DeadLetters::Default,
         }
     }
 
@@ -355,13 +366,22 @@ impl RmqOptions {
         self
     }
 
-    /// Dead-letters into queue `name`, which rmq-bus declares (durable) and publishes to itself,
-    /// with headers saying why: `x-rmq-bus-error`, `x-rmq-bus-queue`, `x-rmq-bus-pattern`,
-    /// `x-rmq-bus-attempts`, `x-rmq-bus-failed-at`. Bad input goes there at once; failed
-    /// handlers after their last retry. Needs no arguments on the consumed queue, so it works
-    /// with queues NestJS or an operator declared.
+    /// Dead-letters into queue `name` (by default `<queue>.dlq`). rmq-bus declares it (durable)
+    /// when it first needs it and publishes to it itself, confirmed, with headers saying why:
+    /// `x-rmq-bus-error`, `x-rmq-bus-queue`, `x-rmq-bus-pattern`, `x-rmq-bus-attempts`,
+    /// `x-rmq-bus-failed-at`. Bad input goes there at once; failed handlers after their last
+    /// retry. It needs no arguments on the consumed queue, so it works with queues NestJS or an
+    /// operator declared. A queue declared with its own `x-dead-letter-exchange` gets no default
+    /// dead-letter queue: its rejected messages go to that exchange.
     pub fn dead_letter_queue(mut self, name: impl Into<String>) -> Self {
-        self.dead_letter_queue = Some(name.into());
+        self.dead_letter_queue = DeadLetters::Named(name.into());
+        self
+    }
+
+    /// Rejects what would be dead-lettered instead (NestJS's behaviour): RabbitMQ routes it to
+    /// the queue's dead-letter exchange, or drops it if there is none.
+    pub fn reject_dead_letters(mut self) -> Self {
+        self.dead_letter_queue = DeadLetters::Reject;
         self
     }
 
@@ -465,9 +485,22 @@ impl RmqOptions {
     pub fn retry_policy(&self) -> Option<&RetryPolicy> {
         self.retry.as_ref()
     }
-    /// The dead-letter queue rmq-bus publishes to, if any.
-    pub fn dead_letter_queue_name(&self) -> Option<&str> {
-        self.dead_letter_queue.as_deref()
+    /// The dead-letter queue rmq-bus publishes to, if any (see
+    /// [`dead_letter_queue`](Self::dead_letter_queue)).
+    pub fn dead_letter_queue_name(&self) -> Option<String> {
+        match &self.dead_letter_queue {
+            DeadLetters::Named(name) => Some(name.clone()),
+            DeadLetters::Reject => None,
+            DeadLetters::Default
+                if self
+                    .queue_options
+                    .arguments
+                    .contains_key("x-dead-letter-exchange") =>
+            {
+                None
+            }
+            DeadLetters::Default => Some(format!("{}.dlq", self.queue)),
+        }
     }
     /// The broker URI(s) with passwords replaced by `***`, for logs and messages.
     pub fn display_uri(&self) -> String {
@@ -490,7 +523,7 @@ impl RmqOptions {
         check_uri(&self.uri).map_err(|reason| {
             Error::Config(format!("broker URI {}: {reason}", redact_uri(&self.uri)))
         })?;
-        for name in [Some(&self.queue), self.dead_letter_queue.as_ref()]
+        for name in [Some(self.queue.clone()), self.dead_letter_queue_name()]
             .into_iter()
             .flatten()
         {
@@ -643,6 +676,36 @@ mod tests {
             Err(Error::InvalidEnv { .. })
         ));
         Ok(())
+    }
+
+    #[test]
+    fn dead_letters_go_to_a_queue_of_their_own_by_default() {
+        assert_eq!(
+            RmqOptions::new("BILLING")
+                .dead_letter_queue_name()
+                .as_deref(),
+            Some("BILLING.dlq")
+        );
+        assert_eq!(
+            RmqOptions::new("B")
+                .dead_letter_queue("dead")
+                .dead_letter_queue_name()
+                .as_deref(),
+            Some("dead")
+        );
+        assert_eq!(
+            RmqOptions::new("B")
+                .reject_dead_letters()
+                .dead_letter_queue_name(),
+            None
+        );
+        let with_dlx =
+            RmqOptions::new("B").queue_options(QueueOptions::default().dead_letter("dlx", None));
+        assert_eq!(
+            with_dlx.dead_letter_queue_name(),
+            None,
+            "the queue's own DLX takes the rejects"
+        );
     }
 
     #[test]

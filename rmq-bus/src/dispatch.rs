@@ -138,7 +138,7 @@ impl Policy {
             on_failure: options.on_failure(),
             max_bytes: options.max_bytes(),
             retry: options.retry_policy().cloned(),
-            dead_letter_queue: options.dead_letter_queue_name().map(str::to_owned),
+            dead_letter_queue: options.dead_letter_queue_name(),
         }
     }
 }

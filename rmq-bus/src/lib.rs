@@ -66,7 +66,7 @@
 //!
 //! | what happens | settlement |
 //! |---|---|
-//! | body not JSON, no pattern, unknown pattern, data of the wrong shape, too large | dead-lettered with the reason ([`RmqOptions::dead_letter_queue`], else rejected to the queue's DLX), never retried |
+//! | body not JSON, no pattern, unknown pattern, data of the wrong shape, too large | dead-lettered with the reason (to [`RmqOptions::dead_letter_queue`], `<queue>.dlq` by default), never retried |
 //! | handler returns `Ok` without settling | acked, with a warning |
 //! | handler returns `Err` or panics without settling | its [`RetryPolicy`] (delayed retries on the broker, then the dead-letter queue), else the [`FailurePolicy`]: requeued once, then rejected |
 //! | request handler (`#[message_pattern]`) | answered (value or error), then acked |

@@ -420,7 +420,11 @@ fn orders_and_billing_examples_work_end_to_end() {
         )
     }));
     let _ = std::fs::remove_dir_all(&logs);
-    let deleted = delete_queues(&[&billing_queue, &orders_queue]);
+    let (billing_dlq, orders_dlq) = (
+        format!("{billing_queue}.dlq"),
+        format!("{orders_queue}.dlq"),
+    );
+    let deleted = delete_queues(&[&billing_queue, &orders_queue, &billing_dlq, &orders_dlq]);
     if let Err(panic) = outcome {
         resume_unwind(panic);
     }

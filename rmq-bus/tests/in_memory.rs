@@ -75,7 +75,7 @@ async fn a_controller_is_tested_without_a_broker() {
         )
     );
 
-    // Bad input is dead-lettered (dropped here: no DLX) and settled as a reject.
+    // Bad input goes to the default dead-letter queue with its reason; the original is acked.
     broker
         .publish(
             "BILLING",
@@ -83,10 +83,16 @@ async fn a_controller_is_tested_without_a_broker() {
             &json!({"orderPayload": {"price": "free"}}),
         )
         .expect("publish");
-    assert_eq!(
-        broker.settled("BILLING").await.settlement,
-        Settlement::Reject
-    );
+    assert_eq!(broker.settled("BILLING").await.settlement, Settlement::Ack);
+    let dead = broker.messages("BILLING.dlq");
+    assert_eq!(dead.len(), 1);
+    let reason = dead[0]
+        .properties
+        .headers
+        .get("x-rmq-bus-error")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    assert!(reason.contains("data.orderPayload is not a"), "{reason}");
     running.shutdown().await.expect("shutdown");
 }
 

@@ -92,8 +92,12 @@ impl Broker {
     }
 
     /// Deletes `queue` at cleanup.
+    /// Deletes `queue` at cleanup, and the dead-letter queue rmq-bus may have made for it
+    /// (deleting a queue that does not exist is fine with RabbitMQ).
     pub fn forget_later(&self, queue: &str) {
-        self.queues.lock().expect("lock").push(queue.to_owned());
+        let mut queues = self.queues.lock().expect("lock");
+        queues.push(queue.to_owned());
+        queues.push(format!("{queue}.dlq"));
     }
 
     /// Deletes exchange `name` at cleanup.
