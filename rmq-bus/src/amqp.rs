@@ -250,6 +250,10 @@ fn properties(properties: &BasicProperties) -> Properties {
         message_id: text(properties.message_id()),
         delivery_mode: *properties.delivery_mode(),
         timestamp: *properties.timestamp(),
+        priority: *properties.priority(),
+        expiration: text(properties.expiration()),
+        message_type: text(properties.kind()),
+        app_id: text(properties.app_id()),
         headers: properties
             .headers()
             .as_ref()
@@ -454,6 +458,18 @@ pub(crate) fn basic_properties(properties: &Properties) -> Result<BasicPropertie
     }
     if let Some(timestamp) = properties.timestamp {
         out = out.with_timestamp(timestamp);
+    }
+    if let Some(priority) = properties.priority {
+        out = out.with_priority(priority);
+    }
+    if let Some(v) = text("expiration", &properties.expiration)? {
+        out = out.with_expiration(v);
+    }
+    if let Some(v) = text("type", &properties.message_type)? {
+        out = out.with_type(v);
+    }
+    if let Some(v) = text("app_id", &properties.app_id)? {
+        out = out.with_app_id(v);
     }
     if !properties.headers.is_empty() {
         let headers: BTreeMap<String, Value> = properties.headers.clone();

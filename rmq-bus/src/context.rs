@@ -85,6 +85,14 @@ pub struct Properties {
     pub delivery_mode: Option<u8>,
     /// `timestamp`, seconds since the Unix epoch.
     pub timestamp: Option<u64>,
+    /// `priority`, 0 to 9 on a priority queue.
+    pub priority: Option<u8>,
+    /// `expiration`: a per-message TTL in milliseconds, as text.
+    pub expiration: Option<String>,
+    /// `type`: the application's name for the kind of message.
+    pub message_type: Option<String>,
+    /// `app_id`: the publishing application.
+    pub app_id: Option<String>,
     /// Application headers, as JSON values.
     pub headers: BTreeMap<String, serde_json::Value>,
 }
@@ -181,7 +189,10 @@ impl RmqContext {
     }
 
     /// The underlying lapin channel, for what rmq-bus does not wrap. `None` on transports other
-    /// than RabbitMQ. Settling through it directly bypasses the exactly-once guard.
+    /// than RabbitMQ. Never settle a delivery through it (NestJS's
+    /// `getChannelRef().ack(msg)`): use [`ack`](Self::ack) and friends, which settle exactly once
+    /// and coalesce acks; a raw ack would leave rmq-bus acking a tag the broker no longer knows,
+    /// which closes the channel.
     pub fn channel(&self) -> Option<&lapin::Channel> {
         self.inner.channel.as_ref()
     }
