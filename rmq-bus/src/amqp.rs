@@ -482,7 +482,7 @@ pub(crate) fn basic_properties(properties: &Properties) -> Result<BasicPropertie
 pub(crate) fn inbound(
     delivery: lapin::message::Delivery,
     queue: &str,
-    channel: &Channel,
+    channel: &Arc<Channel>,
     publisher: &Arc<ServerPublisher>,
     acks: &Arc<AckBatcher>,
     track: bool,

@@ -130,7 +130,7 @@ struct Inner {
     pattern: String,
     delivery: DeliveryInfo,
     acker: Arc<dyn Acker>,
-    channel: Option<lapin::Channel>,
+    channel: Option<Arc<lapin::Channel>>,
     state: AtomicU8,
     /// What to do if the last clone is dropped unsettled; starts as the failure settlement.
     on_drop: AtomicU8,
@@ -151,7 +151,7 @@ impl RmqContext {
         pattern: String,
         delivery: DeliveryInfo,
         acker: Arc<dyn Acker>,
-        channel: Option<lapin::Channel>,
+        channel: Option<Arc<lapin::Channel>>,
         auto_acked: bool,
         on_drop: Settlement,
     ) -> Self {
@@ -194,7 +194,7 @@ impl RmqContext {
     /// and coalesce acks; a raw ack would leave rmq-bus acking a tag the broker no longer knows,
     /// which closes the channel.
     pub fn channel(&self) -> Option<&lapin::Channel> {
-        self.inner.channel.as_ref()
+        self.inner.channel.as_deref()
     }
 
     /// How the message was settled so far, if it was.

@@ -56,7 +56,7 @@ pub(crate) struct Inbound {
     pub(crate) body: Vec<u8>,
     pub(crate) acker: Arc<dyn Acker>,
     pub(crate) publisher: Arc<dyn Publisher>,
-    pub(crate) channel: Option<lapin::Channel>,
+    pub(crate) channel: Option<Arc<lapin::Channel>>,
 }
 
 /// One registered handler.

@@ -360,6 +360,7 @@ impl Session {
                         other => other,
                     })?;
                 let acks = AckBatcher::start(channel.clone(), options.prefetch_count());
+                let channel = Arc::new(channel);
                 Ok(Source::Amqp {
                     channel,
                     consumer,
@@ -413,7 +414,8 @@ impl Session {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Source {
     Amqp {
-        channel: lapin::Channel,
+        /// Shared with every delivery's context (the escape hatch), so not cloned per message.
+        channel: Arc<lapin::Channel>,
         consumer: lapin::Consumer,
         publisher: Arc<ServerPublisher>,
         acks: Arc<AckBatcher>,
