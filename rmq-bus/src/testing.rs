@@ -29,7 +29,7 @@ use crate::codec::encode_event;
 use crate::config::{MEMORY_SCHEME, QueueOptions, RmqOptions};
 use crate::context::Properties;
 use crate::error::{Error, Result};
-use crate::memory::{MemoryBroker, PublishOutcome};
+use crate::memory::MemoryBroker;
 use crate::pattern::Pattern;
 
 pub use crate::memory::Settled;
@@ -124,19 +124,8 @@ impl TestBroker {
         body: impl Into<Vec<u8>>,
         properties: Properties,
     ) -> Result<()> {
-        match self.broker.publish("", queue, body.into(), properties) {
-            Ok(PublishOutcome::Routed(_)) => Ok(()),
-            Ok(PublishOutcome::Unroutable) => Err(Error::Unroutable {
-                routing_key: queue.to_owned(),
-            }),
-            Ok(PublishOutcome::Refused) => Err(Error::Nacked {
-                queue: queue.to_owned(),
-            }),
-            Err(error) => Err(Error::Broker {
-                operation: "publishing",
-                source: Box::new(error),
-            }),
-        }
+        let outcome = self.broker.publish("", queue, body.into(), properties);
+        crate::transport::memory_publish_result(outcome, queue)
     }
 
     /// Waits until a consumer settles a delivery from `queue`, and says which and how. Each

@@ -226,7 +226,7 @@ impl Link {
     }
 }
 
-fn memory_publish_result(
+pub(crate) fn memory_publish_result(
     outcome: std::result::Result<PublishOutcome, MemoryError>,
     routing_key: &str,
 ) -> Result<()> {
