@@ -125,8 +125,8 @@ pub(crate) async fn declare_exchange(channel: &Channel, exchange: &Exchange) -> 
             FieldTable::default(),
         )
         .await
-        .map_err(|source| Error::Declare {
-            queue: format!("exchange {}", exchange.name),
+        .map_err(|source| Error::DeclareExchange {
+            exchange: exchange.name.clone(),
             source: Box::new(source),
         })
 }

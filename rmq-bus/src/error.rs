@@ -55,6 +55,30 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// Declaring an exchange failed, usually because it exists with another kind or durability.
+    #[error(
+        "cannot declare exchange {exchange:?}: {source}; if it already exists as another kind (topic, direct, fanout) or durability, make Exchange match it, or skip declarations with RmqOptions::no_assert"
+    )]
+    DeclareExchange {
+        /// The exchange.
+        exchange: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A queue could not be consumed, usually because it does not exist.
+    #[error(
+        "cannot consume queue {queue:?}: {source}; with RmqOptions::no_assert the queue must already exist (declared by another service or an operator)"
+    )]
+    Consume {
+        /// The queue.
+        queue: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+
     /// The connection or channel is gone; the operation did not happen.
     #[error(
         "the connection to RabbitMQ is closed ({context}): {source}; the operation did not take place and may be retried"

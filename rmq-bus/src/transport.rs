@@ -261,8 +261,8 @@ fn declare_memory_exchange(broker: &MemoryBroker, options: &RmqOptions) -> Resul
     if let Some(exchange) = options.exchange_options() {
         broker
             .declare_exchange(&exchange.name, exchange.kind)
-            .map_err(|error| Error::Declare {
-                queue: format!("exchange {}", exchange.name),
+            .map_err(|error| Error::DeclareExchange {
+                exchange: exchange.name.clone(),
                 source: Box::new(error),
             })?;
     }
@@ -353,7 +353,7 @@ impl Session {
                     )
                     .await
                     .map_err(|source| match Error::from_lapin("consuming", source) {
-                        Error::Broker { source, .. } => Error::Declare {
+                        Error::Broker { source, .. } => Error::Consume {
                             queue: queue.clone(),
                             source,
                         },
@@ -388,7 +388,7 @@ impl Session {
                 }
                 let consumer = broker
                     .consume(&queue, options.prefetch_count(), no_ack)
-                    .map_err(|error| Error::Declare {
+                    .map_err(|error| Error::Consume {
                         queue: queue.clone(),
                         source: Box::new(error),
                     })?;

@@ -526,3 +526,42 @@ async fn settling_after_the_channel_died_is_an_error_and_the_consumer_recovers()
     client.close().await;
     broker.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_and_exchange_errors_say_what_to_do() {
+    let broker = Broker::connect().await;
+    let missing = unique("absent");
+    let started = Microservice::new(options(&missing).no_assert(true))
+        .on_event("x", || async {})
+        .start()
+        .await;
+    match started {
+        Err(error @ Error::Consume { .. }) => {
+            let text = error.to_string();
+            assert!(
+                text.contains(&missing) && text.contains("must already exist"),
+                "{text}"
+            );
+        }
+        other => panic!("expected Consume, got {other:?}"),
+    }
+
+    let (exchange, queue) = (unique("kind-x"), unique("kind-q"));
+    broker.forget_exchange_later(&exchange);
+    broker.forget_later(&queue);
+    let topic = ClientProxy::new(options(&queue).exchange(rmq_bus::Exchange::topic(&exchange)));
+    topic.connect().await.expect("declares the topic exchange");
+    let fanout = ClientProxy::new(options(&queue).exchange(rmq_bus::Exchange::fanout(&exchange)));
+    match fanout.connect().await {
+        Err(error @ Error::DeclareExchange { .. }) => {
+            let text = error.to_string();
+            assert!(
+                text.contains(&exchange) && text.contains("another kind"),
+                "{text}"
+            );
+        }
+        other => panic!("expected DeclareExchange, got {other:?}"),
+    }
+    topic.close().await;
+    broker.cleanup().await;
+}
