@@ -171,6 +171,11 @@ impl TestBroker {
         self.broker.refuse_publishes(count);
     }
 
+    /// Deletes exchange `name` and its bindings: publishes to it then fail, as on RabbitMQ.
+    pub fn delete_exchange(&self, name: &str) {
+        self.broker.delete_exchange(name);
+    }
+
     /// Deletes `queue`; its consumers end.
     pub fn delete_queue(&self, queue: &str) {
         self.broker.delete_queue(queue);

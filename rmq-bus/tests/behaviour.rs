@@ -3,6 +3,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod common;
+
+use common::recv;
 mod behaviour {
     pub mod harness;
 }
@@ -17,15 +19,6 @@ use rmq_bus::{
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("timed out waiting for a handler")
-        .expect("open")
-}
 
 both!(emit_reaches_the_handler_and_ack_removes_it, |h| {
     let queue = h.queue("b-roundtrip");

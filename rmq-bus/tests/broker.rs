@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::recv;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -22,15 +24,6 @@ use tokio::sync::mpsc;
 struct Order {
     order_id: String,
     price: f64,
-}
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("timed out waiting for a handler")
-        .expect("channel open")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

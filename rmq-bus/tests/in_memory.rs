@@ -166,3 +166,20 @@ async fn refused_publishes_surface_as_errors() {
     broker.refuse_publishes(0);
     assert_eq!(broker.messages("Q").len(), 1);
 }
+
+#[tokio::test]
+async fn a_deleted_exchange_refuses_publishes() {
+    let broker = TestBroker::new();
+    let client = ClientProxy::new(
+        broker
+            .options("Q")
+            .exchange(rmq_bus::Exchange::fanout("prices"))
+            .reconnect_timeout(Duration::from_millis(100)),
+    );
+    client.connect().await.expect("declares the exchange");
+    broker.delete_exchange("prices");
+    assert!(matches!(
+        client.emit("x", &1).await,
+        Err(Error::Broker { .. })
+    ));
+}

@@ -4,8 +4,9 @@
 
 mod common;
 
+use common::recv;
+
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::{Broker, options, options_with_dlq, unique};
 use lapin::BasicProperties;
@@ -16,15 +17,6 @@ use rmq_bus::{
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("timed out waiting for a handler")
-        .expect("open")
-}
 
 /// A handler that reports (pattern, data) and acks.
 fn reporter(

@@ -110,7 +110,6 @@ impl fmt::Debug for MemoryBroker {
     }
 }
 
-#[allow(dead_code)]
 impl MemoryBroker {
     /// The process-wide broker called `name`, created on first use and never dropped (like a
     /// running RabbitMQ): every call with the same name gives the same broker.
@@ -371,7 +370,6 @@ impl fmt::Debug for MemoryConsumer {
     }
 }
 
-#[allow(dead_code)]
 impl MemoryConsumer {
     /// The next delivery, waiting for one; `None` once the consumer was cancelled, its queue
     /// deleted or the connection lost. At most `prefetch` deliveries are unsettled at a time.
@@ -415,6 +413,7 @@ impl MemoryConsumer {
     }
 
     /// The queue consumed (for direct reply-to, the private reply queue).
+    #[cfg(test)]
     pub(crate) fn queue(&self) -> &str {
         &self.queue
     }
@@ -434,7 +433,6 @@ impl Drop for MemoryConsumer {
 
 /// One message delivered to a consumer.
 #[derive(Debug)]
-#[allow(dead_code)]
 pub(crate) struct MemoryDelivery {
     /// Per consumer, from 1.
     pub(crate) delivery_tag: u64,
@@ -466,7 +464,6 @@ impl fmt::Debug for MemoryAcker {
     }
 }
 
-#[allow(dead_code)]
 impl MemoryAcker {
     /// Acks (removes), nacks with requeue (back to the head of the queue, redelivered), or
     /// nacks without requeue / rejects (dead-lettered if the queue has a dead-letter exchange,

@@ -197,6 +197,14 @@ impl Broker {
     }
 }
 
+/// The next thing a handler reported, waiting at most 10 s.
+pub async fn recv<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("timed out waiting for a handler")
+        .expect("channel open")
+}
+
 /// Waits (bounded) until `condition` holds.
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     for _ in 0..200 {
