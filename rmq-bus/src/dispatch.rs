@@ -171,7 +171,14 @@ struct ReplyTo {
 }
 
 /// Handles one delivery from start to settlement, inside a span with its queue, tag and pattern.
-pub(crate) async fn dispatch(router: &Router, policy: &Policy, inbound: Inbound) {
+///
+/// Not an `async fn`, and the delivery is used in place rather than taken apart: the future
+/// holds one copy of it, not three, and it is allocated and moved once per message.
+pub(crate) fn dispatch(
+    router: Arc<Router>,
+    policy: Arc<Policy>,
+    inbound: Inbound,
+) -> impl Future<Output = ()> + Send + 'static {
     let span = tracing::info_span!(
         "rmq.delivery",
         queue = %inbound.info.queue,
@@ -180,30 +187,24 @@ pub(crate) async fn dispatch(router: &Router, policy: &Policy, inbound: Inbound)
         correlation_id = inbound.info.properties.correlation_id.as_deref().unwrap_or(""),
         pattern = field::Empty,
     );
-    run(router, policy, inbound).instrument(span).await
+    run(router, policy, inbound).instrument(span)
 }
 
-async fn run(router: &Router, policy: &Policy, inbound: Inbound) {
-    let Inbound {
-        info,
-        body,
-        acker,
-        publisher,
-        channel,
-    } = inbound;
+async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound) {
+    let (router, policy) = (router.as_ref(), policy.as_ref());
     let auto_acked = policy.ack_mode == AckMode::NoAck;
-    let attempt = attempt_of(&info.properties);
+    let attempt = attempt_of(&inbound.info.properties);
     let bad_input = |reason: String| Disposal::DeadLetter {
         reason,
         attempts: attempt,
     };
     // Bad input never reaches a handler: dead-lettered with its reason (a request is told first).
-    let (packet, entry, key) = match route(router, policy, &body) {
+    let (packet, entry, key) = match route(router, policy, &inbound.body) {
         Ok(routed) => routed,
         Err(refusal) => {
-            if let Some(reply_to) = reply_address(&info, refusal.request_id) {
+            if let Some(reply_to) = reply_address(&inbound.info, refusal.request_id) {
                 send_reply(
-                    publisher.as_ref(),
+                    inbound.publisher.as_ref(),
                     &reply_to,
                     encode_no_handler(&reply_to.id),
                 )
@@ -212,35 +213,36 @@ async fn run(router: &Router, policy: &Policy, inbound: Inbound) {
             let disposal = bad_input(refusal.reason);
             let pattern = refusal.pattern.as_deref();
             let settlement = dispose(
-                publisher.as_ref(),
+                inbound.publisher.as_ref(),
                 policy,
-                &info,
+                &inbound.info,
                 pattern,
-                &body,
+                &inbound.body,
                 disposal,
                 auto_acked,
             )
             .await;
-            return settle_direct(acker.as_ref(), settlement, auto_acked).await;
+            return settle_direct(inbound.acker.as_ref(), settlement, auto_acked).await;
         }
     };
     tracing::Span::current().record("pattern", key.as_str());
-    let reply_to = reply_address(&info, packet.id.clone());
+    let reply_to = reply_address(&inbound.info, packet.id.clone());
     let trace = Trace {
-        correlation_id: info.properties.correlation_id.clone(),
-        traceparent: info
+        correlation_id: inbound.info.properties.correlation_id.clone(),
+        traceparent: inbound
+            .info
             .properties
             .headers
             .get("traceparent")
             .and_then(Value::as_str)
             .map(str::to_owned),
     };
-    let redelivered = info.redelivered;
+    let redelivered = inbound.info.redelivered;
     let ctx = RmqContext::new(
         key.clone(),
-        info,
-        acker,
-        channel,
+        inbound.info,
+        inbound.acker,
+        inbound.channel,
         auto_acked,
         Settlement::Nack { requeue: true },
     );
@@ -300,7 +302,12 @@ async fn run(router: &Router, policy: &Policy, inbound: Inbound) {
         }
     };
     if let Some(reply_to) = &reply_to {
-        send_reply(publisher.as_ref(), reply_to, encode_reply(&response)).await;
+        send_reply(
+            inbound.publisher.as_ref(),
+            reply_to,
+            encode_reply(&response),
+        )
+        .await;
     }
     if !ctx.take_over(disposal.fallback(redelivered)) {
         return;
@@ -310,11 +317,11 @@ async fn run(router: &Router, policy: &Policy, inbound: Inbound) {
         && reply_to.is_none()
         && policy.ack_mode == AckMode::Manual;
     let settlement = dispose(
-        publisher.as_ref(),
+        inbound.publisher.as_ref(),
         policy,
         ctx.delivery(),
         Some(&key),
-        &body,
+        &inbound.body,
         disposal,
         auto_acked,
     )
