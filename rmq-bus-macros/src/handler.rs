@@ -194,8 +194,9 @@ impl Handler {
         ident
     }
 
-    /// The future handling one message: extracts the arguments, drops the message (so that no
-    /// clone of its context outlives the handler), then calls and interprets the result.
+    /// The future handling one message: extracts the arguments, checks and drops the message (so
+    /// that a body no argument read is known to be a packet, and that no clone of its context
+    /// outlives the handler), then calls and interprets the result.
     fn future(&self, callee: TokenStream, receiver: Option<TokenStream>) -> TokenStream {
         let bindings: Vec<Ident> = (0..self.args.len())
             .map(|i| format_ident!("__rmq_arg{}", i))
@@ -229,7 +230,7 @@ impl Handler {
         quote! {
             async move {
                 #(#extractions)*
-                ::core::mem::drop(__rmq_message);
+                ::rmq_bus::__private::finish(__rmq_message)?;
                 #call
             }
         }

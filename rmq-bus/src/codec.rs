@@ -1,8 +1,11 @@
 //! The NestJS packet format: `{"pattern": …, "data": …}` for events (and `"id"` for requests).
 //!
-//! Decoding keeps `data` as raw JSON, so the body is parsed once and each handler deserializes
-//! exactly the type (or the key) it asks for.
+//! An event is parsed once: the dispatcher reads only its pattern ([`event_pattern`]), and the
+//! handler's arguments read the body whole, `data` straight into the type they ask for
+//! ([`read_data`]). Anything else (requests, object patterns, unusual layouts) is decoded in full
+//! first ([`decode`]), with `data` kept as raw JSON.
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -144,6 +147,71 @@ pub(crate) fn decode(body: &[u8]) -> std::result::Result<Packet, DecodeError> {
     Ok(Packet { pattern, data, id })
 }
 
+/// The pattern of an event written as NestJS and rmq-bus write them, `{"pattern":"text",…`,
+/// read without parsing the rest. `None` for any other layout (object patterns, escapes, the
+/// pattern after the data, not JSON at all), which [`decode`] reads in full instead.
+pub(crate) fn event_pattern(body: &[u8]) -> Option<&str> {
+    let rest = body
+        .trim_ascii_start()
+        .strip_prefix(b"{")?
+        .trim_ascii_start();
+    let rest = rest.strip_prefix(b"\"pattern\"")?.trim_ascii_start();
+    let rest = rest.strip_prefix(b":")?.trim_ascii_start();
+    let rest = rest.strip_prefix(b"\"")?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    let after = rest.get(end + 1..)?.trim_ascii_start().first();
+    if rest[end] != b'"' || !matches!(after, Some(b',' | b'}')) {
+        return None;
+    }
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
+/// A packet read for its `data`. The pattern is named so that a packet repeating it is refused
+/// rather than routed by its first one.
+#[derive(Deserialize)]
+struct DataOf<T> {
+    #[serde(rename = "pattern")]
+    _pattern: Option<IgnoredAny>,
+    data: Option<T>,
+}
+
+/// Why a packet's data could not be read as the type asked for.
+#[derive(Debug)]
+pub(crate) enum DataError {
+    /// The body is not a JSON packet at all.
+    Packet(DecodeError),
+    /// The data does not fit.
+    Data(serde_json::Error),
+}
+
+/// Reads the `data` of a whole packet `body` as `T`, in one pass; a missing `data` is `null`.
+pub(crate) fn read_data<'de, T: Deserialize<'de>>(
+    body: &'de [u8],
+) -> std::result::Result<T, DataError> {
+    let not_json =
+        |e: &dyn std::fmt::Display| DataError::Packet(DecodeError::NotJson(e.to_string()));
+    let text = std::str::from_utf8(body).map_err(|e| not_json(&e))?;
+    match serde_json::from_str::<DataOf<T>>(text) {
+        Ok(DataOf {
+            data: Some(data), ..
+        }) => Ok(data),
+        Ok(DataOf { data: None, .. }) => serde_json::from_str("null").map_err(DataError::Data),
+        // The data may be read before a syntax error further on: the packet's own fault first.
+        Err(e) if e.is_data() => match serde_json::from_str::<IgnoredAny>(text) {
+            Ok(_) => Err(DataError::Data(e)),
+            Err(syntax) => Err(not_json(&syntax)),
+        },
+        Err(e) => Err(not_json(&e)),
+    }
+}
+
+/// Checks that `body` is a whole JSON packet, for a handler whose arguments did not read it.
+pub(crate) fn check_packet(body: &[u8]) -> std::result::Result<(), DataError> {
+    read_data::<IgnoredAny>(body).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +243,60 @@ mod tests {
             Some(r#"{"cmd":"sum"}"#)
         );
         assert_eq!(request.and_then(|p| p.id), Some("abc".to_owned()));
+    }
+
+    #[test]
+    fn event_patterns_are_read_without_parsing_the_rest() {
+        assert_eq!(
+            event_pattern(br#"{"pattern":"order_created","data":{"x":1}}"#),
+            Some("order_created")
+        );
+        assert_eq!(event_pattern(b" {\n \"pattern\" : \"a.b\" }"), Some("a.b"));
+        // Anything unusual is left to the full decoder.
+        for body in [
+            &br#"{"pattern":"a\"b","data":1}"#[..],
+            br#"{"pattern":{"cmd":"sum"},"data":1}"#,
+            br#"{"data":1,"pattern":"a"}"#,
+            br#"{"pattern":"a" x"#,
+            br#"{"pattern":"a"#,
+            b"{\"pattern\":\"\xff\",\"data\":1}",
+            b"not json",
+        ] {
+            assert_eq!(
+                event_pattern(body),
+                None,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn data_is_read_from_the_whole_packet_in_one_pass() {
+        let read = |body: &[u8]| read_data::<Vec<u32>>(body);
+        assert_eq!(
+            read(br#"{"pattern":"a","data":[1,2],"id":"x"}"#).ok(),
+            Some(vec![1, 2])
+        );
+        assert_eq!(
+            read_data::<Option<u32>>(br#"{"pattern":"a"}"#).ok(),
+            Some(None),
+            "a missing data is null"
+        );
+        assert!(matches!(
+            read(br#"{"pattern":"a","data":{}}"#),
+            Err(DataError::Data(_))
+        ));
+        assert!(matches!(
+            read(br#"{"pattern":"a","data":{}} x"#),
+            Err(DataError::Packet(DecodeError::NotJson(_)))
+        ));
+        assert!(matches!(
+            read(br#"{"pattern":"a","data":[1],"pattern":"b"}"#),
+            Err(DataError::Data(_))
+        ));
+        assert!(check_packet(br#"{"pattern":"a","data":{"any":[true]}}"#).is_ok());
+        assert!(check_packet(br#"{"pattern":"a","data":{"any":[true]}"#).is_err());
     }
 
     #[test]

@@ -129,6 +129,7 @@ pub struct RmqContext {
 struct Inner {
     pattern: String,
     delivery: DeliveryInfo,
+    body: Vec<u8>,
     acker: Arc<dyn Acker>,
     channel: Option<Arc<lapin::Channel>>,
     state: AtomicU8,
@@ -150,6 +151,7 @@ impl RmqContext {
     pub(crate) fn new(
         pattern: String,
         delivery: DeliveryInfo,
+        body: Vec<u8>,
         acker: Arc<dyn Acker>,
         channel: Option<Arc<lapin::Channel>>,
         auto_acked: bool,
@@ -160,6 +162,7 @@ impl RmqContext {
             inner: Arc::new(Inner {
                 pattern,
                 delivery,
+                body,
                 acker,
                 channel,
                 state: AtomicU8::new(state),
@@ -176,6 +179,11 @@ impl RmqContext {
     /// The delivery: queue, exchange, routing key, tag, redelivered flag, properties.
     pub fn delivery(&self) -> &DeliveryInfo {
         &self.inner.delivery
+    }
+
+    /// The message body as delivered: the whole packet, as JSON text.
+    pub fn body(&self) -> &[u8] {
+        &self.inner.body
     }
 
     /// The message properties (shortcut for `delivery().properties`).

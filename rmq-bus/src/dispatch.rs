@@ -10,9 +10,10 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tracing::{Instrument, field};
 
-use crate::codec::{Packet, decode, encode_no_handler, encode_reply};
+use crate::codec::{decode, encode_no_handler, encode_reply, event_pattern};
 use crate::config::{AckMode, FailurePolicy};
 use crate::context::{Acker, DeliveryInfo, Properties, RmqContext, Settlement};
 use crate::error::{Error, Result};
@@ -199,7 +200,13 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound) {
         attempts: attempt,
     };
     // Bad input never reaches a handler: dead-lettered with its reason (a request is told first).
-    let (packet, entry, key) = match route(router, policy, &inbound.body) {
+    let routed = route(router, policy, &inbound.body, &inbound.info.properties);
+    let Routed {
+        entry,
+        key,
+        data,
+        request_id,
+    } = match routed {
         Ok(routed) => routed,
         Err(refusal) => {
             if let Some(reply_to) = reply_address(&inbound.info, refusal.request_id) {
@@ -226,7 +233,7 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound) {
         }
     };
     tracing::Span::current().record("pattern", key.as_str());
-    let reply_to = reply_address(&inbound.info, packet.id.clone());
+    let reply_to = reply_address(&inbound.info, request_id);
     let trace = Trace {
         correlation_id: inbound.info.properties.correlation_id.clone(),
         traceparent: inbound
@@ -239,17 +246,15 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound) {
     };
     let redelivered = inbound.info.redelivered;
     let ctx = RmqContext::new(
-        key.clone(),
+        key,
         inbound.info,
+        inbound.body,
         inbound.acker,
         inbound.channel,
         auto_acked,
         Settlement::Nack { requeue: true },
     );
-    let message = Message {
-        data: packet.data,
-        ctx: ctx.clone(),
-    };
+    let message = Message::new(data, ctx.clone());
     let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.handler)(message))) {
         Ok(future) => trace::scope(trace, AssertUnwindSafe(future).catch_unwind()).await,
         Err(panic) => Err(panic),
@@ -320,8 +325,8 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound) {
         inbound.publisher.as_ref(),
         policy,
         ctx.delivery(),
-        Some(&key),
-        &inbound.body,
+        Some(ctx.pattern()),
+        ctx.body(),
         disposal,
         auto_acked,
     )
@@ -346,12 +351,26 @@ struct Refusal {
     request_id: Option<String>,
 }
 
-/// Decodes `body` and finds its handler.
+/// A delivery's handler, and what the dispatcher read of its packet.
+struct Routed<'r> {
+    entry: &'r Entry,
+    /// The normalised pattern.
+    key: String,
+    /// The data, when the packet was decoded in full; `None` when only its pattern was read.
+    data: Option<Box<RawValue>>,
+    /// The request id, when the packet is a request.
+    request_id: Option<String>,
+}
+
+/// Finds the handler of `body`. An event (no `reply_to`) in the usual layout is routed by its
+/// pattern alone, leaving the handler's arguments to parse the body once; anything else is
+/// decoded in full here.
 fn route<'r>(
     router: &'r Router,
     policy: &Policy,
     body: &[u8],
-) -> std::result::Result<(Packet, &'r Entry, String), Refusal> {
+    properties: &Properties,
+) -> std::result::Result<Routed<'r>, Refusal> {
     let refuse = |reason: String| Refusal {
         reason,
         pattern: None,
@@ -364,8 +383,18 @@ fn route<'r>(
             policy.max_bytes
         )));
     }
-    let packet = decode(body).map_err(|error| refuse(error.to_string()))?;
-    let key = packet.pattern.key().to_owned();
+    let sniffed = match properties.reply_to {
+        None => event_pattern(body),
+        Some(_) => None,
+    };
+    let (key, data, request_id) = match sniffed {
+        Some(pattern) => (pattern.to_owned(), None, None),
+        None => {
+            let packet = decode(body).map_err(|error| refuse(error.to_string()))?;
+            let key = packet.pattern.into_key();
+            (key, Some(packet.data), packet.id)
+        }
+    };
     // Routing keys have at most 255 bytes; a longer pattern matches no handler, and refusing it
     // here keeps wildcard matching cheap whatever a message claims.
     if key.len() > 255 {
@@ -375,14 +404,19 @@ fn route<'r>(
         )));
     }
     match router.get(&key) {
-        Some(entry) => Ok((packet, entry, key)),
+        Some(entry) => Ok(Routed {
+            entry,
+            key,
+            data,
+            request_id,
+        }),
         None => Err(Refusal {
             reason: format!(
                 "no handler for pattern {key:?}; this service handles: {}",
                 router.keys().join(", ")
             ),
             pattern: Some(key),
-            request_id: packet.id,
+            request_id,
         }),
     }
 }

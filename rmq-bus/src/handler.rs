@@ -7,31 +7,77 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
+use crate::codec::{DataError, check_packet, read_data};
 use crate::context::RmqContext;
 use crate::pattern::Pattern;
 use crate::rpc::Response;
 
-/// A message on its way to a handler: the decoded data and its context.
+/// A message on its way to a handler: its context (and body) and, when it was decoded apart,
+/// its data.
 #[derive(Debug)]
 pub struct Message {
-    pub(crate) data: Box<RawValue>,
+    /// The packet's `data`, when it was decoded apart from the body (requests, unusual layouts)
+    /// or replaced by an interceptor; `None` while it is still in the body, where the handler's
+    /// arguments read it in the same pass as the rest of the packet.
+    pub(crate) data: Option<Box<RawValue>>,
     pub(crate) ctx: RmqContext,
+    /// Whether an argument read the whole body, so that it is known to be a packet.
+    pub(crate) read: AtomicBool,
 }
 
 impl Message {
-    /// The packet's `data`, as raw JSON.
-    pub fn data(&self) -> &RawValue {
-        &self.data
+    pub(crate) fn new(data: Option<Box<RawValue>>, ctx: RmqContext) -> Self {
+        Self {
+            data,
+            ctx,
+            read: AtomicBool::new(false),
+        }
+    }
+
+    /// The packet's `data`, as raw JSON; `Err` when the body is not a JSON packet.
+    pub fn data(&self) -> Result<&RawValue, HandlerError> {
+        match &self.data {
+            Some(data) => Ok(data),
+            None => self
+                .read_body::<Option<&RawValue>>(|| "JSON".to_owned())
+                .map(|data| data.unwrap_or(RawValue::NULL)),
+        }
     }
 
     /// The delivery context.
     pub fn context(&self) -> &RmqContext {
         &self.ctx
+    }
+
+    /// Reads `data` as `T` from the whole body (`what` names `T` in errors).
+    fn read_body<'a, T: serde::Deserialize<'a>>(
+        &'a self,
+        what: impl FnOnce() -> String,
+    ) -> Result<T, HandlerError> {
+        let data = read_data(self.ctx.body()).map_err(|error| match error {
+            DataError::Packet(error) => HandlerError::BadInput(error.to_string()),
+            DataError::Data(e) => HandlerError::BadInput(format!("data is not {}: {e}", what())),
+        })?;
+        self.read.store(true, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    /// Ends extraction: a body none of the handler's arguments read is checked here, so that a
+    /// handler never runs for a message that is not a JSON packet.
+    pub(crate) fn finish(self) -> Result<(), HandlerError> {
+        if self.data.is_some() || self.read.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        check_packet(self.ctx.body()).map_err(|error| match error {
+            DataError::Packet(error) => HandlerError::BadInput(error.to_string()),
+            DataError::Data(e) => HandlerError::BadInput(format!("not a packet: {e}")),
+        })
     }
 }
 
@@ -207,9 +253,12 @@ impl FromMessage for RmqContext {
 
 /// Deserializes the whole data as `T`.
 pub(crate) fn payload<T: DeserializeOwned>(message: &Message) -> Result<T, HandlerError> {
-    serde_json::from_str(message.data.get()).map_err(|e| {
-        HandlerError::BadInput(format!("data is not a {}: {e}", std::any::type_name::<T>()))
-    })
+    let what = || format!("a {}", std::any::type_name::<T>());
+    match &message.data {
+        Some(data) => serde_json::from_str(data.get())
+            .map_err(|e| HandlerError::BadInput(format!("data is not {}: {e}", what()))),
+        None => message.read_body(what),
+    }
 }
 
 /// Deserializes `data[key]` as `T` (NestJS's `@Payload('key')`). A missing key is `null`, so an
@@ -218,10 +267,13 @@ pub(crate) fn payload_field<T: DeserializeOwned>(
     message: &Message,
     key: &str,
 ) -> Result<T, HandlerError> {
-    let fields: std::collections::HashMap<std::borrow::Cow<'_, str>, &RawValue> =
-        serde_json::from_str(message.data.get()).map_err(|e| {
-            HandlerError::BadInput(format!("data is not an object with a {key:?} key: {e}"))
-        })?;
+    type Fields<'a> = std::collections::HashMap<std::borrow::Cow<'a, str>, &'a RawValue>;
+    let what = || format!("an object with a {key:?} key");
+    let fields: Fields<'_> = match &message.data {
+        Some(data) => serde_json::from_str(data.get())
+            .map_err(|e| HandlerError::BadInput(format!("data is not {}: {e}", what())))?,
+        None => message.read_body(what)?,
+    };
     let raw = fields.get(key).map_or("null", |raw| raw.get());
     serde_json::from_str(raw).map_err(|e| {
         HandlerError::BadInput(format!(
@@ -260,7 +312,7 @@ macro_rules! impl_into_route {
                     let handler = self.clone();
                     async move {
                         $(let $arg = $arg::from_message(&message)?;)*
-                        drop(message);
+                        message.finish()?;
                         handler($($arg),*).await.into_handler_result()
                     }
                 })
@@ -280,7 +332,7 @@ macro_rules! impl_into_route {
                     let handler = self.clone();
                     async move {
                         $(let $arg = $arg::from_message(&message)?;)*
-                        drop(message);
+                        message.finish()?;
                         handler($($arg),*).await.into_reply()
                     }
                 })

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 
 use crate::context::RmqContext;
-use crate::handler::{BoxHandler, HandlerResult, Message, Route};
+use crate::handler::{BoxHandler, HandlerError, HandlerResult, Message, Route};
 
 /// The rest of the chain: the inner interceptors and the handler. Run it, or return without
 /// running it to refuse the message (`Err(HandlerError::BadInput(..))` dead-letters it).
@@ -32,14 +32,14 @@ impl Next {
         &self.message.ctx
     }
 
-    /// The message data, as raw JSON.
-    pub fn data(&self) -> &RawValue {
-        &self.message.data
+    /// The message data, as raw JSON; `Err` (bad input) when the body is not a JSON packet.
+    pub fn data(&self) -> Result<&RawValue, HandlerError> {
+        self.message.data()
     }
 
     /// Replaces the data the handler will see (enrichment).
     pub fn set_data(&mut self, data: Box<RawValue>) {
-        self.message.data = data;
+        self.message.data = Some(data);
     }
 
     /// Runs the rest of the chain.

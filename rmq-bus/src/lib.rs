@@ -238,6 +238,11 @@ pub mod __private {
         crate::handler::payload_field(message, key)
     }
 
+    /// Ends extraction (checks a body no argument read) and drops the message.
+    pub fn finish(message: Message) -> Result<(), HandlerError> {
+        message.finish()
+    }
+
     /// The context.
     pub fn context(message: &Message) -> crate::RmqContext {
         message.ctx.clone()

@@ -22,6 +22,11 @@ impl Pattern {
         &self.key
     }
 
+    /// The normalised routing key, taken out.
+    pub(crate) fn into_key(self) -> String {
+        self.key
+    }
+
     /// Reads a pattern off the wire. Strings and numbers are taken as text, objects normalised;
     /// anything else (null, arrays, booleans) is not a pattern.
     pub fn from_json(value: &Value) -> Option<Self> {

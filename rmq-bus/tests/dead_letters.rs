@@ -233,6 +233,61 @@ async fn a_poison_corpus_is_dead_lettered_with_reasons_and_the_consumer_serves_o
     broker.cleanup().await;
 }
 
+/// Events are parsed once, by the handler's arguments; a handler that reads no data still never
+/// runs for a body that only starts like a packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_without_data_never_sees_a_broken_packet() {
+    let broker = Broker::connect().await;
+    let (queue, dlq) = (unique("nodata"), unique("nodata-dlq"));
+    broker.forget_later(&queue);
+    broker.forget_later(&dlq);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let service = Microservice::new(options(&queue).prefetch(1).dead_letter_queue(&dlq))
+        .on_event("ping", move |ctx: RmqContext| {
+            let tx = tx.clone();
+            async move {
+                tx.send(String::from_utf8_lossy(ctx.body()).into_owned())
+                    .ok();
+                ctx.ack().await
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    let broken: [&[u8]; 3] = [
+        br#"{"pattern":"ping","data":{} trailing"#,
+        br#"{"pattern":"ping", oops}"#,
+        br#"{"pattern":"ping","data":1,"pattern":"ping"}"#,
+    ];
+    for body in broken {
+        broker.publish_raw(&queue, body).await;
+    }
+    let good = br#"{"pattern":"ping","data":null}"#;
+    broker.publish_raw(&queue, good).await;
+    let seen = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the good one is handled");
+    assert_eq!(seen.as_deref().map(str::as_bytes), Some(&good[..]));
+    assert_eq!(broker.wait_ready(&dlq, 3).await, 3);
+    let dead = broker.drain(&dlq).await;
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|(_, properties)| header(properties, "x-rmq-bus-error").unwrap_or_default())
+        .collect();
+    assert!(reasons[0].contains("not a JSON packet"), "{reasons:?}");
+    assert!(reasons[1].contains("not a JSON packet"), "{reasons:?}");
+    assert!(
+        reasons[2].contains("duplicate field `pattern`"),
+        "{reasons:?}"
+    );
+    assert!(
+        rx.try_recv().is_err(),
+        "no broken packet reached the handler"
+    );
+    service.shutdown().await.expect("shutdown");
+    broker.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_retries_then_success_or_the_dead_letter_queue() {
     let broker = Broker::connect().await;
