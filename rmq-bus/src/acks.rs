@@ -1,24 +1,25 @@
 //! Coalesced acknowledgements: handlers settle one message at a time, while on the wire one
 //! `basic.ack` with `multiple` covers the highest contiguous run of settled delivery tags.
 //!
-//! Acks are sent when enough are waiting (a share of the prefetch window) or after a short timer,
-//! so the window never starves; whatever a gap holds back is acked one by one at the timer. A nack
-//! or reject goes out at once, on its own, and counts as settled for the runs around it. A
-//! multiple ack is only ever sent for a tag that is itself still outstanding, and every frame
-//! goes out under one lock, so the broker sees settlements in a consistent order.
+//! A handler's ack only records the tag; a flusher task sends the acks when enough are waiting (a
+//! share of the prefetch window) or after a short timer, so the window never starves; whatever a
+//! gap holds back is acked one by one at the timer. A nack or reject goes out at once, on its own,
+//! and counts as settled for the runs around it. A multiple ack is only ever sent for a tag that
+//! is itself still outstanding, and every frame goes out under one lock, so the broker sees
+//! settlements in a consistent order.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tokio::sync::Notify;
 
-use crate::context::{Acker, Settlement};
+use crate::context::Settlement;
 use crate::error::{Error, Result};
+use crate::transport::Acker;
 
 /// Longest an ack waits before it is sent.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(1);
@@ -32,6 +33,8 @@ pub(crate) struct AckBatcher {
     /// Serialises frames, so a nack is on the wire before any multiple ack that passes its tag.
     send: tokio::sync::Mutex<()>,
     wake: Arc<Notify>,
+    /// Set when a batch is full: the flusher sends it without waiting for the timer.
+    full: AtomicBool,
     batch: usize,
 }
 
@@ -76,6 +79,7 @@ impl AckBatcher {
             state: Mutex::default(),
             send: tokio::sync::Mutex::new(()),
             wake: Arc::new(Notify::new()),
+            full: AtomicBool::new(false),
             batch,
         });
         tokio::spawn(flush_on_timer(
@@ -87,13 +91,13 @@ impl AckBatcher {
 
     /// The acker of delivery `tag`, which is outstanding until it is settled (`track`: false for
     /// deliveries the broker acked itself, `AckMode::NoAck`).
-    pub(crate) fn acker(self: &Arc<Self>, tag: u64, track: bool) -> DeliveryAcker {
+    pub(crate) fn acker(self: &Arc<Self>, tag: u64, track: bool) -> Acker {
         if track {
             self.lock().outstanding.insert(tag);
         }
-        DeliveryAcker {
-            tag,
+        Acker::Amqp {
             batcher: self.clone(),
+            tag,
         }
     }
 
@@ -102,34 +106,12 @@ impl AckBatcher {
         self.send_plan(true).await
     }
 
-    async fn settle(&self, tag: u64, settlement: Settlement) -> Result<()> {
+    /// Acks `tag`: recorded for the flusher, which sends it with the others.
+    pub(crate) fn ack(&self, tag: u64) -> Result<()> {
         if !self.channel.status().connected() {
             return Err(Error::ChannelClosed {
-                attempted: settlement,
+                attempted: Settlement::Ack,
             });
-        }
-        if settlement != Settlement::Ack {
-            let _frames = self.send.lock().await;
-            let sent = match settlement {
-                Settlement::Nack { requeue } => {
-                    let options = BasicNackOptions {
-                        multiple: false,
-                        requeue,
-                    };
-                    self.channel.basic_nack(tag, options).await
-                }
-                _ => {
-                    self.channel
-                        .basic_reject(tag, BasicRejectOptions { requeue: false })
-                        .await
-                }
-            };
-            sent.map_err(|_| Error::ChannelClosed {
-                attempted: settlement,
-            })?;
-            // Only now may a multiple ack pass this tag: the nack is on the wire before it.
-            self.lock().outstanding.remove(&tag);
-            return Ok(());
         }
         let waiting = {
             let mut state = self.lock();
@@ -138,9 +120,39 @@ impl AckBatcher {
             state.unsent.len()
         };
         if waiting >= self.batch {
-            self.send_plan(false).await?;
+            self.full.store(true, Ordering::Relaxed);
         }
         self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Nacks or rejects `tag` at once, on its own.
+    pub(crate) async fn refuse(&self, tag: u64, settlement: Settlement) -> Result<()> {
+        if !self.channel.status().connected() {
+            return Err(Error::ChannelClosed {
+                attempted: settlement,
+            });
+        }
+        let _frames = self.send.lock().await;
+        let sent = match settlement {
+            Settlement::Nack { requeue } => {
+                let options = BasicNackOptions {
+                    multiple: false,
+                    requeue,
+                };
+                self.channel.basic_nack(tag, options).await
+            }
+            _ => {
+                self.channel
+                    .basic_reject(tag, BasicRejectOptions { requeue: false })
+                    .await
+            }
+        };
+        sent.map_err(|_| Error::ChannelClosed {
+            attempted: settlement,
+        })?;
+        // Only now may a multiple ack pass this tag: the nack is on the wire before it.
+        self.lock().outstanding.remove(&tag);
         Ok(())
     }
 
@@ -172,40 +184,39 @@ impl AckBatcher {
     }
 }
 
-/// Sends waiting acks `FLUSH_INTERVAL` after being woken, until the batcher is gone or its
-/// channel closes. Holds no strong reference while it waits, so that the batcher can go.
+/// Sends waiting acks: a full batch as soon as it is full, the rest `FLUSH_INTERVAL` after the
+/// first of them, until the batcher is gone or its channel closes. Holds no strong reference
+/// while it waits, so that the batcher can go.
 async fn flush_on_timer(batcher: Weak<AckBatcher>, wake: Arc<Notify>) {
+    // Whether acks were left waiting by the last flush (held back behind a gap).
+    let mut left = false;
     loop {
-        // Wakes now and then anyway, to notice a dropped batcher.
-        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
-        match batcher.upgrade() {
-            None => return,
-            Some(strong) if strong.lock().unsent.is_empty() => continue,
-            Some(_) => {}
+        if !left {
+            // Wakes now and then anyway, to notice a dropped batcher.
+            let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
         }
-        tokio::time::sleep(FLUSH_INTERVAL).await;
+        let full = match batcher.upgrade() {
+            None => return,
+            Some(strong) if strong.lock().unsent.is_empty() => {
+                left = false;
+                continue;
+            }
+            Some(strong) => strong.full.swap(false, Ordering::Relaxed),
+        };
+        if !full {
+            tokio::time::sleep(FLUSH_INTERVAL).await;
+        }
         let Some(strong) = batcher.upgrade() else {
             return;
         };
         if !strong.channel.status().connected() {
             return;
         }
-        if let Err(error) = strong.send_plan(true).await {
+        // A full batch sends only its contiguous run; the timer sends everything.
+        if let Err(error) = strong.send_plan(!full).await {
             tracing::debug!(%error, "could not flush acks; the channel is closing");
         }
-    }
-}
-
-/// Settles one delivery through its channel's batcher.
-pub(crate) struct DeliveryAcker {
-    tag: u64,
-    batcher: Arc<AckBatcher>,
-}
-
-impl Acker for DeliveryAcker {
-    fn settle(&self, settlement: Settlement) -> BoxFuture<'static, Result<()>> {
-        let (tag, batcher) = (self.tag, self.batcher.clone());
-        async move { batcher.settle(tag, settlement).await }.boxed()
+        left = !strong.lock().unsent.is_empty();
     }
 }
 

@@ -489,8 +489,8 @@ pub(crate) fn inbound(
 ) -> Inbound {
     let info = DeliveryInfo {
         queue: queue.to_owned(),
-        exchange: delivery.exchange.as_str().to_owned(),
-        routing_key: delivery.routing_key.as_str().to_owned(),
+        exchange: delivery.exchange.into(),
+        routing_key: delivery.routing_key.into(),
         delivery_tag: delivery.delivery_tag,
         redelivered: delivery.redelivered,
         properties: properties(&delivery.properties),
@@ -498,7 +498,7 @@ pub(crate) fn inbound(
     Inbound {
         info,
         body: delivery.data,
-        acker: Arc::new(acks.acker(delivery.delivery_tag, track)),
+        acker: acks.acker(delivery.delivery_tag, track),
         publisher: publisher.clone(),
         channel: Some(channel.clone()),
     }

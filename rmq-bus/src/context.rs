@@ -8,9 +8,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use futures::future::BoxFuture;
-
 use crate::error::{Error, Result};
+use crate::transport::Acker;
 
 /// How a delivery was settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,12 +61,6 @@ impl Settlement {
 const PENDING: u8 = 0;
 /// Settled by the broker on delivery (`AckMode::NoAck`).
 const AUTO_ACKED: u8 = 5;
-
-/// Sends a settlement to whichever transport delivered the message.
-pub(crate) trait Acker: Send + Sync + 'static {
-    /// Settles the delivery; an error when the transport cannot (its channel is gone).
-    fn settle(&self, settlement: Settlement) -> BoxFuture<'static, Result<()>>;
-}
 
 /// Message properties, transport-neutral.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -130,7 +123,7 @@ struct Inner {
     pattern: String,
     delivery: DeliveryInfo,
     body: Vec<u8>,
-    acker: Arc<dyn Acker>,
+    acker: Acker,
     channel: Option<Arc<lapin::Channel>>,
     state: AtomicU8,
     /// What to do if the last clone is dropped unsettled; starts as the failure settlement.
@@ -152,7 +145,7 @@ impl RmqContext {
         pattern: String,
         delivery: DeliveryInfo,
         body: Vec<u8>,
-        acker: Arc<dyn Acker>,
+        acker: Acker,
         channel: Option<Arc<lapin::Channel>>,
         auto_acked: bool,
         on_drop: Settlement,
@@ -286,13 +279,13 @@ impl Drop for Inner {
         {
             return;
         }
-        let settle = self.acker.settle(settlement);
+        let acker = self.acker.clone();
         let tag = self.delivery.delivery_tag;
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 tracing::debug!(delivery_tag = tag, %settlement, "last context clone dropped unsettled; settling");
                 runtime.spawn(async move {
-                    if let Err(error) = settle.await {
+                    if let Err(error) = acker.settle(settlement).await {
                         tracing::warn!(delivery_tag = tag, %error, "could not settle a dropped delivery");
                     }
                 });

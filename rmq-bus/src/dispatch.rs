@@ -15,13 +15,14 @@ use tracing::{Instrument, field};
 
 use crate::codec::{decode, encode_no_handler, encode_reply, event_pattern};
 use crate::config::{AckMode, FailurePolicy};
-use crate::context::{Acker, DeliveryInfo, Properties, RmqContext, Settlement};
+use crate::context::{DeliveryInfo, Properties, RmqContext, Settlement};
 use crate::error::{Error, Result};
 use crate::handler::{BoxHandler, HandlerError, Message, Route, RouteKind};
 use crate::pattern::{is_wildcard, wildcard_matches};
 use crate::retry::{ATTEMPT_HEADER, RetryPolicy, now_rfc3339};
 use crate::rpc::{Response, RpcError, failure_response};
 use crate::trace::{self, Trace};
+use crate::transport::Acker;
 
 /// Where the dispatcher republishes a delivery.
 pub(crate) enum Target {
@@ -55,7 +56,7 @@ pub(crate) trait Publisher: Send + Sync + 'static {
 pub(crate) struct Inbound {
     pub(crate) info: DeliveryInfo,
     pub(crate) body: Vec<u8>,
-    pub(crate) acker: Arc<dyn Acker>,
+    pub(crate) acker: Acker,
     pub(crate) publisher: Arc<dyn Publisher>,
     pub(crate) channel: Option<Arc<lapin::Channel>>,
 }
@@ -229,7 +230,7 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound) {
                 auto_acked,
             )
             .await;
-            return settle_direct(inbound.acker.as_ref(), settlement, auto_acked).await;
+            return settle_direct(&inbound.acker, settlement, auto_acked).await;
         }
     };
     tracing::Span::current().record("pattern", key.as_str());
@@ -488,7 +489,7 @@ async fn dispose(
 }
 
 /// Settles a delivery that never reached a handler.
-async fn settle_direct(acker: &dyn Acker, settlement: Settlement, auto_acked: bool) {
+async fn settle_direct(acker: &Acker, settlement: Settlement, auto_acked: bool) {
     if auto_acked {
         return;
     }

@@ -58,12 +58,13 @@ pub(crate) fn new_id() -> String {
     let bits = random_128() & !(0xf000 << 64) & !(0xc000 << 48) | (0x4000 << 64) | (0x8000 << 48);
     let mut id = [b'-'; 36];
     let mut at = 0;
-    for nibble in 0..32 {
-        if matches!(nibble, 8 | 12 | 16 | 20) {
+    for (i, byte) in bits.to_be_bytes().into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
             at += 1;
         }
-        id[at] = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
-        at += 1;
+        id[at] = HEX[usize::from(byte >> 4)];
+        id[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
     std::str::from_utf8(&id)
         .map(str::to_owned)

@@ -17,7 +17,7 @@ use tokio::sync::OnceCell;
 use crate::acks::AckBatcher;
 use crate::amqp::{self, ServerPublisher};
 use crate::config::{AckMode, RmqOptions};
-use crate::context::{Acker, DeliveryInfo, Properties, Settlement};
+use crate::context::{DeliveryInfo, Properties, Settlement};
 use crate::dispatch::{Inbound, Publisher, Router, Target};
 use crate::error::{Error, Result};
 use crate::memory::{self, MemoryAcker, MemoryBroker, MemoryConsumer, MemoryError, PublishOutcome};
@@ -455,7 +455,7 @@ impl Source {
                     Ok(Inbound {
                         info,
                         body: delivery.body,
-                        acker: Arc::new(MemorySettle(delivery.acker)),
+                        acker: Acker::Memory(delivery.acker),
                         publisher: publisher.clone(),
                         channel: None,
                     })
@@ -500,21 +500,35 @@ impl Source {
     }
 }
 
-/// Settles through the in-memory broker.
-struct MemorySettle(MemoryAcker);
+/// Settles one delivery through the transport that delivered it. A plain enum rather than a
+/// trait object: it is made for every delivery, and an ack is settled without allocating.
+#[derive(Clone)]
+pub(crate) enum Acker {
+    /// Through the consumer channel's ack batcher.
+    Amqp { batcher: Arc<AckBatcher>, tag: u64 },
+    /// Through the in-memory broker.
+    Memory(MemoryAcker),
+}
 
-impl Acker for MemorySettle {
-    fn settle(&self, settlement: Settlement) -> BoxFuture<'static, Result<()>> {
-        let result = self.0.settle(settlement).map_err(|error| match error {
-            MemoryError::Disconnected => Error::ChannelClosed {
-                attempted: settlement,
-            },
-            MemoryError::PreconditionFailed(_) => Error::AlreadySettled {
-                previous: settlement,
-            },
-            other => memory_error("settling", other),
-        });
-        futures::future::ready(result).boxed()
+impl Acker {
+    /// Settles the delivery. An ack is queued for the next coalesced `basic.ack`; a nack or
+    /// reject is on the wire when this returns.
+    pub(crate) async fn settle(&self, settlement: Settlement) -> Result<()> {
+        match self {
+            Acker::Amqp { batcher, tag } if settlement == Settlement::Ack => batcher.ack(*tag),
+            // Boxed: lapin's frame futures are large, and every handler awaiting an ack
+            // would carry one.
+            Acker::Amqp { batcher, tag } => Box::pin(batcher.refuse(*tag, settlement)).await,
+            Acker::Memory(acker) => acker.settle(settlement).map_err(|error| match error {
+                MemoryError::Disconnected => Error::ChannelClosed {
+                    attempted: settlement,
+                },
+                MemoryError::PreconditionFailed(_) => Error::AlreadySettled {
+                    previous: settlement,
+                },
+                other => memory_error("settling", other),
+            }),
+        }
     }
 }
 
