@@ -133,7 +133,7 @@ impl ClientProxy {
         let mut confirm = self.publish(&link, pattern, body, properties).await?;
         let wait = self.inner.options.confirm_wait();
         match tokio::time::timeout(wait, &mut confirm).await {
-            Ok(confirmation) => confirmation,
+            Ok(confirmation) => confirmation.map_err(|error| self.name_nack(error, pattern)),
             Err(_) => {
                 // lapin keeps an abandoned confirm for the life of the channel: see it through.
                 tokio::spawn(confirm);
@@ -214,7 +214,7 @@ impl ClientProxy {
                 confirmation = &mut confirm, if !confirmed => {
                     confirmed = true;
                     if let Err(error) = confirmation {
-                        break Err(error);
+                        break Err(self.name_nack(error, &pattern));
                     }
                 }
                 () = &mut expired => break Err(timed_out()),
@@ -249,8 +249,18 @@ impl ClientProxy {
         }
     }
 
-    /// Properties of an outgoing message: JSON, delivery mode, and the conversation's
-    /// correlation id and traceparent.
+    /// A nack names where the message went, which only the client knows.
+    fn name_nack(&self, error: Error, pattern: &Pattern) -> Error {
+        match error {
+            Error::Nacked { .. } => Error::Nacked {
+                queue: self.target(pattern),
+            },
+            other => other,
+        }
+    }
+
+    /// Properties of an outgoing message: delivery mode, and the conversation's correlation id
+    /// and traceparent (the link adds the JSON content type).
     fn properties(&self, request_id: Option<&str>, persistent: bool) -> Properties {
         let current = trace::current();
         let correlation_id = request_id
@@ -258,7 +268,6 @@ impl ClientProxy {
             .or_else(|| current.as_ref().and_then(|t| t.correlation_id.clone()))
             .unwrap_or_else(trace::new_id);
         let mut properties = Properties {
-            content_type: Some("application/json".to_owned()),
             delivery_mode: Some(if persistent { 2 } else { 1 }),
             correlation_id: Some(correlation_id),
             ..Properties::default()

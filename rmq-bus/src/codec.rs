@@ -13,6 +13,9 @@ use crate::error::{Error, Result};
 use crate::pattern::Pattern;
 use crate::rpc::{NO_HANDLER, Response};
 
+/// The content type of every message rmq-bus publishes.
+pub(crate) const CONTENT_TYPE: &str = "application/json";
+
 /// An outgoing event packet.
 #[derive(Serialize)]
 struct EventPacket<'a, T: ?Sized> {

@@ -2,7 +2,10 @@
 //! broker (`memory://name`), behind one small surface. Everything above this module (encoding,
 //! routing, settling, retries, replies) is the same for both.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
@@ -11,19 +14,45 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Confirmation, Connection};
+use lapin::{Confirmation, Connection, PublisherConfirm};
 use tokio::sync::OnceCell;
 
 use crate::acks::AckBatcher;
 use crate::amqp::{self, ServerPublisher};
+use crate::codec;
 use crate::config::{AckMode, RmqOptions};
 use crate::context::{DeliveryInfo, Properties, Settlement};
 use crate::dispatch::{Inbound, Publisher, Router, Target};
 use crate::error::{Error, Result};
 use crate::memory::{self, MemoryAcker, MemoryBroker, MemoryConsumer, MemoryError, PublishOutcome};
 
-/// The broker's confirm of one publish: `Ok` once it has the message.
-pub(crate) type Confirm = BoxFuture<'static, Result<()>>;
+/// The broker's confirm of one publish: `Ok` once it has the message. A named future rather
+/// than a boxed one, as one is made for every publish. A nack is [`Error::Nacked`] with an empty
+/// `queue`: the caller, which knows where it published, names it.
+pub(crate) enum Confirm {
+    Amqp(PublisherConfirm),
+    Done(Option<Result<()>>),
+}
+
+impl Future for Confirm {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        match self.get_mut() {
+            Confirm::Amqp(confirm) => Pin::new(confirm).poll(cx).map(|confirmed| match confirmed {
+                Err(error) => Err(Error::from_lapin("waiting for the publish confirm", error)),
+                Ok(Confirmation::Ack(Some(returned))) => Err(Error::Unroutable {
+                    routing_key: returned.delivery.routing_key.as_str().to_owned(),
+                }),
+                Ok(Confirmation::Nack(_)) => Err(Error::Nacked {
+                    queue: String::new(),
+                }),
+                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
+            }),
+            Confirm::Done(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
+        }
+    }
+}
 
 /// Called with each reply's correlation id and body.
 pub(crate) type OnReply = Arc<dyn Fn(Option<String>, Vec<u8>) + Send + Sync>;
@@ -108,7 +137,7 @@ impl Link {
         }
     }
 
-    /// Hands a message to the broker, as mandatory; the returned future is its confirm.
+    /// Hands a JSON message to the broker, as mandatory; the returned future is its confirm.
     pub(crate) async fn publish(
         &self,
         exchange: &str,
@@ -128,30 +157,21 @@ impl Link {
                         amqp::short("routing key", routing_key)?,
                         publish,
                         body,
-                        amqp::basic_properties(properties)?,
+                        amqp::basic_properties(properties)?
+                            .with_content_type(ShortString::from(codec::CONTENT_TYPE)),
                     )
                     .await
                     .map_err(|e| Error::from_lapin("publishing", e))?;
-                let target = routing_key.to_owned();
-                Ok(async move {
-                    match confirm.await {
-                        Err(error) => {
-                            Err(Error::from_lapin("waiting for the publish confirm", error))
-                        }
-                        Ok(Confirmation::Ack(Some(returned))) => Err(Error::Unroutable {
-                            routing_key: returned.delivery.routing_key.as_str().to_owned(),
-                        }),
-                        Ok(Confirmation::Nack(_)) => Err(Error::Nacked { queue: target }),
-                        Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
-                    }
-                }
-                .boxed())
+                Ok(Confirm::Amqp(confirm))
             }
             LinkKind::Memory(broker) => {
-                let outcome =
-                    broker.publish(exchange, routing_key, body.to_vec(), properties.clone());
+                let properties = Properties {
+                    content_type: Some(codec::CONTENT_TYPE.to_owned()),
+                    ..properties.clone()
+                };
+                let outcome = broker.publish(exchange, routing_key, body.to_vec(), properties);
                 let result = memory_publish_result(outcome, routing_key);
-                Ok(futures::future::ready(result).boxed())
+                Ok(Confirm::Done(Some(result)))
             }
         }
     }
