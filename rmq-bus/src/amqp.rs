@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::acks::AckBatcher;
 use crate::config::{Exchange, ExchangeKind, RmqOptions, redact_uri};
-use crate::context::{DeliveryInfo, Properties};
+use crate::context::{DeliveryInfo, Properties, RmqContext};
 use crate::dispatch::{Inbound, Publisher, Target};
 use crate::error::{Error, Result};
 
@@ -495,11 +495,10 @@ pub(crate) fn inbound(
         redelivered: delivery.redelivered,
         properties: properties(&delivery.properties),
     };
+    let acker = acks.acker(delivery.delivery_tag, track);
+    let ctx = RmqContext::new(info, delivery.data, acker, Some(channel.clone()), !track);
     Inbound {
-        info,
-        body: delivery.data,
-        acker: acks.acker(delivery.delivery_tag, track),
+        ctx,
         publisher: publisher.clone(),
-        channel: Some(channel.clone()),
     }
 }

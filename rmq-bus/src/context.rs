@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::transport::Acker;
@@ -120,7 +120,8 @@ pub struct RmqContext {
 }
 
 struct Inner {
-    pattern: String,
+    /// Set once the dispatcher has routed the message.
+    pattern: OnceLock<String>,
     delivery: DeliveryInfo,
     body: Vec<u8>,
     acker: Acker,
@@ -133,7 +134,7 @@ struct Inner {
 impl fmt::Debug for RmqContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RmqContext")
-            .field("pattern", &self.inner.pattern)
+            .field("pattern", &self.pattern())
             .field("delivery", &self.inner.delivery)
             .field("settled", &self.settlement())
             .finish_non_exhaustive()
@@ -141,32 +142,38 @@ impl fmt::Debug for RmqContext {
 }
 
 impl RmqContext {
+    /// The context of a delivery, made by the transport that received it. `auto_acked`: the
+    /// broker settled it on delivery (`AckMode::NoAck`). Unsettled when its last clone goes,
+    /// it is requeued.
     pub(crate) fn new(
-        pattern: String,
         delivery: DeliveryInfo,
         body: Vec<u8>,
         acker: Acker,
         channel: Option<Arc<lapin::Channel>>,
         auto_acked: bool,
-        on_drop: Settlement,
     ) -> Self {
         let state = if auto_acked { AUTO_ACKED } else { PENDING };
         Self {
             inner: Arc::new(Inner {
-                pattern,
+                pattern: OnceLock::new(),
                 delivery,
                 body,
                 acker,
                 channel,
                 state: AtomicU8::new(state),
-                on_drop: AtomicU8::new(on_drop.code()),
+                on_drop: AtomicU8::new(Settlement::Nack { requeue: true }.code()),
             }),
         }
     }
 
+    /// Records the pattern the message was routed by.
+    pub(crate) fn set_pattern(&self, pattern: String) {
+        let _ = self.inner.pattern.set(pattern);
+    }
+
     /// The pattern the message was routed by (normalised, see [`Pattern::key`](crate::Pattern::key)).
     pub fn pattern(&self) -> &str {
-        &self.inner.pattern
+        self.inner.pattern.get().map_or("", String::as_str)
     }
 
     /// The delivery: queue, exchange, routing key, tag, redelivered flag, properties.

@@ -22,7 +22,6 @@ use crate::pattern::{is_wildcard, wildcard_matches};
 use crate::retry::{ATTEMPT_HEADER, RetryPolicy, now_rfc3339};
 use crate::rpc::{Response, RpcError, failure_response};
 use crate::trace::{self, Trace};
-use crate::transport::Acker;
 
 /// Where the dispatcher republishes a delivery.
 pub(crate) enum Target {
@@ -52,13 +51,11 @@ pub(crate) trait Publisher: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<()>>;
 }
 
-/// A delivery as any transport hands it over.
+/// A delivery as any transport hands it over: its context (delivery, body, how to settle it) and
+/// where to publish on its behalf.
 pub(crate) struct Inbound {
-    pub(crate) info: DeliveryInfo,
-    pub(crate) body: Vec<u8>,
-    pub(crate) acker: Acker,
+    pub(crate) ctx: RmqContext,
     pub(crate) publisher: Arc<dyn Publisher>,
-    pub(crate) channel: Option<Arc<lapin::Channel>>,
 }
 
 /// One registered handler.
@@ -174,88 +171,52 @@ struct ReplyTo {
 
 /// Handles one delivery from start to settlement, inside a span with its queue, tag and pattern.
 ///
-/// Not an `async fn`, and the delivery is used in place rather than taken apart: the future
-/// holds one copy of it, not three, and it is allocated and moved once per message.
+/// One is allocated for every delivery, so it is kept small (under the allocator's fast size
+/// classes): the delivery stays behind its context's pointer, and the paths a plain event never
+/// takes (refusals, replies, republishing) are boxed when taken.
 pub(crate) fn dispatch(
     router: Arc<Router>,
     policy: Arc<Policy>,
     inbound: Inbound,
 ) -> impl Future<Output = ()> + Send + 'static {
+    let info = inbound.ctx.delivery();
     let span = tracing::info_span!(
         "rmq.delivery",
-        queue = %inbound.info.queue,
-        delivery_tag = inbound.info.delivery_tag,
-        redelivered = inbound.info.redelivered,
-        correlation_id = inbound.info.properties.correlation_id.as_deref().unwrap_or(""),
+        queue = %info.queue,
+        delivery_tag = info.delivery_tag,
+        redelivered = info.redelivered,
+        correlation_id = info.properties.correlation_id.as_deref().unwrap_or(""),
         pattern = field::Empty,
     );
     run(router, policy, inbound).instrument(span)
 }
 
 async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound) {
+    let Inbound { ctx, publisher } = inbound;
     let (router, policy) = (router.as_ref(), policy.as_ref());
-    let auto_acked = policy.ack_mode == AckMode::NoAck;
-    let attempt = attempt_of(&inbound.info.properties);
-    let bad_input = |reason: String| Disposal::DeadLetter {
-        reason,
-        attempts: attempt,
-    };
+    let info = ctx.delivery();
+    let attempt = attempt_of(&info.properties);
     // Bad input never reaches a handler: dead-lettered with its reason (a request is told first).
-    let routed = route(router, policy, &inbound.body, &inbound.info.properties);
-    let Routed {
-        entry,
-        key,
-        data,
-        request_id,
-    } = match routed {
+    let routed = match route(router, policy, ctx.body(), &info.properties) {
         Ok(routed) => routed,
         Err(refusal) => {
-            if let Some(reply_to) = reply_address(&inbound.info, refusal.request_id) {
-                send_reply(
-                    inbound.publisher.as_ref(),
-                    &reply_to,
-                    encode_no_handler(&reply_to.id),
-                )
-                .await;
-            }
-            let disposal = bad_input(refusal.reason);
-            let pattern = refusal.pattern.as_deref();
-            let settlement = dispose(
-                inbound.publisher.as_ref(),
-                policy,
-                &inbound.info,
-                pattern,
-                &inbound.body,
-                disposal,
-                auto_acked,
-            )
-            .await;
-            return settle_direct(&inbound.acker, settlement, auto_acked).await;
+            return Box::pin(refuse(publisher.as_ref(), policy, &ctx, refusal, attempt)).await;
         }
     };
-    tracing::Span::current().record("pattern", key.as_str());
-    let reply_to = reply_address(&inbound.info, request_id);
+    let entry = routed.entry;
+    tracing::Span::current().record("pattern", routed.key.as_str());
+    ctx.set_pattern(routed.key);
+    let reply_to = reply_address(info, routed.request_id);
     let trace = Trace {
-        correlation_id: inbound.info.properties.correlation_id.clone(),
-        traceparent: inbound
-            .info
+        correlation_id: info.properties.correlation_id.clone(),
+        traceparent: info
             .properties
             .headers
             .get("traceparent")
             .and_then(Value::as_str)
             .map(str::to_owned),
     };
-    let redelivered = inbound.info.redelivered;
-    let ctx = RmqContext::new(
-        key,
-        inbound.info,
-        inbound.body,
-        inbound.acker,
-        inbound.channel,
-        auto_acked,
-        Settlement::Nack { requeue: true },
-    );
-    let message = Message::new(data, ctx.clone());
+    let message = Message::new(routed.data, ctx.clone());
     let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.handler)(message))) {
         Ok(future) => trace::scope(trace, AssertUnwindSafe(future).catch_unwind()).await,
         Err(panic) => Err(panic),
@@ -274,7 +235,7 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound) {
             reason,
             attempts: attempt,
         },
-        (None, None) if policy.on_failure == FailurePolicy::RequeueOnce && !redelivered => {
+        (None, None) if policy.on_failure == FailurePolicy::RequeueOnce && !info.redelivered => {
             Disposal::Settle(Settlement::Nack { requeue: true })
         }
         (None, None) => Disposal::DeadLetter {
@@ -286,10 +247,11 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound) {
         Ok(Ok(response)) => (Disposal::Settle(Settlement::Ack), response),
         Ok(Err(error @ HandlerError::BadInput(_))) => {
             tracing::warn!(reason = %error, "bad input: dead-lettering");
-            (
-                bad_input(error.to_string()),
-                Response::Error(failure_response(&error)),
-            )
+            let disposal = Disposal::DeadLetter {
+                reason: error.to_string(),
+                attempts: attempt,
+            };
+            (disposal, Response::Error(failure_response(&error)))
         }
         Ok(Err(error)) => {
             tracing::error!(%error, attempt, "handler failed");
@@ -308,30 +270,20 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound) {
         }
     };
     if let Some(reply_to) = &reply_to {
-        send_reply(
-            inbound.publisher.as_ref(),
-            reply_to,
-            encode_reply(&response),
-        )
-        .await;
+        let body = encode_reply(&response);
+        Box::pin(send_reply(publisher.as_ref(), reply_to, body)).await;
     }
-    if !ctx.take_over(disposal.fallback(redelivered)) {
+    if !ctx.take_over(disposal.fallback(info.redelivered)) {
         return;
     }
     let acked_for_handler = matches!(disposal, Disposal::Settle(Settlement::Ack))
         && entry.kind == RouteKind::Event
         && reply_to.is_none()
         && policy.ack_mode == AckMode::Manual;
-    let settlement = dispose(
-        inbound.publisher.as_ref(),
-        policy,
-        ctx.delivery(),
-        Some(ctx.pattern()),
-        ctx.body(),
-        disposal,
-        auto_acked,
-    )
-    .await;
+    let settlement = match disposal {
+        Disposal::Settle(settlement) => settlement,
+        disposal => Box::pin(dispose(publisher.as_ref(), policy, &ctx, disposal)).await,
+    };
     match ctx.settle_taken(settlement).await {
         Ok(()) if acked_for_handler => {
             tracing::warn!(
@@ -340,6 +292,36 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound) {
         }
         Ok(()) => {}
         Err(error) => tracing::warn!(%error, "could not settle"),
+    }
+}
+
+/// Disposes of a delivery that reaches no handler: tells a request's sender, then dead-letters it
+/// with the reason.
+async fn refuse(
+    publisher: &dyn Publisher,
+    policy: &Policy,
+    ctx: &RmqContext,
+    refusal: Refusal,
+    attempt: u32,
+) {
+    if let Some(reply_to) = reply_address(ctx.delivery(), refusal.request_id) {
+        send_reply(publisher, &reply_to, encode_no_handler(&reply_to.id)).await;
+    }
+    if let Some(pattern) = refusal.pattern {
+        ctx.set_pattern(pattern);
+    }
+    let disposal = Disposal::DeadLetter {
+        reason: refusal.reason,
+        attempts: attempt,
+    };
+    // No handler holds the context, so the dispatcher takes it over unless the broker already
+    // settled it (`AckMode::NoAck`, where `dispose` only logs).
+    let fallback = disposal.fallback(ctx.redelivered());
+    let settlement = dispose(publisher, policy, ctx, disposal).await;
+    if ctx.take_over(fallback)
+        && let Err(error) = ctx.settle_taken(settlement).await
+    {
+        tracing::warn!(%error, "could not settle");
     }
 }
 
@@ -428,12 +410,11 @@ fn route<'r>(
 async fn dispose(
     publisher: &dyn Publisher,
     policy: &Policy,
-    info: &DeliveryInfo,
-    pattern: Option<&str>,
-    body: &[u8],
+    ctx: &RmqContext,
     disposal: Disposal,
-    auto_acked: bool,
 ) -> Settlement {
+    let (info, pattern, body) = (ctx.delivery(), ctx.pattern(), ctx.body());
+    let auto_acked = policy.ack_mode == AckMode::NoAck;
     let (target, properties, done) = match disposal {
         Disposal::Settle(settlement) => return settlement,
         Disposal::Retry { attempt, delay } => {
@@ -463,7 +444,7 @@ async fn dispose(
             headers.remove(ATTEMPT_HEADER);
             headers.insert("x-rmq-bus-error".into(), reason.as_str().into());
             headers.insert("x-rmq-bus-queue".into(), info.queue.as_str().into());
-            headers.insert("x-rmq-bus-pattern".into(), pattern.unwrap_or("").into());
+            headers.insert("x-rmq-bus-pattern".into(), pattern.into());
             headers.insert("x-rmq-bus-attempts".into(), attempts.into());
             headers.insert("x-rmq-bus-failed-at".into(), now_rfc3339().into());
             tracing::warn!(%reason, dead_letter_queue = %queue, "dead-lettering");
@@ -485,16 +466,6 @@ async fn dispose(
             tracing::error!(%error, "could not republish; requeueing the message so that it is not lost");
             Settlement::Nack { requeue: true }
         }
-    }
-}
-
-/// Settles a delivery that never reached a handler.
-async fn settle_direct(acker: &Acker, settlement: Settlement, auto_acked: bool) {
-    if auto_acked {
-        return;
-    }
-    if let Err(error) = acker.settle(settlement).await {
-        tracing::warn!(%error, "could not settle");
     }
 }
 

@@ -21,7 +21,7 @@ use crate::acks::AckBatcher;
 use crate::amqp::{self, ServerPublisher};
 use crate::codec;
 use crate::config::{AckMode, RmqOptions};
-use crate::context::{DeliveryInfo, Properties, Settlement};
+use crate::context::{DeliveryInfo, Properties, RmqContext, Settlement};
 use crate::dispatch::{Inbound, Publisher, Router, Target};
 use crate::error::{Error, Result};
 use crate::memory::{self, MemoryAcker, MemoryBroker, MemoryConsumer, MemoryError, PublishOutcome};
@@ -416,6 +416,7 @@ impl Session {
                     consumer,
                     publisher: publisher.clone(),
                     queue,
+                    no_ack,
                 })
             }
         }
@@ -447,6 +448,8 @@ pub(crate) enum Source {
         consumer: MemoryConsumer,
         publisher: Arc<MemoryPublisher>,
         queue: String,
+        /// The broker acks deliveries itself (`AckMode::NoAck`).
+        no_ack: bool,
     },
 }
 
@@ -462,7 +465,7 @@ impl Source {
                 }
                 None => Err("its channel closed".to_owned()),
             },
-            Source::Memory { consumer, publisher, queue } => match consumer.next().await {
+            Source::Memory { consumer, publisher, queue, no_ack } => match consumer.next().await {
                 Some(delivery) => {
                     let info = DeliveryInfo {
                         queue: queue.clone(),
@@ -472,12 +475,10 @@ impl Source {
                         redelivered: delivery.redelivered,
                         properties: delivery.properties,
                     };
+                    let acker = Acker::Memory(delivery.acker);
                     Ok(Inbound {
-                        info,
-                        body: delivery.body,
-                        acker: Acker::Memory(delivery.acker),
+                        ctx: RmqContext::new(info, delivery.body, acker, None, *no_ack),
                         publisher: publisher.clone(),
-                        channel: None,
                     })
                 }
                 None => Err("the in-memory broker ended the consumer (disconnect, or the queue was deleted)".to_owned()),
