@@ -121,7 +121,7 @@ pub struct RmqContext {
 
 struct Inner {
     /// Set once the dispatcher has routed the message.
-    pattern: OnceLock<String>,
+    pattern: OnceLock<Arc<str>>,
     delivery: DeliveryInfo,
     body: Vec<u8>,
     acker: Acker,
@@ -167,13 +167,13 @@ impl RmqContext {
     }
 
     /// Records the pattern the message was routed by.
-    pub(crate) fn set_pattern(&self, pattern: String) {
+    pub(crate) fn set_pattern(&self, pattern: Arc<str>) {
         let _ = self.inner.pattern.set(pattern);
     }
 
     /// The pattern the message was routed by (normalised, see [`Pattern::key`](crate::Pattern::key)).
     pub fn pattern(&self) -> &str {
-        self.inner.pattern.get().map_or("", String::as_str)
+        self.inner.pattern.get().map_or("", |pattern| pattern)
     }
 
     /// The delivery: queue, exchange, routing key, tag, redelivered flag, properties.

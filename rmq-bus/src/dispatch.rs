@@ -2,6 +2,7 @@
 //! request, and dispose of the delivery by the configured policy (ack, retry, dead-letter),
 //! whatever happens.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tracing::{Instrument, field};
+use tracing::{Instrument, Span, field};
 
 use crate::codec::{decode, encode_no_handler, encode_reply, event_pattern};
 use crate::config::{AckMode, FailurePolicy};
@@ -21,7 +22,7 @@ use crate::handler::{BoxHandler, HandlerError, Message, Route, RouteKind};
 use crate::pattern::{is_wildcard, wildcard_matches};
 use crate::retry::{ATTEMPT_HEADER, RetryPolicy, now_rfc3339};
 use crate::rpc::{Response, RpcError, failure_response};
-use crate::trace::{self, Trace};
+use crate::trace;
 
 /// Where the dispatcher republishes a delivery.
 pub(crate) enum Target {
@@ -60,6 +61,9 @@ pub(crate) struct Inbound {
 
 /// One registered handler.
 struct Entry {
+    /// Its pattern, shared with the context of every message it handles; `None` for a
+    /// wildcard, whose messages keep their own.
+    key: Option<Arc<str>>,
     kind: RouteKind,
     retry: Option<RetryPolicy>,
     handler: BoxHandler,
@@ -79,6 +83,7 @@ impl Router {
         for route in routes {
             let key = route.pattern.key().to_owned();
             let entry = Entry {
+                key: (!is_wildcard(&key)).then(|| Arc::from(key.as_str())),
                 kind: route.kind,
                 retry: route.retry,
                 handler: route.handler,
@@ -188,10 +193,11 @@ pub(crate) fn dispatch(
         correlation_id = info.properties.correlation_id.as_deref().unwrap_or(""),
         pattern = field::Empty,
     );
-    run(router, policy, inbound).instrument(span)
+    run(router, policy, inbound, span.clone()).instrument(span)
 }
 
-async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound) {
+/// `span`: the delivery's own, to record the pattern in once known.
+async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound, span: Span) {
     let Inbound { ctx, publisher } = inbound;
     let (router, policy) = (router.as_ref(), policy.as_ref());
     let info = ctx.delivery();
@@ -204,21 +210,12 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound) {
         }
     };
     let entry = routed.entry;
-    tracing::Span::current().record("pattern", routed.key.as_str());
+    span.record("pattern", &*routed.key);
     ctx.set_pattern(routed.key);
     let reply_to = reply_address(info, routed.request_id);
-    let trace = Trace {
-        correlation_id: info.properties.correlation_id.clone(),
-        traceparent: info
-            .properties
-            .headers
-            .get("traceparent")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-    };
     let message = Message::new(routed.data, ctx.clone());
     let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.handler)(message))) {
-        Ok(future) => trace::scope(trace, AssertUnwindSafe(future).catch_unwind()).await,
+        Ok(future) => trace::scope(ctx.clone(), AssertUnwindSafe(future).catch_unwind()).await,
         Err(panic) => Err(panic),
     };
 
@@ -308,7 +305,7 @@ async fn refuse(
         send_reply(publisher, &reply_to, encode_no_handler(&reply_to.id)).await;
     }
     if let Some(pattern) = refusal.pattern {
-        ctx.set_pattern(pattern);
+        ctx.set_pattern(Arc::from(pattern));
     }
     let disposal = Disposal::DeadLetter {
         reason: refusal.reason,
@@ -338,7 +335,7 @@ struct Refusal {
 struct Routed<'r> {
     entry: &'r Entry,
     /// The normalised pattern.
-    key: String,
+    key: Arc<str>,
     /// The data, when the packet was decoded in full; `None` when only its pattern was read.
     data: Option<Box<RawValue>>,
     /// The request id, when the packet is a request.
@@ -371,11 +368,11 @@ fn route<'r>(
         Some(_) => None,
     };
     let (key, data, request_id) = match sniffed {
-        Some(pattern) => (pattern.to_owned(), None, None),
+        Some(pattern) => (Cow::Borrowed(pattern), None, None),
         None => {
             let packet = decode(body).map_err(|error| refuse(error.to_string()))?;
             let key = packet.pattern.into_key();
-            (key, Some(packet.data), packet.id)
+            (Cow::Owned(key), Some(packet.data), packet.id)
         }
     };
     // Routing keys have at most 255 bytes; a longer pattern matches no handler, and refusing it
@@ -389,7 +386,7 @@ fn route<'r>(
     match router.get(&key) {
         Some(entry) => Ok(Routed {
             entry,
-            key,
+            key: entry.key.clone().unwrap_or_else(|| Arc::from(key)),
             data,
             request_id,
         }),
@@ -398,7 +395,7 @@ fn route<'r>(
                 "no handler for pattern {key:?}; this service handles: {}",
                 router.keys().join(", ")
             ),
-            pattern: Some(key),
+            pattern: Some(key.into_owned()),
             request_id,
         }),
     }

@@ -7,6 +7,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::context::RmqContext;
+
 /// The correlation of the message a handler is working on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Trace {
@@ -15,17 +17,30 @@ pub(crate) struct Trace {
 }
 
 tokio::task_local! {
-    static CURRENT: Trace;
+    static CURRENT: RmqContext;
 }
 
-/// Runs `future` as part of the conversation `trace`.
-pub(crate) async fn scope<F: Future>(trace: Trace, future: F) -> F::Output {
-    CURRENT.scope(trace, future).await
+/// Runs `future` as part of the conversation of `ctx`'s message. The context itself is kept,
+/// not a copy of its ids: most handlers publish nothing.
+pub(crate) async fn scope<F: Future>(ctx: RmqContext, future: F) -> F::Output {
+    CURRENT.scope(ctx, future).await
 }
 
 /// The conversation of the running handler, if the caller runs inside one.
 pub(crate) fn current() -> Option<Trace> {
-    CURRENT.try_with(Trace::clone).ok()
+    CURRENT
+        .try_with(|ctx| {
+            let properties = ctx.properties();
+            Trace {
+                correlation_id: properties.correlation_id.clone(),
+                traceparent: properties
+                    .headers
+                    .get("traceparent")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned),
+            }
+        })
+        .ok()
 }
 
 /// 128 random-looking bits, unique in this process: a counter run through a bijective mixer
