@@ -113,7 +113,8 @@ impl ClientProxy {
             {
                 Err(error) if is_transient(&error) && Instant::now() < deadline => {
                     tracing::warn!(%error, "emit interrupted; publishing again once the broker is back");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    self.forget_dead_link();
+                    Box::pin(tokio::time::sleep(Duration::from_millis(50))).await;
                 }
                 result => return result,
             }
@@ -128,8 +129,15 @@ impl ClientProxy {
         properties: &Properties,
         deadline: Instant,
     ) -> Result<()> {
-        let (link, _) = self.link(deadline).await?;
-        wait_unblocked(&link, deadline).await?;
+        // The link as it stands, unchecked: a dead one fails the publish at once, and the caller
+        // then drops it (`forget_dead_link`). Checking it first would cost locks on every emit.
+        let (link, _) = match self.current_link() {
+            Some(current) => current,
+            None => Box::pin(self.link(deadline)).await?,
+        };
+        if link.blocked() {
+            Box::pin(wait_unblocked(&link, deadline)).await?;
+        }
         let mut confirm = self.publish(&link, pattern, body, properties).await?;
         let wait = self.inner.options.confirm_wait();
         match tokio::time::timeout(wait, &mut confirm).await {
@@ -335,16 +343,31 @@ impl ClientProxy {
         Ok((link, id))
     }
 
-    fn live_link(&self) -> Option<(Arc<Link>, u64)> {
+    /// The current link, alive or not.
+    fn current_link(&self) -> Option<(Arc<Link>, u64)> {
         let current = self
             .inner
             .link
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        current
-            .as_ref()
-            .filter(|(link, _)| link.alive())
-            .map(|(link, id)| (link.clone(), *id))
+        current.as_ref().map(|(link, id)| (link.clone(), *id))
+    }
+
+    fn live_link(&self) -> Option<(Arc<Link>, u64)> {
+        self.current_link().filter(|(link, _)| link.alive())
+    }
+
+    /// Drops the current link if it died, so that the next call opens a new one.
+    fn forget_dead_link(&self) {
+        let mut current = self
+            .inner
+            .link
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().is_some_and(|(link, _)| !link.alive()) {
+            *current = None;
+            tracing::info!(queue = %self.inner.options.queue(), "client connection lost; reconnecting");
+        }
     }
 
     /// The reply address of `link`, starting its reply consumer on first use: each reply goes to
