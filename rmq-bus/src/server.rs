@@ -25,11 +25,12 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A service that consumes one or more queues and routes each message by pattern to its handler,
 /// as NestJS's `app.connectMicroservice(rmqService.getOptions(...))`.
 ///
-/// Handlers run concurrently, up to each queue's prefetch. Registration is explicit: controllers,
-/// `#[event_pattern]` functions and closures are added here, and a pattern registered twice is an
-/// error at start. When the connection is lost the microservice reconnects (trying every broker
-/// URI, with backoff), declares its topology again and resumes consuming; messages that were in
-/// flight are redelivered by the broker.
+/// Handlers run concurrently, up to each queue's prefetch, on that queue's consumer task (so work
+/// that computes for long belongs in `tokio::task::spawn_blocking`). Registration is explicit:
+/// controllers, `#[event_pattern]` functions and closures are added here, and a pattern
+/// registered twice is an error at start. When the connection is lost the microservice
+/// reconnects (trying every broker URI, with backoff), declares its topology again and resumes
+/// consuming; messages that were in flight are redelivered by the broker.
 ///
 /// ```no_run
 /// use rmq_bus::{Microservice, Payload, RmqContext, RmqOptions};
