@@ -150,7 +150,7 @@ fn is_self(ty: &Type) -> bool {
 
 impl Handler {
     /// The route of a free function:
-    /// `Route::event(pattern, |message| async move { ... })`, or `Route::message`.
+    /// `event_route(pattern, |message| async move { ... })`, or `message_route`.
     pub(crate) fn free_route(&self) -> TokenStream {
         let pattern = &self.pattern;
         let route = self.route_kind.route_constructor();

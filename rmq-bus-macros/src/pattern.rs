@@ -58,11 +58,12 @@ impl RouteKind {
         }
     }
 
-    /// The runtime's constructor of its routes: `Route::event` or `Route::message`.
+    /// The runtime's constructor of its routes: `event_route` or `message_route`, for handlers
+    /// that check the message body themselves.
     pub(crate) fn route_constructor(self) -> TokenStream {
         match self {
-            Self::Event => quote!(::rmq_bus::__private::Route::event),
-            Self::Message => quote!(::rmq_bus::__private::Route::message),
+            Self::Event => quote!(::rmq_bus::__private::event_route),
+            Self::Message => quote!(::rmq_bus::__private::message_route),
         }
     }
 

@@ -158,7 +158,12 @@ impl AckBatcher {
 
     async fn send_plan(&self, all: bool) -> Result<()> {
         let _frames = self.send.lock().await;
-        let plan = self.lock().plan(all);
+        let plan = {
+            let mut state = self.lock();
+            // Whatever made the batch full is in this plan.
+            self.full.store(false, Ordering::Relaxed);
+            state.plan(all)
+        };
         let closed = |_| Error::ChannelClosed {
             attempted: Settlement::Ack,
         };

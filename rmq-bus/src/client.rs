@@ -111,9 +111,13 @@ impl ClientProxy {
                 .publish_confirmed(&pattern, &body, &properties, deadline)
                 .await
             {
-                Err(error) if is_transient(&error) && Instant::now() < deadline => {
-                    tracing::warn!(%error, "emit interrupted; publishing again once the broker is back");
+                Err(error) if is_transient(&error) => {
+                    // Whether or not it retries, the next call must not get a dead link again.
                     self.forget_dead_link();
+                    if Instant::now() >= deadline {
+                        return Err(error);
+                    }
+                    tracing::warn!(%error, "emit interrupted; publishing again once the broker is back");
                     Box::pin(tokio::time::sleep(Duration::from_millis(50))).await;
                 }
                 result => return result,

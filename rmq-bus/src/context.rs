@@ -127,7 +127,8 @@ struct Inner {
     acker: Acker,
     channel: Option<Arc<lapin::Channel>>,
     state: AtomicU8,
-    /// What to do if the last clone is dropped unsettled; starts as the failure settlement.
+    /// What to do if the last clone is dropped unsettled: a requeue, until the dispatcher sets
+    /// the settlement of the handler's outcome.
     on_drop: AtomicU8,
 }
 
@@ -181,7 +182,7 @@ impl RmqContext {
         &self.inner.delivery
     }
 
-    /// The message body as delivered: the whole packet, as JSON text.
+    /// The message body as delivered (for a NestJS packet, its JSON text).
     pub fn body(&self) -> &[u8] {
         &self.inner.body
     }

@@ -2,7 +2,6 @@
 //! request, and dispose of the delivery by the configured policy (ack, retry, dead-letter),
 //! whatever happens.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -64,6 +63,8 @@ struct Entry {
     /// Its pattern, shared with the context of every message it handles; `None` for a
     /// wildcard, whose messages keep their own.
     key: Option<Arc<str>>,
+    /// The handler checks the body itself, so an event may reach it routed by its pattern alone.
+    checks_body: bool,
     kind: RouteKind,
     retry: Option<RetryPolicy>,
     handler: BoxHandler,
@@ -84,6 +85,7 @@ impl Router {
             let key = route.pattern.key().to_owned();
             let entry = Entry {
                 key: (!is_wildcard(&key)).then(|| Arc::from(key.as_str())),
+                checks_body: route.checks_body,
                 kind: route.kind,
                 retry: route.retry,
                 handler: route.handler,
@@ -363,18 +365,21 @@ fn route<'r>(
             policy.max_bytes
         )));
     }
-    let sniffed = match properties.reply_to {
-        None => event_pattern(body),
-        Some(_) => None,
-    };
-    let (key, data, request_id) = match sniffed {
-        Some(pattern) => (Cow::Borrowed(pattern), None, None),
-        None => {
-            let packet = decode(body).map_err(|error| refuse(error.to_string()))?;
-            let key = packet.pattern.into_key();
-            (Cow::Owned(key), Some(packet.data), packet.id)
-        }
-    };
+    // An event in the usual layout, for a handler that checks the body itself, is routed by its
+    // pattern alone; its handler's arguments parse the body once.
+    if properties.reply_to.is_none()
+        && let Some(pattern) = event_pattern(body).filter(|pattern| pattern.len() <= 255)
+        && let Some(entry) = router.get(pattern).filter(|entry| entry.checks_body)
+    {
+        return Ok(Routed {
+            entry,
+            key: entry.key.clone().unwrap_or_else(|| Arc::from(pattern)),
+            data: None,
+            request_id: None,
+        });
+    }
+    let packet = decode(body).map_err(|error| refuse(error.to_string()))?;
+    let (key, data, request_id) = (packet.pattern.into_key(), Some(packet.data), packet.id);
     // Routing keys have at most 255 bytes; a longer pattern matches no handler, and refusing it
     // here keeps wildcard matching cheap whatever a message claims.
     if key.len() > 255 {
@@ -395,7 +400,7 @@ fn route<'r>(
                 "no handler for pattern {key:?}; this service handles: {}",
                 router.keys().join(", ")
             ),
-            pattern: Some(key.into_owned()),
+            pattern: Some(key),
             request_id,
         }),
     }

@@ -124,6 +124,9 @@ pub struct Route {
     pub(crate) pattern: Pattern,
     pub(crate) kind: RouteKind,
     pub(crate) retry: Option<crate::retry::RetryPolicy>,
+    /// Whether the handler checks the body itself ([`Message::finish`], as extractor-built
+    /// handlers do), so that the dispatcher may route an event by its pattern alone.
+    pub(crate) checks_body: bool,
     pub(crate) handler: BoxHandler,
 }
 
@@ -143,7 +146,7 @@ impl Route {
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        Self::new(pattern.into(), RouteKind::Event, handler)
+        Self::new(pattern.into(), RouteKind::Event, handler, false)
     }
 
     /// Routes request `pattern` to `handler`, whose [`Response`] is sent back to the requester.
@@ -152,10 +155,17 @@ impl Route {
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        Self::new(pattern.into(), RouteKind::Message, handler)
+        Self::new(pattern.into(), RouteKind::Message, handler, false)
     }
 
-    fn new<F, Fut>(pattern: Pattern, kind: RouteKind, handler: F) -> Self
+    /// A route whose handler extracts its arguments and then calls [`Message::finish`]: the
+    /// glue the macros and [`IntoRoute`] generate.
+    pub(crate) fn new<F, Fut>(
+        pattern: Pattern,
+        kind: RouteKind,
+        handler: F,
+        checks_body: bool,
+    ) -> Self
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
@@ -166,6 +176,7 @@ impl Route {
             kind,
             retry: None,
             handler,
+            checks_body,
         }
     }
 
@@ -308,14 +319,14 @@ macro_rules! impl_into_route {
         {
             #[allow(non_snake_case, unused_variables)]
             fn into_route(self, pattern: Pattern) -> Route {
-                Route::event(pattern, move |message: Message| {
+                Route::new(pattern, RouteKind::Event, move |message: Message| {
                     let handler = self.clone();
                     async move {
                         $(let $arg = $arg::from_message(&message)?;)*
                         message.finish()?;
                         handler($($arg),*).await.into_handler_result()
                     }
-                })
+                }, true)
             }
         }
 
@@ -328,14 +339,14 @@ macro_rules! impl_into_route {
         {
             #[allow(non_snake_case, unused_variables)]
             fn into_message_route(self, pattern: Pattern) -> Route {
-                Route::message(pattern, move |message: Message| {
+                Route::new(pattern, RouteKind::Message, move |message: Message| {
                     let handler = self.clone();
                     async move {
                         $(let $arg = $arg::from_message(&message)?;)*
                         message.finish()?;
                         handler($($arg),*).await.into_reply()
                     }
-                })
+                }, true)
             }
         }
     };

@@ -84,5 +84,11 @@ pub(crate) fn wrap(route: Route, interceptor: Arc<dyn Interceptor>) -> Route {
             handler: inner.clone(),
         })
     });
-    Route { handler, ..route }
+    // An interceptor may settle or refuse a message without running the handler, so the body is
+    // decoded (and checked) before it runs.
+    Route {
+        handler,
+        checks_body: false,
+        ..route
+    }
 }

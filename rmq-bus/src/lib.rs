@@ -238,6 +238,24 @@ pub mod __private {
         crate::handler::payload_field(message, key)
     }
 
+    /// The event route of a generated handler, which checks the body itself (see [`finish`]).
+    pub fn event_route<F, Fut>(pattern: impl Into<crate::Pattern>, handler: F) -> Route
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = crate::HandlerResult> + Send + 'static,
+    {
+        Route::new(pattern.into(), crate::RouteKind::Event, handler, true)
+    }
+
+    /// The request route of a generated handler, which checks the body itself (see [`finish`]).
+    pub fn message_route<F, Fut>(pattern: impl Into<crate::Pattern>, handler: F) -> Route
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = crate::HandlerResult> + Send + 'static,
+    {
+        Route::new(pattern.into(), crate::RouteKind::Message, handler, true)
+    }
+
     /// Ends extraction (checks a body no argument read) and drops the message.
     pub fn finish(message: Message) -> Result<(), HandlerError> {
         message.finish()

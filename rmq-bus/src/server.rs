@@ -231,11 +231,11 @@ async fn supervise(
     loop {
         tokio::select! {
             () = stop_requested(&mut stopping) => return session.close().await,
-            ended = session.consumers.join_next() => {
-                if let Some(Ok(Err(error))) = ended {
-                    tracing::error!(%error, "reconnecting");
-                }
-            }
+            ended = session.consumers.join_next() => match ended {
+                Some(Ok(Err(error))) => tracing::error!(%error, "reconnecting"),
+                Some(Err(join)) => tracing::error!(error = %join, "a consumer task ended abnormally; reconnecting"),
+                _ => {}
+            },
         }
         // The others' deliveries return to their queues when the connection goes: cut them
         // short rather than drain, so that recovery does not wait for the drain timeout.

@@ -43,20 +43,20 @@ pub(crate) fn current() -> Option<Trace> {
         .ok()
 }
 
-/// 128 random-looking bits, unique in this process: a counter run through a bijective mixer
-/// (SplitMix64's finalizer) under a random per-process key. Distinct counters give distinct ids
-/// here, and the key makes other processes' ids collide only by chance (2^-64 per pair). Cheap,
-/// as it runs for every message published: the key is drawn once, from std's randomly seeded
-/// hasher.
+/// 128 random-looking bits: the high half a keyed hash of a counter (SipHash under a random
+/// per-process key, so unpredictable to whoever sees earlier ids), the low half the counter
+/// through a bijective mixer (so no two in a process share it). Made for every message
+/// published: one hash, not two.
 fn random_128() -> u128 {
-    static KEY: OnceLock<(u64, u64)> = OnceLock::new();
+    static KEY: OnceLock<(RandomState, u64)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let &(hi, lo) = KEY.get_or_init(|| {
+    let (state, offset) = KEY.get_or_init(|| {
         let state = RandomState::new();
-        (state.hash_one(0u8), state.hash_one(1u8))
+        let offset = state.hash_one(u64::MAX);
+        (state, offset)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    (u128::from(mix(n ^ hi)) << 64) | u128::from(mix(n.wrapping_add(lo)))
+    (u128::from(state.hash_one(n)) << 64) | u128::from(mix(n.wrapping_add(*offset)))
 }
 
 /// SplitMix64's finalizer: a bijection on `u64` that spreads every input bit over the output.

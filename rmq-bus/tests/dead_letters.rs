@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use common::{Broker, options, unique};
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
-use rmq_bus::{ClientProxy, Microservice, Payload, RetryPolicy, RmqContext};
+use rmq_bus::{
+    ClientProxy, HandlerError, Message, Microservice, Payload, Response, RetryPolicy, RmqContext,
+    Route,
+};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -233,8 +236,8 @@ async fn a_poison_corpus_is_dead_lettered_with_reasons_and_the_consumer_serves_o
     broker.cleanup().await;
 }
 
-/// Events are parsed once, by the handler's arguments; a handler that reads no data still never
-/// runs for a body that only starts like a packet.
+/// Events are parsed once, by the handler's arguments; a handler that reads no data, or a raw
+/// route, still never runs for a body that only starts like a packet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_without_data_never_sees_a_broken_packet() {
     let broker = Broker::connect().await;
@@ -242,6 +245,7 @@ async fn a_handler_without_data_never_sees_a_broken_packet() {
     broker.forget_later(&queue);
     broker.forget_later(&dlq);
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let raw_tx = tx.clone();
     let service = Microservice::new(options(&queue).prefetch(1).dead_letter_queue(&dlq))
         .on_event("ping", move |ctx: RmqContext| {
             let tx = tx.clone();
@@ -251,13 +255,27 @@ async fn a_handler_without_data_never_sees_a_broken_packet() {
                 ctx.ack().await
             }
         })
+        // A raw route reads the message itself, and may not read the data at all.
+        .route(Route::event("raw", move |message: Message| {
+            let tx = raw_tx.clone();
+            async move {
+                let ctx = message.context().clone();
+                tx.send(String::from_utf8_lossy(ctx.body()).into_owned())
+                    .ok();
+                ctx.ack()
+                    .await
+                    .map_err(|e| HandlerError::Failed(e.to_string()))?;
+                Ok(Response::Nothing)
+            }
+        }))
         .start()
         .await
         .expect("start");
-    let broken: [&[u8]; 3] = [
+    let broken: [&[u8]; 4] = [
         br#"{"pattern":"ping","data":{} trailing"#,
         br#"{"pattern":"ping", oops}"#,
         br#"{"pattern":"ping","data":1,"pattern":"ping"}"#,
+        br#"{"pattern":"raw","data":{} trailing"#,
     ];
     for body in broken {
         broker.publish_raw(&queue, body).await;
@@ -268,7 +286,7 @@ async fn a_handler_without_data_never_sees_a_broken_packet() {
         .await
         .expect("the good one is handled");
     assert_eq!(seen.as_deref().map(str::as_bytes), Some(&good[..]));
-    assert_eq!(broker.wait_ready(&dlq, 3).await, 3);
+    assert_eq!(broker.wait_ready(&dlq, 4).await, 4);
     let dead = broker.drain(&dlq).await;
     let reasons: Vec<String> = dead
         .iter()
@@ -280,6 +298,7 @@ async fn a_handler_without_data_never_sees_a_broken_packet() {
         reasons[2].contains("duplicate field `pattern`"),
         "{reasons:?}"
     );
+    assert!(reasons[3].contains("not a JSON packet"), "{reasons:?}");
     assert!(
         rx.try_recv().is_err(),
         "no broken packet reached the handler"

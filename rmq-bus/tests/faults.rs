@@ -318,6 +318,38 @@ async fn emits_wait_through_an_outage_then_publish_or_fail_clearly() {
     broker.cleanup().await;
 }
 
+/// An emit that fails on a lost connection drops it even when it may not wait, so that the next
+/// emit connects again rather than failing on the dead connection for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impatient_emit_leaves_a_fresh_connection_to_the_next() {
+    let _serial = SERIAL.lock().await;
+    let broker = Broker::connect().await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let queue = unique("impatient");
+    broker.forget_later(&queue);
+    let client = ClientProxy::new(
+        options(&queue)
+            .uri(proxy.uri())
+            .reconnect_timeout(Duration::ZERO),
+    );
+    client.emit("n", &1).await.expect("before the cut");
+    proxy.cut();
+    // Long enough for lapin to see the connection closed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let failed = client.emit("n", &2).await;
+    assert!(
+        matches!(failed, Err(Error::Disconnected { .. })),
+        "{failed:?}"
+    );
+    client
+        .emit("n", &3)
+        .await
+        .expect("the next emit connects again");
+    assert_eq!(broker.wait_ready(&queue, 2).await, 2);
+    client.close().await;
+    broker.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_uris_fail_over_to_the_next_node() {
     let _serial = SERIAL.lock().await;
