@@ -200,18 +200,19 @@ struct IncomingPacket {
     data: OrderEvent,
 }
 
-/// A fresh UUID-shaped correlation id, made as cheaply as rmq-bus makes its own (a per-process
-/// random key, a counter, a bijective mixer, hex written byte by byte), so that the baselines pay
-/// the same for their ids.
+/// A fresh UUID-shaped correlation id, made as rmq-bus makes its own (a keyed hash of a counter
+/// and the counter mixed, hex written byte by byte), so that the baselines pay the same for their
+/// ids.
 fn correlation_id() -> String {
     use std::hash::{BuildHasher, RandomState};
     use std::sync::OnceLock;
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    static KEY: OnceLock<(u64, u64)> = OnceLock::new();
+    static KEY: OnceLock<(RandomState, u64)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let &(hi, lo) = KEY.get_or_init(|| {
+    let (state, offset) = KEY.get_or_init(|| {
         let state = RandomState::new();
-        (state.hash_one(0u8), state.hash_one(1u8))
+        let offset = state.hash_one(u64::MAX);
+        (state, offset)
     });
     let mix = |mut z: u64| {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -219,7 +220,7 @@ fn correlation_id() -> String {
         z ^ (z >> 31)
     };
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let bits = (u128::from(mix(n ^ hi)) << 64) | u128::from(mix(n.wrapping_add(lo)));
+    let bits = (u128::from(state.hash_one(n)) << 64) | u128::from(mix(n.wrapping_add(*offset)));
     let mut id = [b'-'; 36];
     let mut at = 0;
     for (i, byte) in bits.to_be_bytes().into_iter().enumerate() {

@@ -108,11 +108,7 @@ impl AckBatcher {
 
     /// Acks `tag`: recorded for the flusher, which sends it with the others.
     pub(crate) fn ack(&self, tag: u64) -> Result<()> {
-        if !self.channel.status().connected() {
-            return Err(Error::ChannelClosed {
-                attempted: Settlement::Ack,
-            });
-        }
+        self.ensure_open(Settlement::Ack)?;
         let waiting = {
             let mut state = self.lock();
             state.outstanding.remove(&tag);
@@ -128,11 +124,7 @@ impl AckBatcher {
 
     /// Nacks or rejects `tag` at once, on its own.
     pub(crate) async fn refuse(&self, tag: u64, settlement: Settlement) -> Result<()> {
-        if !self.channel.status().connected() {
-            return Err(Error::ChannelClosed {
-                attempted: settlement,
-            });
-        }
+        self.ensure_open(settlement)?;
         let _frames = self.send.lock().await;
         let sent = match settlement {
             Settlement::Nack { requeue } => {
@@ -154,6 +146,15 @@ impl AckBatcher {
         // Only now may a multiple ack pass this tag: the nack is on the wire before it.
         self.lock().outstanding.remove(&tag);
         Ok(())
+    }
+
+    /// A settlement on a closed channel is refused: its tag means nothing on the next one.
+    fn ensure_open(&self, attempted: Settlement) -> Result<()> {
+        if self.channel.status().connected() {
+            Ok(())
+        } else {
+            Err(Error::ChannelClosed { attempted })
+        }
     }
 
     async fn send_plan(&self, all: bool) -> Result<()> {
@@ -206,7 +207,8 @@ async fn flush_on_timer(batcher: Weak<AckBatcher>, wake: Arc<Notify>) {
                 left = false;
                 continue;
             }
-            Some(strong) => strong.full.swap(false, Ordering::Relaxed),
+            // Cleared by the flush that sends the batch.
+            Some(strong) => strong.full.load(Ordering::Relaxed),
         };
         if !full {
             tokio::time::sleep(FLUSH_INTERVAL).await;

@@ -70,6 +70,14 @@ struct Entry {
     handler: BoxHandler,
 }
 
+impl Entry {
+    /// The pattern to record for a message with `key`: the entry's own, shared, or the
+    /// message's where a wildcard matched it.
+    fn pattern_of(&self, key: &str) -> Arc<str> {
+        self.key.clone().unwrap_or_else(|| Arc::from(key))
+    }
+}
+
 /// Handlers by normalised pattern; topic wildcards (`order.*`, `order.#`) are tried in
 /// registration order when no exact pattern matches.
 pub(crate) struct Router {
@@ -373,7 +381,7 @@ fn route<'r>(
     {
         return Ok(Routed {
             entry,
-            key: entry.key.clone().unwrap_or_else(|| Arc::from(pattern)),
+            key: entry.pattern_of(pattern),
             data: None,
             request_id: None,
         });
@@ -391,7 +399,7 @@ fn route<'r>(
     match router.get(&key) {
         Some(entry) => Ok(Routed {
             entry,
-            key: entry.key.clone().unwrap_or_else(|| Arc::from(key)),
+            key: entry.pattern_of(&key),
             data,
             request_id,
         }),

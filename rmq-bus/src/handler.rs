@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::value::RawValue;
 
-use crate::codec::{DataError, check_packet, read_data};
+use crate::codec::{self, DataError};
 use crate::context::RmqContext;
 use crate::pattern::Pattern;
 use crate::rpc::Response;
@@ -45,7 +46,7 @@ impl Message {
         match &self.data {
             Some(data) => Ok(data),
             None => self
-                .read_body::<Option<&RawValue>>(|| "JSON".to_owned())
+                .read_data::<Option<&RawValue>>(|| "JSON".to_owned())
                 .map(|data| data.unwrap_or(RawValue::NULL)),
         }
     }
@@ -55,17 +56,21 @@ impl Message {
         &self.ctx
     }
 
-    /// Reads `data` as `T` from the whole body (`what` names `T` in errors).
-    fn read_body<'a, T: serde::Deserialize<'a>>(
+    /// Reads the data as `T`: the data decoded apart if there is one, else straight from the
+    /// whole body (`what` names `T` in errors).
+    fn read_data<'a, T: Deserialize<'a>>(
         &'a self,
         what: impl FnOnce() -> String,
     ) -> Result<T, HandlerError> {
-        let data = read_data(self.ctx.body()).map_err(|error| match error {
+        let read = match &self.data {
+            Some(data) => serde_json::from_str(data.get()).map_err(DataError::Data),
+            None => codec::read_data(self.ctx.body())
+                .inspect(|_| self.read.store(true, Ordering::Relaxed)),
+        };
+        read.map_err(|error| match error {
             DataError::Packet(error) => HandlerError::BadInput(error.to_string()),
             DataError::Data(e) => HandlerError::BadInput(format!("data is not {}: {e}", what())),
-        })?;
-        self.read.store(true, Ordering::Relaxed);
-        Ok(data)
+        })
     }
 
     /// Ends extraction: a body none of the handler's arguments read is checked here, so that a
@@ -74,10 +79,7 @@ impl Message {
         if self.data.is_some() || self.read.load(Ordering::Relaxed) {
             return Ok(());
         }
-        check_packet(self.ctx.body()).map_err(|error| match error {
-            DataError::Packet(error) => HandlerError::BadInput(error.to_string()),
-            DataError::Data(e) => HandlerError::BadInput(format!("not a packet: {e}")),
-        })
+        self.read_data::<IgnoredAny>(|| "JSON".to_owned()).map(drop)
     }
 }
 
@@ -264,12 +266,7 @@ impl FromMessage for RmqContext {
 
 /// Deserializes the whole data as `T`.
 pub(crate) fn payload<T: DeserializeOwned>(message: &Message) -> Result<T, HandlerError> {
-    let what = || format!("a {}", std::any::type_name::<T>());
-    match &message.data {
-        Some(data) => serde_json::from_str(data.get())
-            .map_err(|e| HandlerError::BadInput(format!("data is not {}: {e}", what()))),
-        None => message.read_body(what),
-    }
+    message.read_data(|| format!("a {}", std::any::type_name::<T>()))
 }
 
 /// Deserializes `data[key]` as `T` (NestJS's `@Payload('key')`). A missing key is `null`, so an
@@ -279,12 +276,7 @@ pub(crate) fn payload_field<T: DeserializeOwned>(
     key: &str,
 ) -> Result<T, HandlerError> {
     type Fields<'a> = std::collections::HashMap<std::borrow::Cow<'a, str>, &'a RawValue>;
-    let what = || format!("an object with a {key:?} key");
-    let fields: Fields<'_> = match &message.data {
-        Some(data) => serde_json::from_str(data.get())
-            .map_err(|e| HandlerError::BadInput(format!("data is not {}: {e}", what())))?,
-        None => message.read_body(what)?,
-    };
+    let fields: Fields<'_> = message.read_data(|| format!("an object with a {key:?} key"))?;
     let raw = fields.get(key).map_or("null", |raw| raw.get());
     serde_json::from_str(raw).map_err(|e| {
         HandlerError::BadInput(format!(
