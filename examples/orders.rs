@@ -301,7 +301,7 @@ async fn run() -> Result<(), BoxError> {
     };
     let signal = async {
         tokio::select! {
-            () = rmq_bus::shutdown_signal() => {}
+            () = rmq_bus::microservice::shutdown_signal() => {}
             () = wait(stopped.clone()) => {}
         }
         let _ = stop.send(true);

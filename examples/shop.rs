@@ -14,9 +14,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rmq_bus::config::QueueOptions;
 use rmq_bus::{
-    ClientProxy, Microservice, QueueOptions, RmqContext, RmqOptions, RpcError, controller,
-    event_pattern, message_pattern, testing::TestBroker,
+    ClientProxy, Microservice, RmqContext, RmqOptions, RpcError, controller, event_pattern,
+    message_pattern, testing::TestBroker,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -101,7 +102,8 @@ impl Orders {
 
 /// RabbitMQ if it answers within a second, else the in-memory transport.
 async fn choose_broker() -> (String, String) {
-    let uri = std::env::var("RABBIT_MQ_URI").unwrap_or_else(|_| rmq_bus::DEFAULT_URI.to_owned());
+    let uri =
+        std::env::var("RABBIT_MQ_URI").unwrap_or_else(|_| rmq_bus::config::DEFAULT_URI.to_owned());
     let options = RmqOptions::new("shop.probe").uri(&uri).no_assert(true);
     let probe = ClientProxy::new(options.clone().reconnect_timeout(Duration::from_secs(1)));
     match probe.connect().await {
@@ -124,11 +126,7 @@ async fn run() -> rmq_bus::Result<()> {
     println!("rmq-bus shop: running on {transport}");
     // Queues of this demo only, gone once it stops.
     let queue = |name: &str| {
-        let declaration = QueueOptions {
-            durable: false,
-            auto_delete: true,
-            ..QueueOptions::default()
-        };
+        let declaration = QueueOptions::default().durable(false).auto_delete(true);
         RmqOptions::new(name).uri(&uri).queue_options(declaration)
     };
     let (billing_queue, orders_queue) = (queue("shop.billing"), queue("shop.orders"));

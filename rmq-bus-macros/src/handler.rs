@@ -86,6 +86,13 @@ pub(crate) fn analyze(
                 format!("{handler} arguments need a concrete type, not `impl Trait`"),
             ));
         }
+        if let (ArgSource::Context, Type::Reference(reference)) = (&source, &*arg.ty) {
+            own.push(syn::Error::new_spanned(
+                reference.and_token,
+                "take `RmqContext` by value, not by reference: `#[ctx] ctx: RmqContext` (clones \
+                 are cheap, and share the delivery)",
+            ));
+        }
         args.push(Arg {
             ty: (*arg.ty).clone(),
             source,

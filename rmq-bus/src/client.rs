@@ -10,14 +10,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, oneshot};
 
-use crate::codec::{Reply, decode_reply, encode_event, encode_request};
-use crate::config::RmqOptions;
-use crate::context::Properties;
+use crate::codec::{NO_HANDLER, Reply, decode_reply, encode_event, encode_request};
+use crate::config::{DEFAULT_REQUEST_TIMEOUT, RmqOptions};
+use crate::correlation;
+use crate::delivery::Properties;
 use crate::error::{Error, Result};
 use crate::pattern::Pattern;
-use crate::rpc::NO_HANDLER;
-use crate::trace;
-use crate::transport::{Link, OnReply};
+use crate::rpc::RpcError;
+use crate::transport::{Confirm, Link, OnReply};
 
 /// Sends messages to one queue (or exchange), as NestJS's `ClientProxy`
 /// (`ClientsModule.register` / `RmqModule.register`).
@@ -70,11 +70,6 @@ impl ClientProxy {
         }
     }
 
-    /// The options this client was made with.
-    pub fn options(&self) -> &RmqOptions {
-        &self.inner.options
-    }
-
     /// Connects (and declares the queue) now rather than on the first emit, so that
     /// misconfiguration shows at start-up.
     pub async fn connect(&self) -> Result<()> {
@@ -88,9 +83,11 @@ impl ClientProxy {
     /// Resolves once the broker has confirmed it. Through an outage it waits (up to
     /// [`reconnect_timeout`](RmqOptions::reconnect_timeout)) and publishes on the next connection,
     /// so an event may be duplicated but is never dropped silently. An error means the event is
-    /// not known to be stored: [`Error::Nacked`], [`Error::Unroutable`], [`Error::Connect`],
-    /// [`Error::Blocked`], [`Error::TooLarge`]; after [`Error::ConfirmTimeout`] it may or may not
-    /// be.
+    /// not known to be stored: [`Error::Unroutable`], [`Error::Connect`], [`Error::Blocked`],
+    /// [`Error::TooLarge`], and [`Error::Nacked`] when the broker refused it (a queue full with
+    /// `x-overflow: reject-publish`, say), which is not retried: the broker will not take it now,
+    /// and retrying at once would only hold the caller; after [`Error::ConfirmTimeout`] it may or
+    /// may not be stored.
     ///
     /// ```no_run
     /// # async fn demo(client: rmq_bus::ClientProxy) -> rmq_bus::Result<()> {
@@ -104,7 +101,7 @@ impl ClientProxy {
     ) -> Result<()> {
         let pattern = pattern.into();
         let body = encode_event(&pattern, data)?;
-        let properties = self.properties(None, self.inner.options.is_persistent());
+        let properties = self.properties(None, self.inner.options.persistent);
         let deadline = self.deadline();
         loop {
             match self
@@ -143,14 +140,13 @@ impl ClientProxy {
             Box::pin(wait_unblocked(&link, deadline)).await?;
         }
         let mut confirm = self.publish(&link, pattern, body, properties).await?;
-        let wait = self.inner.options.confirm_wait();
+        let wait = self.inner.options.confirm_timeout;
         match tokio::time::timeout(wait, &mut confirm).await {
             Ok(confirmation) => confirmation.map_err(|error| self.name_nack(error, pattern)),
             Err(_) => {
-                // lapin keeps an abandoned confirm for the life of the channel: see it through.
-                tokio::spawn(confirm);
+                confirm.detach();
                 Err(Error::ConfirmTimeout {
-                    queue: self.target(pattern),
+                    target: self.target(pattern),
                     timeout: wait,
                 })
             }
@@ -159,14 +155,14 @@ impl ClientProxy {
 
     /// When the current outage must end for a call to go on.
     fn deadline(&self) -> Instant {
-        Instant::now() + self.inner.options.reconnect_wait()
+        Instant::now() + self.inner.options.reconnect_timeout
     }
 
     /// Sends request `pattern` with `data` and waits for the reply, as NestJS's
-    /// `client.send(pattern, data)`, within [`DEFAULT_REQUEST_TIMEOUT`](crate::DEFAULT_REQUEST_TIMEOUT).
+    /// `client.send(pattern, data)`, within [`DEFAULT_REQUEST_TIMEOUT`].
     ///
     /// The reply comes back through RabbitMQ's direct reply-to. Errors: [`Error::RequestTimeout`],
-    /// [`Error::Remote`] (carrying the remote error payload), [`Error::NoHandler`],
+    /// [`Error::Remote`] (carrying the remote [`RpcError`]), [`Error::NoHandler`],
     /// [`Error::ReplyLost`] (the connection closed first), [`Error::BadReply`], and the
     /// publishing errors of [`emit`](Self::emit). Requests are published transient: one nobody
     /// waits for after its timeout need not survive a broker restart.
@@ -181,7 +177,7 @@ impl ClientProxy {
         T: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        self.send_timeout(pattern, data, crate::config::DEFAULT_REQUEST_TIMEOUT)
+        self.send_timeout(pattern, data, DEFAULT_REQUEST_TIMEOUT)
             .await
     }
 
@@ -197,7 +193,7 @@ impl ClientProxy {
         R: DeserializeOwned,
     {
         let pattern = pattern.into();
-        let id = trace::new_id();
+        let id = correlation::new_id();
         let body = encode_request(&pattern, data, &id)?;
         let deadline = Instant::now() + timeout;
         let timed_out = || Error::RequestTimeout {
@@ -233,8 +229,7 @@ impl ClientProxy {
             }
         };
         if !confirmed {
-            // lapin keeps an abandoned confirm for the life of the channel: see it through.
-            tokio::spawn(confirm);
+            confirm.detach();
         }
         drop(pending);
         interpret(pattern.key(), reply?)
@@ -253,11 +248,15 @@ impl ClientProxy {
         }
     }
 
-    /// Where messages go: the exchange's name, or the queue's.
+    /// Where messages go: the exchange and routing key, or the queue.
     fn target(&self, pattern: &Pattern) -> String {
-        match self.inner.options.exchange_options() {
-            Some(exchange) => format!("{} (routing key {})", exchange.name, pattern.key()),
-            None => self.inner.options.queue().to_owned(),
+        match &self.inner.options.exchange {
+            Some(exchange) => format!(
+                "exchange {:?} (routing key {:?})",
+                exchange.name,
+                pattern.key()
+            ),
+            None => format!("queue {:?}", self.inner.options.queue),
         }
     }
 
@@ -265,7 +264,7 @@ impl ClientProxy {
     fn name_nack(&self, error: Error, pattern: &Pattern) -> Error {
         match error {
             Error::Nacked { .. } => Error::Nacked {
-                queue: self.target(pattern),
+                target: self.target(pattern),
             },
             other => other,
         }
@@ -274,11 +273,11 @@ impl ClientProxy {
     /// Properties of an outgoing message: delivery mode, and the conversation's correlation id
     /// and traceparent (the link adds the JSON content type).
     fn properties(&self, request_id: Option<&str>, persistent: bool) -> Properties {
-        let current = trace::current();
+        let current = correlation::current();
         let correlation_id = request_id
             .map(str::to_owned)
             .or_else(|| current.as_ref().and_then(|t| t.correlation_id.clone()))
-            .unwrap_or_else(trace::new_id);
+            .unwrap_or_else(correlation::new_id);
         let mut properties = Properties {
             delivery_mode: Some(if persistent { 2 } else { 1 }),
             correlation_id: Some(correlation_id),
@@ -286,7 +285,7 @@ impl ClientProxy {
         };
         let traceparent = current
             .and_then(|t| t.traceparent)
-            .and_then(|p| trace::child_traceparent(&p));
+            .and_then(|p| correlation::child_traceparent(&p));
         if let Some(traceparent) = traceparent {
             properties
                 .headers
@@ -302,21 +301,30 @@ impl ClientProxy {
         pattern: &Pattern,
         body: &[u8],
         properties: &Properties,
-    ) -> Result<crate::transport::Confirm> {
+    ) -> Result<Confirm> {
         let options = &self.inner.options;
-        if body.len() > options.max_bytes() {
+        if body.len() > options.max_message_bytes {
             return Err(Error::TooLarge {
                 size: body.len(),
-                max: options.max_bytes(),
+                max: options.max_message_bytes,
             });
         }
-        match options.exchange_options() {
+        match &options.exchange {
             Some(exchange) => {
                 link.publish(&exchange.name, pattern.key(), body, properties)
                     .await
             }
-            None => link.publish("", options.queue(), body, properties).await,
+            None => link.publish("", &options.queue, body, properties).await,
         }
+    }
+
+    /// The queue, or the exchange, this client publishes to, for logs.
+    fn describe(&self) -> &str {
+        let options = &self.inner.options;
+        options
+            .exchange
+            .as_ref()
+            .map_or(&options.queue, |exchange| &exchange.name)
     }
 
     /// The live link and its id, opening one (trying until `deadline`) when there is none.
@@ -335,7 +343,7 @@ impl ClientProxy {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if lost.is_some() {
-            tracing::info!(queue = %self.inner.options.queue(), "client connection lost; reconnecting");
+            tracing::info!(target = %self.describe(), "client connection lost; reconnecting");
         }
         let link = Arc::new(Link::open(&self.inner.options, deadline).await?);
         let id = self.inner.links.fetch_add(1, Ordering::Relaxed);
@@ -370,7 +378,7 @@ impl ClientProxy {
             .unwrap_or_else(PoisonError::into_inner);
         if current.as_ref().is_some_and(|(link, _)| !link.alive()) {
             *current = None;
-            tracing::info!(queue = %self.inner.options.queue(), "client connection lost; reconnecting");
+            tracing::info!(target = %self.describe(), "client connection lost; reconnecting");
         }
     }
 
@@ -404,9 +412,10 @@ impl ClientProxy {
     }
 }
 
-/// Errors after which publishing again on a new connection can succeed.
+/// Errors after which publishing again on a new connection can succeed: a lost connection. A
+/// broker's nack is not one: it refused the message, and would refuse it again now.
 fn is_transient(error: &Error) -> bool {
-    matches!(error, Error::Disconnected { .. } | Error::Nacked { .. })
+    matches!(error, Error::Disconnected { .. })
 }
 
 /// Waits while the broker blocks publishers (memory or disk alarm), up to `deadline`, so that
@@ -460,7 +469,7 @@ fn interpret<R: DeserializeOwned>(pattern: &str, reply: Reply) -> Result<R> {
         } else {
             Error::Remote {
                 pattern: pattern.to_owned(),
-                error,
+                error: RpcError::object(error),
             }
         });
     }

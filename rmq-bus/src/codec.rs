@@ -11,10 +11,13 @@ use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 use crate::pattern::Pattern;
-use crate::rpc::{NO_HANDLER, Response};
 
 /// The content type of every message rmq-bus publishes.
 pub(crate) const CONTENT_TYPE: &str = "application/json";
+
+/// The error sent when no handler matches a request, word for word as NestJS sends it.
+pub(crate) const NO_HANDLER: &str =
+    "There is no matching message handler defined in the remote service.";
 
 /// An outgoing event packet.
 #[derive(Serialize)]
@@ -55,13 +58,12 @@ struct ReplyPacket<'a> {
     is_disposed: bool,
 }
 
-/// Encodes a handler's answer in NestJS's reply format.
-pub(crate) fn encode_reply(response: &Response) -> Vec<u8> {
-    let (response, err) = match response {
-        Response::Nothing => (None, None),
-        Response::Value(value) => (Some(value.as_ref()), None),
-        Response::Error(error) => (None, Some(error.payload())),
-    };
+/// Encodes a handler's answer in NestJS's reply format: a `response` value, an `err` payload, or
+/// neither (a handler that answers nothing).
+pub(crate) fn encode_reply(
+    response: Option<&RawValue>,
+    err: Option<&serde_json::Value>,
+) -> Vec<u8> {
     serde_json::to_vec(&ReplyPacket {
         response,
         err,
@@ -301,15 +303,14 @@ mod tests {
     #[test]
     fn replies_encode_as_nest_does() -> std::result::Result<(), serde_json::Error> {
         let value = serde_json::value::to_raw_value(&serde_json::json!({"total": 6}))?;
-        let text = |r: &Response| String::from_utf8_lossy(&encode_reply(r)).into_owned();
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
         assert_eq!(
-            text(&Response::Value(value)),
+            text(encode_reply(Some(&value), None)),
             r#"{"response":{"total":6},"isDisposed":true}"#
         );
-        assert_eq!(text(&Response::Nothing), r#"{"isDisposed":true}"#);
-        let error = crate::rpc::RpcError::new("boom");
-        let reply: serde_json::Value =
-            serde_json::from_slice(&encode_reply(&Response::Error(error)))?;
+        assert_eq!(text(encode_reply(None, None)), r#"{"isDisposed":true}"#);
+        let error = serde_json::json!({"status": "error", "message": "boom"});
+        let reply: serde_json::Value = serde_json::from_slice(&encode_reply(None, Some(&error)))?;
         assert_eq!(
             reply,
             serde_json::json!({"err": {"status": "error", "message": "boom"}, "isDisposed": true})

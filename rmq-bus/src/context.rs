@@ -1,60 +1,45 @@
 //! [`RmqContext`]: the delivery a handler is working on, and the way to settle it.
 //!
-//! The context knows nothing of lapin beyond an optional channel handle (the escape hatch), so
-//! handlers are the same whichever transport delivered their message.
+//! The context settles through a port that the transport which delivered the message implements,
+//! so handlers are the same whichever transport that was. The module also holds the plain data
+//! of a delivery: [`DeliveryInfo`], [`Properties`], [`Settlement`] and [`Outcome`].
 
-use std::collections::BTreeMap;
+use std::any::Any;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use futures::future::BoxFuture;
+
+pub use crate::delivery::{DeliveryInfo, Outcome, Properties, Settlement};
 use crate::error::{Error, Result};
-use crate::transport::Acker;
 
-/// How a delivery was settled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Settlement {
-    /// Acknowledged: done with, removed from the queue.
-    Ack,
-    /// Negatively acknowledged, with or without requeue.
-    Nack {
-        /// Whether the broker puts the message back in the queue.
-        requeue: bool,
-    },
-    /// Rejected: dead-lettered if the queue has a dead-letter exchange, dropped otherwise.
-    Reject,
+/// How the transport that delivered a message settles it: one per consumer, shared by the
+/// contexts of its deliveries. Every message takes an ack, so an ack neither allocates nor waits.
+/// Each settlement comes with its [`Outcome`], for the transports that record it (the in-memory
+/// one, for tests).
+pub(crate) trait Settle: Any + Send + Sync {
+    /// Acks delivery `tag`; it may only be recorded, for a coalesced ack sent soon after.
+    fn ack(&self, tag: u64, outcome: Outcome) -> Result<()>;
+    /// Nacks or rejects delivery `tag`: on the wire once the future completes.
+    fn refuse(
+        &self,
+        tag: u64,
+        settlement: Settlement,
+        outcome: Outcome,
+    ) -> BoxFuture<'_, Result<()>>;
 }
 
-impl fmt::Display for Settlement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Settlement::Ack => "ack",
-            Settlement::Nack { requeue: true } => "nack with requeue",
-            Settlement::Nack { requeue: false } => "nack without requeue",
-            Settlement::Reject => "reject",
-        })
-    }
-}
-
-impl Settlement {
-    fn code(self) -> u8 {
-        match self {
-            Settlement::Ack => 1,
-            Settlement::Nack { requeue: true } => 2,
-            Settlement::Nack { requeue: false } => 3,
-            Settlement::Reject => 4,
-        }
-    }
-
-    fn from_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(Settlement::Ack),
-            2 => Some(Settlement::Nack { requeue: true }),
-            3 => Some(Settlement::Nack { requeue: false }),
-            4 => Some(Settlement::Reject),
-            _ => None,
-        }
+/// Settles `tag` through `settler`.
+async fn send(
+    settler: &dyn Settle,
+    tag: u64,
+    settlement: Settlement,
+    outcome: Outcome,
+) -> Result<()> {
+    match settlement {
+        Settlement::Ack => settler.ack(tag, outcome),
+        refusal => settler.refuse(tag, refusal, outcome).await,
     }
 }
 
@@ -62,57 +47,10 @@ const PENDING: u8 = 0;
 /// Settled by the broker on delivery (`AckMode::NoAck`).
 const AUTO_ACKED: u8 = 5;
 
-/// Message properties, transport-neutral.
-#[derive(Clone, Debug, Default, PartialEq)]
-#[non_exhaustive]
-pub struct Properties {
-    /// `correlation_id`: ties a reply to its request (and a message to its conversation).
-    pub correlation_id: Option<String>,
-    /// `reply_to`: where a request wants its reply.
-    pub reply_to: Option<String>,
-    /// `content_type` (NestJS sets none).
-    pub content_type: Option<String>,
-    /// `message_id`.
-    pub message_id: Option<String>,
-    /// `delivery_mode`: 2 for persistent, 1 for transient.
-    pub delivery_mode: Option<u8>,
-    /// `timestamp`, seconds since the Unix epoch.
-    pub timestamp: Option<u64>,
-    /// `priority`, 0 to 9 on a priority queue.
-    pub priority: Option<u8>,
-    /// `expiration`: a per-message TTL in milliseconds, as text.
-    pub expiration: Option<String>,
-    /// `type`: the application's name for the kind of message.
-    pub message_type: Option<String>,
-    /// `app_id`: the publishing application.
-    pub app_id: Option<String>,
-    /// Application headers, as JSON values.
-    pub headers: BTreeMap<String, serde_json::Value>,
-}
-
-/// Where a delivery came from: queue, exchange, routing key, delivery tag, redelivered flag and
-/// properties.
-#[derive(Clone, Debug, Default, PartialEq)]
-#[non_exhaustive]
-pub struct DeliveryInfo {
-    /// The queue it was consumed from.
-    pub queue: String,
-    /// The exchange it was published to (`""` for the default exchange).
-    pub exchange: String,
-    /// The routing key it was published with.
-    pub routing_key: String,
-    /// The broker's tag for it on its channel.
-    pub delivery_tag: u64,
-    /// Whether it was delivered before and not acked (a requeue, or a lost connection).
-    pub redelivered: bool,
-    /// Its properties and headers.
-    pub properties: Properties,
-}
-
 /// The context of one delivery, as NestJS's `@Ctx() context: RmqContext`.
 ///
 /// Clone it freely: all clones settle the same delivery, exactly once. If no clone settles it,
-/// rmq-bus does when the handler ends (see [`AckMode`](crate::AckMode)); if a clone outlives the
+/// rmq-bus does when the handler ends (see [`AckMode`](crate::config::AckMode)); if a clone outlives the
 /// handler, the last one dropped settles it. So no message stays unacked for the life of the channel.
 #[derive(Clone)]
 pub struct RmqContext {
@@ -124,8 +62,7 @@ struct Inner {
     pattern: OnceLock<Arc<str>>,
     delivery: DeliveryInfo,
     body: Vec<u8>,
-    acker: Acker,
-    channel: Option<Arc<lapin::Channel>>,
+    settler: Arc<dyn Settle>,
     state: AtomicU8,
     /// What to do if the last clone is dropped unsettled: a requeue, until the dispatcher sets
     /// the settlement of the handler's outcome.
@@ -143,14 +80,13 @@ impl fmt::Debug for RmqContext {
 }
 
 impl RmqContext {
-    /// The context of a delivery, made by the transport that received it. `auto_acked`: the
-    /// broker settled it on delivery (`AckMode::NoAck`). Unsettled when its last clone goes,
-    /// it is requeued.
+    /// The context of a delivery, made by the transport that received it, which settles it
+    /// through `settler`. `auto_acked`: the broker settled it on delivery (`AckMode::NoAck`).
+    /// Unsettled when its last clone goes, it is requeued.
     pub(crate) fn new(
         delivery: DeliveryInfo,
         body: Vec<u8>,
-        acker: Acker,
-        channel: Option<Arc<lapin::Channel>>,
+        settler: Arc<dyn Settle>,
         auto_acked: bool,
     ) -> Self {
         let state = if auto_acked { AUTO_ACKED } else { PENDING };
@@ -159,8 +95,7 @@ impl RmqContext {
                 pattern: OnceLock::new(),
                 delivery,
                 body,
-                acker,
-                channel,
+                settler,
                 state: AtomicU8::new(state),
                 on_drop: AtomicU8::new(Settlement::Nack { requeue: true }.code()),
             }),
@@ -197,13 +132,10 @@ impl RmqContext {
         self.inner.delivery.redelivered
     }
 
-    /// The underlying lapin channel, for what rmq-bus does not wrap. `None` on transports other
-    /// than RabbitMQ. Never settle a delivery through it (NestJS's
-    /// `getChannelRef().ack(msg)`): use [`ack`](Self::ack) and friends, which settle exactly once
-    /// and coalesce acks; a raw ack would leave rmq-bus acking a tag the broker no longer knows,
-    /// which closes the channel.
-    pub fn channel(&self) -> Option<&lapin::Channel> {
-        self.inner.channel.as_deref()
+    /// The port its transport settles it through (the RabbitMQ transport reaches its channel
+    /// from here, for [`channel`](Self::channel)).
+    pub(crate) fn settler(&self) -> &dyn Settle {
+        self.inner.settler.as_ref()
     }
 
     /// How the message was settled so far, if it was.
@@ -238,7 +170,8 @@ impl RmqContext {
             let previous = Settlement::from_code(previous).unwrap_or(Settlement::Ack);
             return Err(Error::AlreadySettled { previous });
         }
-        self.inner.acker.settle(settlement).await
+        let tag = self.inner.delivery.delivery_tag;
+        send(self.settler(), tag, settlement, Outcome::of(settlement)).await
     }
 
     /// Marks the delivery settled unless it already is; `Err` carries the earlier state.
@@ -263,10 +196,20 @@ impl RmqContext {
         Arc::strong_count(&self.inner) == 1 && self.claim(fallback).is_ok()
     }
 
-    /// Settles a delivery taken over with [`take_over`](Self::take_over).
-    pub(crate) async fn settle_taken(&self, settlement: Settlement) -> Result<()> {
+    /// Settles a delivery taken over with [`take_over`](Self::take_over), for `outcome`.
+    pub(crate) async fn settle_taken(
+        &self,
+        settlement: Settlement,
+        outcome: Outcome,
+    ) -> Result<()> {
         self.inner.state.store(settlement.code(), Ordering::Release);
-        self.inner.acker.settle(settlement).await
+        send(
+            self.settler(),
+            self.inner.delivery.delivery_tag,
+            settlement,
+            outcome,
+        )
+        .await
     }
 }
 
@@ -287,13 +230,14 @@ impl Drop for Inner {
         {
             return;
         }
-        let acker = self.acker.clone();
+        let settler = self.settler.clone();
         let tag = self.delivery.delivery_tag;
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 tracing::debug!(delivery_tag = tag, %settlement, "last context clone dropped unsettled; settling");
                 runtime.spawn(async move {
-                    if let Err(error) = acker.settle(settlement).await {
+                    let outcome = Outcome::of(settlement);
+                    if let Err(error) = send(settler.as_ref(), tag, settlement, outcome).await {
                         tracing::warn!(delivery_tag = tag, %error, "could not settle a dropped delivery");
                     }
                 });

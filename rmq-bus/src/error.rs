@@ -1,9 +1,12 @@
 //! The one error type of rmq-bus, with messages that say what to do next.
 
-use crate::context::Settlement;
+use std::time::Duration;
 
-/// The underlying error of a transport (a [`lapin::Error`] on RabbitMQ).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+use crate::delivery::Settlement;
+use crate::rpc::RpcError;
+
+/// The underlying error of a transport (a `lapin::Error` on RabbitMQ).
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Shorthand for `Result<T, rmq_bus::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -11,7 +14,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in rmq-bus.
 ///
 /// Each message names the thing at fault (a variable, a queue, a pattern) and, where there is one,
-/// the fix. Broker errors keep the transport's error (a [`lapin::Error`] on RabbitMQ) as their
+/// the fix. Broker errors keep the transport's error (a `lapin::Error` on RabbitMQ) as their
 /// [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -30,6 +33,16 @@ pub enum Error {
     /// A setting given in code is invalid.
     #[error("invalid rmq-bus configuration: {0}")]
     Config(String),
+
+    /// A name or text AMQP carries as a short string (queue, exchange, routing key, header) is
+    /// longer than its 255 bytes.
+    #[error("{what} {} is longer than the 255 bytes AMQP allows", shorten(value))]
+    TooLong {
+        /// What the text is (`"routing key"`, `"queue name"`, …).
+        what: &'static str,
+        /// The text (its start, when it is very long).
+        value: String,
+    },
 
     /// The broker could not be reached or refused the login.
     #[error(
@@ -101,20 +114,23 @@ pub enum Error {
         source: BoxError,
     },
 
-    /// The broker answered a publish with a negative confirm: the message was not stored.
+    /// The broker answered a publish with a negative confirm: the message was not stored. It is
+    /// not retried: a nack means the broker will not take it now (a queue full with
+    /// `x-overflow: reject-publish`, a quorum queue at its limit, an internal error).
     #[error(
-        "RabbitMQ did not accept the message for queue {queue:?} (publisher nack); it was not stored, publish it again"
+        "RabbitMQ refused the message for {target} (publisher nack): it was not stored. The queue may be full (x-overflow=reject-publish, a quorum queue at its limit) or the broker short of resources; publish it again later"
     )]
     Nacked {
-        /// The target queue or routing key.
-        queue: String,
+        /// Where it was published: the queue, or the exchange and routing key.
+        target: String,
     },
 
     /// No queue is bound for the message, so the broker returned it.
-    #[error(
-        "the message for {routing_key:?} is unroutable: no queue named or bound to it exists; declare the queue first (start the consumer, or let the client declare it by not setting no_assert)"
-    )]
+    #[error("{}", unroutable(exchange, routing_key))]
     Unroutable {
+        /// The exchange published to (`""`: the default exchange, which routes to the queue
+        /// named by the routing key).
+        exchange: String,
         /// The routing key used.
         routing_key: String,
     },
@@ -125,18 +141,18 @@ pub enum Error {
     )]
     Blocked {
         /// How long the client waited.
-        waited: std::time::Duration,
+        waited: Duration,
     },
 
     /// The broker did not confirm a publish in time.
     #[error(
-        "RabbitMQ did not confirm the message for {queue:?} within {timeout:?}; it may or may not be stored"
+        "RabbitMQ did not confirm the message for {target} within {timeout:?}; it may or may not be stored"
     )]
     ConfirmTimeout {
-        /// The target queue.
-        queue: String,
+        /// Where it was published.
+        target: String,
         /// The bound that passed.
-        timeout: std::time::Duration,
+        timeout: Duration,
     },
 
     /// The data could not be encoded as JSON.
@@ -189,7 +205,7 @@ pub enum Error {
         /// The request's pattern.
         pattern: String,
         /// The bound that passed.
-        timeout: std::time::Duration,
+        timeout: Duration,
     },
 
     /// The remote handler answered with an error.
@@ -197,8 +213,9 @@ pub enum Error {
     Remote {
         /// The request's pattern.
         pattern: String,
-        /// The error payload as sent (`{"status":"error","message":…}` for NestJS `RpcException("…")`).
-        error: serde_json::Value,
+        /// The error as sent (`{"status":"error","message":…}` for NestJS `RpcException("…")`):
+        /// [`RpcError::message`] reads its text.
+        error: RpcError,
     },
 
     /// The remote service has no handler for the request's pattern.
@@ -237,29 +254,43 @@ pub enum Error {
         "{0} handler(s) were still running when the drain timeout passed; their messages were returned to the queue"
     )]
     DrainTimeout(usize),
+
+    /// A task rmq-bus runs in the background panicked or was cancelled (its runtime shut down).
+    #[error(
+        "rmq-bus's {task} task ended abnormally ({reason}); what it was doing did not complete. If the runtime is not shutting down, this is a bug: please report it"
+    )]
+    TaskFailed {
+        /// Which task.
+        task: &'static str,
+        /// The panic or cancellation.
+        reason: String,
+    },
 }
 
-impl Error {
-    /// Classifies a lapin error: connection and channel losses become [`Error::Disconnected`].
-    pub(crate) fn from_lapin(operation: &'static str, source: lapin::Error) -> Self {
-        use lapin::ErrorKind as K;
-        let lost = matches!(
-            source.kind(),
-            K::InvalidChannelState(..)
-                | K::InvalidConnectionState(..)
-                | K::IOError(_)
-                | K::MissingHeartbeatError
-        );
-        if lost {
-            Error::Disconnected {
-                context: operation,
-                source: Box::new(source),
-            }
-        } else {
-            Error::Broker {
-                operation,
-                source: Box::new(source),
-            }
-        }
+/// The message of [`Error::Unroutable`], whose advice depends on where the message went.
+fn unroutable(exchange: &str, routing_key: &str) -> String {
+    if exchange.is_empty() {
+        format!(
+            "the message for queue {routing_key:?} is unroutable: no such queue exists; declare it first (start its consumer, or let the client declare it by not setting no_assert)"
+        )
+    } else {
+        format!(
+            "the message to exchange {exchange:?} with routing key {routing_key:?} is unroutable: no queue is bound for that key; start a subscriber (a microservice whose handler pattern matches the key) first"
+        )
+    }
+}
+
+/// At most the first 64 characters of `text`, quoted, for error messages.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{:?}… ({} bytes)", &text[..end], text.len()),
+        None => format!("{text:?}"),
+    }
+}
+
+impl From<Error> for RpcError {
+    fn from(error: Error) -> Self {
+        tracing::error!(%error, "request handler failed; answering \"Internal server error\"");
+        Self::internal()
     }
 }

@@ -11,6 +11,12 @@
 //!   [`nack`](RmqContext::nack), [`reject`](RmqContext::reject).
 //! - [`RmqOptions`] configures a broker and a queue, in code or from the environment.
 //!
+//! The root holds what every service uses; the rest is in modules named for what they hold:
+//! [`config`] (settings, ack modes, retry policies, queue and exchange declarations),
+//! [`context`] (the delivery and its settlement), [`handler`] (routes, extractors, replies,
+//! interceptors), [`microservice`] (the running service, shutdown) and [`testing`] (an in-memory
+//! broker for tests).
+//!
 //! ```no_run
 //! use rmq_bus::{controller, event_pattern, ClientProxy, Microservice, RmqContext, RmqOptions};
 //! use serde::Deserialize;
@@ -56,19 +62,21 @@
 //! [`Microservice::handler`], closures [`Microservice::on_event`] and [`Microservice::on_message`].
 //! The macros check shape (async, one string or `key = value` pattern, known argument
 //! attributes) with errors at the offending token; argument and return types are checked by the
-//! traits [`FromMessage`], [`IntoHandlerResult`] and [`IntoReply`].
+//! traits [`FromMessage`](handler::FromMessage), [`IntoHandlerResult`](handler::IntoHandlerResult)
+//! and [`IntoReply`](handler::IntoReply).
 //!
 //! ## Ack modes and failures
 //!
-//! With the default [`AckMode::Manual`], handlers settle their message through [`RmqContext`]
-//! ([`AckMode::AfterHandler`] acks on `Ok`; [`AckMode::NoAck`] is NestJS's at-most-once
-//! `noAck: true`). Whatever a handler does, the message is settled exactly once:
+//! With the default [`AckMode::Manual`](config::AckMode::Manual), handlers settle their message
+//! through [`RmqContext`] ([`AckMode::AfterHandler`](config::AckMode::AfterHandler) acks on
+//! `Ok`; [`AckMode::NoAck`](config::AckMode::NoAck) is NestJS's at-most-once `noAck: true`).
+//! Whatever a handler does, the message is settled exactly once:
 //!
 //! | what happens | settlement |
 //! |---|---|
 //! | body not JSON, no pattern, unknown pattern, data of the wrong shape, too large | dead-lettered with the reason (to [`RmqOptions::dead_letter_queue`], `<queue>.dlq` by default), never retried |
 //! | handler returns `Ok` without settling | acked, with a warning |
-//! | handler returns `Err` or panics without settling | its [`RetryPolicy`] (delayed retries on the broker, then the dead-letter queue), else the [`FailurePolicy`]: requeued once, then rejected |
+//! | handler returns `Err` or panics without settling | its [`RetryPolicy`](config::RetryPolicy) (delayed retries on the broker, then the dead-letter queue), else the [`FailurePolicy`](config::FailurePolicy): requeued once, then dead-lettered |
 //! | request handler (`#[message_pattern]`) | answered (value or error), then acked |
 //! | handler keeps a clone of the context | settled when the last clone is dropped |
 //! | shutdown while a handler runs past the drain timeout | returned to the queue |
@@ -78,18 +86,20 @@
 //! Every fallible call returns [`Error`], whose messages name what is at fault and what to do:
 //! the variable of a bad setting, the queue whose declaration conflicts, the pattern nobody
 //! handles. Broker errors keep the transport's error as their source. Settling twice or on a
-//! closed channel is an error value, never a panic.
+//! closed channel is an error value, never a panic. A publish the broker refuses (a publisher
+//! nack) fails at once with [`Error::Nacked`]; only a lost connection is retried, up to
+//! [`RmqOptions::reconnect_timeout`].
 //!
 //! ## Testing without a broker
 //!
 //! [`testing::TestBroker`] is an in-memory broker with RabbitMQ's semantics. Point the options
 //! at it (`memory://name` URIs) and the same controllers run in a unit test; wait for a delivery
-//! to be settled, look at what was emitted where, or inject a lost connection or a refused
-//! publish:
+//! to be settled and see what became of it (acked, retried, dead-lettered, …), look at what was
+//! emitted where, or inject a lost connection or a refused publish:
 //!
 //! ```
-//! use rmq_bus::testing::TestBroker;
-//! use rmq_bus::{controller, event_pattern, ClientProxy, Microservice, RmqContext, Settlement};
+//! use rmq_bus::testing::{Outcome, TestBroker};
+//! use rmq_bus::{controller, event_pattern, ClientProxy, Microservice, RmqContext};
 //! # use serde::Deserialize;
 //! # #[derive(Deserialize)] struct Order { price: f64 }
 //! # struct Billing { orders: ClientProxy }
@@ -109,8 +119,8 @@
 //! let billing = Microservice::new(broker.options("BILLING")).controller(Billing { orders }).start().await?;
 //!
 //! broker.publish("BILLING", "order_created", &serde_json::json!({"orderPayload": {"price": 50000}}))?;
-//! assert_eq!(broker.settled("BILLING").await.settlement, Settlement::Ack);
-//! let (pattern, data) = broker.messages("ORDERS")[0].packet().expect("a packet");
+//! assert_eq!(broker.settled("BILLING").await.outcome, Outcome::Acked); // waits, at most 10 s
+//! let (pattern, data) = broker.messages("ORDERS")?[0].packet().expect("a packet");
 //! assert_eq!((pattern.as_str(), data["status"].as_str()), ("order_processed", Some("CANCELED_FRAUD")));
 //! billing.shutdown().await
 //! # }
@@ -122,43 +132,44 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod acks;
-mod amqp;
+// The modules in layers, lowest first; each imports only from the layers before it:
+//   plain data     delivery, rpc, error, pattern
+//   wire format    codec (pure: no I/O)
+//   settings       config
+//   the delivery   context (with the port transports settle through), correlation
+//   brokers        transport: the port, and its RabbitMQ and in-memory adapters (the only code
+//                  naming lapin)
+//   handlers       handler
+//   the core       dispatch (consumer loop, routing, settlement policy, retries, dead letters)
+//   the surface    client, microservice, testing
 mod client;
 mod codec;
-mod config;
-mod context;
+pub mod config;
+pub mod context;
+mod correlation;
+mod delivery;
 mod dispatch;
 mod error;
-mod handler;
-mod interceptor;
-mod memory;
+pub mod handler;
+pub mod microservice;
 mod pattern;
-mod retry;
 mod rpc;
-mod server;
-mod trace;
+pub mod testing;
 mod transport;
 
-pub mod testing;
-
 pub use client::ClientProxy;
-pub use config::{
-    AckMode, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PREFETCH,
-    DEFAULT_RECONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_URI, Exchange, ExchangeKind,
-    FailurePolicy, MEMORY_SCHEME, QueueOptions, RmqOptions,
-};
-pub use context::{DeliveryInfo, Properties, RmqContext, Settlement};
-pub use error::{BoxError, Error, Result};
-pub use handler::{
-    Controller, FromMessage, HandlerError, HandlerFn, HandlerResult, IntoHandlerResult,
-    IntoMessageRoute, IntoRoute, Message, Payload, Route, RouteKind,
-};
-pub use interceptor::{Interceptor, Next};
+pub use config::RmqOptions;
+pub use context::RmqContext;
+pub use error::{Error, Result};
+pub use handler::Payload;
+pub use microservice::Microservice;
 pub use pattern::Pattern;
-pub use retry::RetryPolicy;
-pub use rpc::{IntoReply, Response, RpcError};
-pub use server::{DEFAULT_DRAIN_TIMEOUT, Microservice, RunningMicroservice, shutdown_signal};
+pub use rpc::RpcError;
+
+/// lapin, re-exported for the one escape hatch that names it, [`RmqContext::channel`], so that
+/// your code uses the same lapin as rmq-bus. It is public API on purpose: a major version of
+/// lapin is a major version of rmq-bus.
+pub use lapin;
 
 /// Marks an impl block as a controller: its `#[event_pattern]` and `#[message_pattern]` methods
 /// become handlers, registered with [`Microservice::controller`]. A pattern routes to one handler.
@@ -171,12 +182,12 @@ pub use rmq_bus_macros::controller;
 ///
 /// Arguments take `#[payload]` (the data), `#[payload("key")]` (one key of it, as
 /// `@Payload('key')`) or `#[ctx]` (the [`RmqContext`]); an argument without one is extracted by
-/// its type through [`FromMessage`].
+/// its type through [`FromMessage`](handler::FromMessage).
 pub use rmq_bus_macros::event_pattern;
 /// Marks an `async fn` as the handler of a request pattern, as NestJS's `@MessagePattern`: it
 /// answers what [`ClientProxy::send`] sends.
 ///
-/// The handler returns `Result<T, E>` ([`IntoReply`]): `Ok(T)` with `T: Serialize` goes back as
+/// The handler returns `Result<T, E>` ([`IntoReply`](handler::IntoReply)): `Ok(T)` with `T: Serialize` goes back as
 /// the response, `Err(E)` with `E: Into<`[`RpcError`]`>` as the error, in the shapes of NestJS's
 /// `RpcException` (`RpcError::new("text")`, a `String` or `&str` send
 /// `{"status": "error", "message": "text"}`; [`RpcError::object`] sends any JSON; an [`Error`]
@@ -210,66 +221,14 @@ pub use rmq_bus_macros::message_pattern;
 /// What generated code refers to. Not public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::handler::{
-        Controller, HandlerError, HandlerFn, IntoHandlerResult, Message, Route,
+    pub use crate::handler::glue::{
+        context, event_route, extract, finish, message_route, object_pattern, payload,
+        payload_field,
     };
-    pub use crate::rpc::IntoReply;
+    pub use crate::handler::{
+        Controller, HandlerError, HandlerFn, IntoHandlerResult, IntoReply, Message, Route,
+    };
     pub use futures::future::BoxFuture;
-
-    /// An object pattern from its JSON text, as the macros write it (`cmd = "sum"` becomes
-    /// `{"cmd":"sum"}`). Text that is not a JSON object is taken as a string pattern.
-    pub fn object_pattern(json: &str) -> crate::Pattern {
-        match serde_json::from_str::<serde_json::Value>(json) {
-            Ok(value @ serde_json::Value::Object(_)) => crate::Pattern::from(value),
-            _ => crate::Pattern::from(json),
-        }
-    }
-
-    /// The whole data as `T`.
-    pub fn payload<T: serde::de::DeserializeOwned>(message: &Message) -> Result<T, HandlerError> {
-        crate::handler::payload(message)
-    }
-
-    /// `data[key]` as `T`.
-    pub fn payload_field<T: serde::de::DeserializeOwned>(
-        message: &Message,
-        key: &str,
-    ) -> Result<T, HandlerError> {
-        crate::handler::payload_field(message, key)
-    }
-
-    /// The event route of a generated handler, which checks the body itself (see [`finish`]).
-    pub fn event_route<F, Fut>(pattern: impl Into<crate::Pattern>, handler: F) -> Route
-    where
-        F: Fn(Message) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = crate::HandlerResult> + Send + 'static,
-    {
-        Route::new(pattern.into(), crate::RouteKind::Event, handler, true)
-    }
-
-    /// The request route of a generated handler, which checks the body itself (see [`finish`]).
-    pub fn message_route<F, Fut>(pattern: impl Into<crate::Pattern>, handler: F) -> Route
-    where
-        F: Fn(Message) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = crate::HandlerResult> + Send + 'static,
-    {
-        Route::new(pattern.into(), crate::RouteKind::Message, handler, true)
-    }
-
-    /// Ends extraction (checks a body no argument read) and drops the message.
-    pub fn finish(message: Message) -> Result<(), HandlerError> {
-        message.finish()
-    }
-
-    /// The context.
-    pub fn context(message: &Message) -> crate::RmqContext {
-        message.ctx.clone()
-    }
-
-    /// An argument extracted by its type.
-    pub fn extract<T: crate::FromMessage>(message: &Message) -> Result<T, HandlerError> {
-        T::from_message(message)
-    }
 }
 
 /// Compiles the README's Rust snippets as doctests, so the quick start cannot rot.

@@ -1,24 +1,9 @@
-//! Request/reply: what a `#[message_pattern]` handler answers, in NestJS's reply format.
+//! [`RpcError`]: the error a request handler answers with, as NestJS's `RpcException`, and what
+//! [`ClientProxy::send`](crate::ClientProxy::send) hands back when the remote side answered one.
 
 use std::fmt;
 
-use serde::Serialize;
 use serde_json::Value;
-use serde_json::value::RawValue;
-
-use crate::handler::{HandlerError, HandlerResult};
-
-/// What a handler produced for the sender of a request.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum Response {
-    /// No value: events, and request handlers that answer nothing (`{"isDisposed": true}`).
-    Nothing,
-    /// A value (`{"response": V, "isDisposed": true}`).
-    Value(Box<RawValue>),
-    /// An error (`{"err": E, "isDisposed": true}`).
-    Error(RpcError),
-}
 
 /// The error a request handler answers with, as NestJS's `RpcException`.
 ///
@@ -26,6 +11,9 @@ pub enum Response {
 /// `{"status": "error", "message": "text"}`, like `new RpcException("text")`; `RpcError::object(v)`
 /// sends `v` itself, like `new RpcException(object)`. A [`crate::Error`] becomes NestJS's
 /// `{"status": "error", "message": "Internal server error"}` (its text is logged, not sent).
+///
+/// On the requesting side, [`Error::Remote`](crate::Error::Remote) carries the remote error as an
+/// `RpcError`: [`message`](Self::message) reads its text, [`payload`](Self::payload) the whole.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RpcError(Value);
 
@@ -45,9 +33,34 @@ impl RpcError {
         Self::new("Internal server error")
     }
 
-    /// The payload sent.
+    /// The payload, as sent.
     pub fn payload(&self) -> &Value {
         &self.0
+    }
+
+    /// The error's text: its `"message"` field (as NestJS's `RpcException("text")` sends it), or
+    /// the payload itself when it is a string. `None` for other shapes; read
+    /// [`payload`](Self::payload) then.
+    pub fn message(&self) -> Option<&str> {
+        match &self.0 {
+            Value::String(text) => Some(text),
+            Value::Object(fields) => fields.get("message").and_then(Value::as_str),
+            _ => None,
+        }
+    }
+
+    /// The payload, taken out.
+    pub fn into_payload(self) -> Value {
+        self.0
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.message() {
+            Some(message) => f.write_str(message),
+            None => write!(f, "{}", self.0),
+        }
     }
 }
 
@@ -63,46 +76,21 @@ impl From<String> for RpcError {
     }
 }
 
-impl From<crate::Error> for RpcError {
-    fn from(error: crate::Error) -> Self {
-        tracing::error!(%error, "request handler failed; answering \"Internal server error\"");
-        Self::internal()
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
 
-/// What a request handler can return: `Result<T, E>` with `T: Serialize` (the response) and
-/// `E: Into<RpcError>` (the error sent back).
-#[diagnostic::on_unimplemented(
-    message = "a request handler cannot return `{Self}`",
-    note = "return `Result<T, E>` where `T: Serialize` and `E: Into<rmq_bus::RpcError>` (RpcError, String, &str, rmq_bus::Error)"
-)]
-pub trait IntoReply {
-    /// Interprets the value.
-    fn into_reply(self) -> HandlerResult;
-}
-
-impl<T: Serialize, E: Into<RpcError>> IntoReply for Result<T, E> {
-    fn into_reply(self) -> HandlerResult {
-        match self {
-            Ok(value) => serde_json::value::to_raw_value(&value)
-                .map(Response::Value)
-                .or_else(|e| {
-                    tracing::error!(error = %e, "cannot encode the response as JSON");
-                    Ok(Response::Error(RpcError::internal()))
-                }),
-            Err(error) => Ok(Response::Error(error.into())),
-        }
-    }
-}
-
-/// The error sent when no handler matches a request, word for word as NestJS sends it.
-pub(crate) const NO_HANDLER: &str =
-    "There is no matching message handler defined in the remote service.";
-
-/// Turns a failure of a request handler into the error its sender gets.
-pub(crate) fn failure_response(error: &HandlerError) -> RpcError {
-    match error {
-        HandlerError::BadInput(why) => RpcError::new(why),
-        HandlerError::Failed(_) => RpcError::internal(),
+    #[test]
+    fn the_message_is_read_from_either_shape() {
+        assert_eq!(
+            RpcError::new("order not found").message(),
+            Some("order not found")
+        );
+        assert_eq!(RpcError::object("plain").message(), Some("plain"));
+        let coded = RpcError::object(json!({"code": 42}));
+        assert_eq!(coded.message(), None);
+        assert_eq!(coded.to_string(), r#"{"code":42}"#);
+        assert_eq!(RpcError::internal().to_string(), "Internal server error");
     }
 }

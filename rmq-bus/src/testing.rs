@@ -4,7 +4,8 @@
 //!
 //! ```
 //! use rmq_bus::testing::TestBroker;
-//! use rmq_bus::{Microservice, Payload, RmqContext, Settlement};
+//! use rmq_bus::context::Settlement;
+//! use rmq_bus::{Microservice, Payload, RmqContext};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> rmq_bus::Result<()> {
 //! let broker = TestBroker::new();
@@ -21,18 +22,25 @@
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures::FutureExt;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::codec::encode_event;
-use crate::config::{MEMORY_SCHEME, QueueOptions, RmqOptions};
-use crate::context::Properties;
+use crate::config::uri::MEMORY_SCHEME;
+use crate::config::{QueueOptions, RmqOptions};
+use crate::delivery::Properties;
 use crate::error::{Error, Result};
-use crate::memory::MemoryBroker;
 use crate::pattern::Pattern;
+use crate::transport::memory::{MemoryBroker, MemoryError, publish_result};
 
-pub use crate::memory::Settled;
+pub use crate::delivery::Outcome;
+pub use crate::transport::memory::Settled;
+
+/// How long [`TestBroker::settled`] waits before it fails the test.
+pub const SETTLED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An in-memory broker for tests; clones share it.
 #[derive(Clone, Debug)]
@@ -54,10 +62,34 @@ pub struct Received {
 impl Received {
     /// The NestJS packet in the body: its pattern (normalised) and data, if it is one.
     pub fn packet(&self) -> Option<(String, serde_json::Value)> {
-        let packet = crate::codec::decode(&self.body).ok()?;
-        let data = serde_json::from_str(packet.data.get()).ok()?;
-        Some((packet.pattern.key().to_owned(), data))
+        packet_as(&self.body)
     }
+
+    /// The packet's pattern and its data as `T`; `None` if the body is not a packet or its data
+    /// does not fit `T`.
+    pub fn packet_as<T: DeserializeOwned>(&self) -> Option<(String, T)> {
+        packet_as(&self.body)
+    }
+}
+
+impl Settled {
+    /// The NestJS packet in the body: its pattern (normalised) and data, if it is one.
+    pub fn packet(&self) -> Option<(String, serde_json::Value)> {
+        packet_as(&self.body)
+    }
+
+    /// The packet's pattern and its data as `T`; `None` if the body is not a packet or its data
+    /// does not fit `T`.
+    pub fn packet_as<T: DeserializeOwned>(&self) -> Option<(String, T)> {
+        packet_as(&self.body)
+    }
+}
+
+/// The pattern and data of the packet in `body`.
+fn packet_as<T: DeserializeOwned>(body: &[u8]) -> Option<(String, T)> {
+    let packet = crate::codec::decode(body).ok()?;
+    let data = serde_json::from_str(packet.data.get()).ok()?;
+    Some((packet.pattern.into_key(), data))
 }
 
 impl Default for TestBroker {
@@ -107,6 +139,8 @@ impl TestBroker {
     }
 
     /// Puts a NestJS event packet `{"pattern", "data"}` into `queue`, as a NestJS service would.
+    /// Refusals injected with [`refuse_publishes`](Self::refuse_publishes) do not apply to it:
+    /// they are meant for the code under test.
     pub fn publish<T: Serialize + ?Sized>(
         &self,
         queue: &str,
@@ -117,6 +151,22 @@ impl TestBroker {
         self.publish_raw(queue, body, Properties::default())
     }
 
+    /// Publishes a NestJS event packet to `exchange` with `routing_key`, as a NestJS service
+    /// (or a carrier's system) publishing to a topic exchange would. The pattern is the routing
+    /// key, as rmq-bus's own clients publish.
+    pub fn publish_to<T: Serialize + ?Sized>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        data: &T,
+    ) -> Result<()> {
+        let body = encode_event(&Pattern::from(routing_key), data)?;
+        let outcome =
+            self.broker
+                .publish_unrefused(exchange, routing_key, body, Properties::default());
+        publish_result(outcome, exchange, routing_key)
+    }
+
     /// Puts any body into `queue`, through the default exchange.
     pub fn publish_raw(
         &self,
@@ -124,22 +174,45 @@ impl TestBroker {
         body: impl Into<Vec<u8>>,
         properties: Properties,
     ) -> Result<()> {
-        let outcome = self.broker.publish("", queue, body.into(), properties);
-        crate::transport::memory_publish_result(outcome, queue)
+        let outcome = self
+            .broker
+            .publish_unrefused("", queue, body.into(), properties);
+        publish_result(outcome, "", queue)
     }
 
-    /// Waits until a consumer settles a delivery from `queue`, and says which and how. Each
-    /// settlement (since this `TestBroker` was made) is reported once, in order. It waits for
-    /// ever: wrap it in `tokio::time::timeout` when a test may see none.
+    /// Waits until a consumer settles a delivery from `queue`, and says which, how and why
+    /// ([`Settled::outcome`]: acked, retried, dead-lettered, requeued or rejected). Each
+    /// settlement (since this `TestBroker` was made) is reported once, in order.
+    ///
+    /// # Panics
+    ///
+    /// When none comes within [`SETTLED_TIMEOUT`]: it is an assertion, for tests. Use
+    /// [`settled_within`](Self::settled_within) to wait otherwise.
+    #[allow(clippy::panic)] // a test helper: failing the test is its job
     pub async fn settled(&self, queue: &str) -> Settled {
-        self.broker.next_settled(queue).await
+        match self.settled_within(queue, SETTLED_TIMEOUT).await {
+            Some(settled) => settled,
+            None => panic!(
+                "no delivery from queue {queue:?} was settled within {SETTLED_TIMEOUT:?}: is a microservice consuming it, and did anything reach it?"
+            ),
+        }
     }
 
-    /// Takes every message waiting in `queue`: what was emitted there.
-    pub fn messages(&self, queue: &str) -> Vec<Received> {
-        let Ok(mut consumer) = self.broker.consume(queue, 0, true) else {
-            return Vec::new();
-        };
+    /// [`settled`](Self::settled), waiting at most `timeout`: `None` if no settlement came.
+    pub async fn settled_within(&self, queue: &str, timeout: Duration) -> Option<Settled> {
+        tokio::time::timeout(timeout, self.broker.next_settled(queue))
+            .await
+            .ok()
+    }
+
+    /// Takes every message waiting in `queue`: what was emitted there. A queue that does not
+    /// exist is an error, not an empty list, so that a test cannot pass by looking at the wrong
+    /// queue.
+    pub fn messages(&self, queue: &str) -> Result<Vec<Received>> {
+        let mut consumer = self
+            .broker
+            .consume(queue, 0, true)
+            .map_err(|_| missing(queue))?;
         let mut taken = Vec::new();
         while let Some(Some(delivery)) = consumer.next().now_or_never() {
             taken.push(Received {
@@ -147,17 +220,17 @@ impl TestBroker {
                 properties: delivery.properties,
             });
         }
-        taken
+        Ok(taken)
     }
 
-    /// Messages waiting in `queue` (0 if there is no such queue).
-    pub fn ready(&self, queue: &str) -> usize {
-        self.broker.ready(queue).unwrap_or(0)
+    /// Messages waiting in `queue`; an error if there is no such queue.
+    pub fn ready(&self, queue: &str) -> Result<usize> {
+        self.broker.ready(queue).ok_or_else(|| missing(queue))
     }
 
-    /// Messages of `queue` delivered and not settled yet.
-    pub fn unacked(&self, queue: &str) -> usize {
-        self.broker.unacked(queue).unwrap_or(0)
+    /// Messages of `queue` delivered and not settled yet; an error if there is no such queue.
+    pub fn unacked(&self, queue: &str) -> Result<usize> {
+        self.broker.unacked(queue).ok_or_else(|| missing(queue))
     }
 
     /// Simulates a lost connection: consumers end, their unsettled messages return to their
@@ -166,7 +239,9 @@ impl TestBroker {
         self.broker.disconnect();
     }
 
-    /// Makes the broker refuse (nack) the next `count` publishes.
+    /// Makes the broker refuse (nack) the next `count` publishes of clients and microservices
+    /// (not the test's own [`publish`](Self::publish)es): `emit` then fails with
+    /// [`Error::Nacked`].
     pub fn refuse_publishes(&self, count: usize) {
         self.broker.refuse_publishes(count);
     }
@@ -179,5 +254,15 @@ impl TestBroker {
     /// Deletes `queue`; its consumers end.
     pub fn delete_queue(&self, queue: &str) {
         self.broker.delete_queue(queue);
+    }
+}
+
+/// The error of looking at queue `queue` when it does not exist, as RabbitMQ words it.
+fn missing(queue: &str) -> Error {
+    Error::Broker {
+        operation: "reading a queue",
+        source: Box::new(MemoryError::NotFound(format!(
+            "no queue '{queue}' in vhost '/'"
+        ))),
     }
 }

@@ -12,9 +12,9 @@ use std::time::Duration;
 use common::{Broker, options, options_with_dlq, unique};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
-use rmq_bus::{
-    AckMode, ClientProxy, Error, FailurePolicy, Microservice, Payload, RmqContext, Settlement,
-};
+use rmq_bus::config::{AckMode, FailurePolicy};
+use rmq_bus::context::Settlement;
+use rmq_bus::{ClientProxy, Error, Microservice, Payload, RmqContext};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -393,7 +393,12 @@ async fn client_errors_say_what_happened() {
     let missing = unique("missing");
     let unroutable = ClientProxy::new(options(&missing).no_assert(true));
     match unroutable.emit("x", &1).await {
-        Err(Error::Unroutable { routing_key }) => assert_eq!(routing_key, missing),
+        Err(Error::Unroutable {
+            exchange,
+            routing_key,
+        }) => {
+            assert_eq!((exchange.as_str(), routing_key), ("", missing))
+        }
         other => panic!("expected Unroutable, got {other:?}"),
     }
     unroutable.close().await;
@@ -542,9 +547,11 @@ async fn consume_and_exchange_errors_say_what_to_do() {
     let (exchange, queue) = (unique("kind-x"), unique("kind-q"));
     broker.forget_exchange_later(&exchange);
     broker.forget_later(&queue);
-    let topic = ClientProxy::new(options(&queue).exchange(rmq_bus::Exchange::topic(&exchange)));
+    let topic =
+        ClientProxy::new(options(&queue).exchange(rmq_bus::config::Exchange::topic(&exchange)));
     topic.connect().await.expect("declares the topic exchange");
-    let fanout = ClientProxy::new(options(&queue).exchange(rmq_bus::Exchange::fanout(&exchange)));
+    let fanout =
+        ClientProxy::new(options(&queue).exchange(rmq_bus::config::Exchange::fanout(&exchange)));
     match fanout.connect().await {
         Err(error @ Error::DeclareExchange { .. }) => {
             let text = error.to_string();

@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 use common::{Broker, options, unique};
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
-use rmq_bus::{
-    ClientProxy, HandlerError, Message, Microservice, Payload, Response, RetryPolicy, RmqContext,
-    Route,
-};
+use rmq_bus::config::RetryPolicy;
+use rmq_bus::handler::{HandlerError, Message, Response, Route};
+use rmq_bus::{ClientProxy, Microservice, Payload, RmqContext};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -483,7 +482,7 @@ async fn quorum_queues_work_on_a_single_node_with_retries() {
     let queue = unique("quorum");
     broker.forget_later(&queue);
     broker.forget_later(&format!("{queue}.retry.50ms"));
-    let quorum = options(&queue).queue_options(rmq_bus::QueueOptions::default().quorum());
+    let quorum = options(&queue).queue_options(rmq_bus::config::QueueOptions::default().quorum());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let service = Microservice::new(quorum.clone().retry(RetryPolicy::exponential(
         2,

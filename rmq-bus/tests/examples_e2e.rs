@@ -27,7 +27,7 @@ const PROCESSING: Duration = Duration::from_secs(20);
 const SHUTDOWN: Duration = Duration::from_secs(10);
 
 fn broker_uri() -> String {
-    std::env::var("RABBIT_MQ_URI").unwrap_or_else(|_| rmq_bus::DEFAULT_URI.to_owned())
+    std::env::var("RABBIT_MQ_URI").unwrap_or_else(|_| rmq_bus::config::DEFAULT_URI.to_owned())
 }
 
 /// Builds both examples (debug profile) and returns their executables, as cargo reports them
@@ -367,8 +367,8 @@ fn get_order_over_the_bus(orders_queue: &str, order_id: &str) {
             .await
         {
             Err(rmq_bus::Error::Remote { error, .. }) => assert_eq!(
-                error,
-                json!({"status": "error", "message": "order not found"})
+                error.payload(),
+                &json!({"status": "error", "message": "order not found"})
             ),
             other => panic!("expected the order-not-found error, got {other:?}"),
         }
@@ -469,17 +469,20 @@ fn the_shop_demo_runs_on_both_transports() {
     }
 }
 
-/// The benchmark runs end to end with a small N (a smoke check: its figures are not judged here).
+/// The benchmark runs end to end with a small N and reports sane figures: every rate above 0,
+/// latencies in order, CPU time and memory measured, S2 within what its prefetch allows, S3
+/// answered. (Whether rmq-bus is fast enough is for the bench's own report, not judged here.)
 #[test]
 fn the_benchmark_runs_with_a_small_n() {
     let (_, _, _, bench) = build_examples();
+    // CPU time comes in 10 ms ticks: the rounds are sized to take several each.
     let output = Command::new(&bench)
         .env("RABBIT_MQ_URI", broker_uri())
         .envs([
-            ("N", "1000"),
+            ("N", "2000"),
             ("ROUNDS", "1"),
-            ("S2_N", "200"),
-            ("S3_N", "50"),
+            ("S2_N", "1000"),
+            ("S3_N", "100"),
         ])
         .output()
         .expect("run the bench example");
@@ -495,4 +498,67 @@ fn the_benchmark_runs_with_a_small_n() {
         "{text}"
     );
     assert!(text.contains("S3 request/reply"), "{text}");
+
+    let figures = bench_figures(&text);
+    let get = |key: &str| -> f64 {
+        *figures
+            .get(key)
+            .unwrap_or_else(|| panic!("the bench printed no figure {key}:\n{text}"))
+    };
+    let positive = |key: &str| -> f64 {
+        let value = get(key);
+        assert!(
+            value.is_finite() && value > 0.0,
+            "figure {key}={value}, expected a number above 0:\n{text}"
+        );
+        value
+    };
+    // Latencies are timed in ns: the 50th and the 99th percentile of a few hundred never tie,
+    // unless both are one rank (as when a fraction is passed for a percent: both the minimum).
+    let in_order = |p50_key: &str, p99_key: &str| {
+        let (p50, p99) = (positive(p50_key), positive(p99_key));
+        assert!(
+            p50 < p99,
+            "{p50_key}={p50} is not below {p99_key}={p99}:\n{text}"
+        );
+    };
+    // No more than `prefetch` handlers of 5 ms run at once; 5 % for timer granularity.
+    let s2_limit = positive("s2.prefetch") / (positive("s2.handler_ms") / 1e3) * 1.05;
+    for scenario in ["s1", "s2"] {
+        for system in ["rmq-bus", "lapin-typical", "lapin-expert"] {
+            let key = |figure: &str| format!("{scenario}.{system}.{figure}");
+            assert_eq!(get(&key("rounds")), 1.0, "{}:\n{text}", key("rounds"));
+            positive(&key("publish_per_s"));
+            let e2e = positive(&key("e2e_per_s"));
+            in_order(&key("p50_ms"), &key("p99_ms"));
+            positive(&key("cpu_s"));
+            positive(&key("peak_rss_mib"));
+            assert!(get(&key("duplicates")) >= 0.0, "{text}");
+            if scenario == "s2" {
+                assert!(
+                    e2e <= s2_limit,
+                    "{}={e2e} exceeds prefetch / 5 ms:\n{text}",
+                    key("e2e_per_s")
+                );
+            }
+        }
+    }
+    in_order("s3.p50_ms", "s3.p99_ms");
+    positive("s3.concurrent_per_s");
+}
+
+/// The bench's `figure <key>=<value>` lines, by key (the format is in `examples/bench/main.rs`).
+fn bench_figures(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("figure "))
+        .map(|figure| {
+            let (key, value) = figure
+                .split_once('=')
+                .unwrap_or_else(|| panic!("a figure line without '=': {figure:?}"));
+            let value = value
+                .parse()
+                .unwrap_or_else(|_| panic!("figure {key} is not a number: {value:?}"));
+            (key.to_owned(), value)
+        })
+        .collect()
 }

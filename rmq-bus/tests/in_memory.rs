@@ -5,10 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rmq_bus::context::Settlement;
 use rmq_bus::testing::TestBroker;
-use rmq_bus::{
-    ClientProxy, Error, Microservice, RmqContext, Settlement, controller, event_pattern,
-};
+use rmq_bus::{ClientProxy, Error, Microservice, RmqContext, controller, event_pattern};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Notify;
@@ -64,7 +63,7 @@ async fn a_controller_is_tested_without_a_broker() {
     assert_eq!(settled.settlement, Settlement::Ack);
 
     // What was emitted where: one order_processed in ORDERS.
-    let emitted = broker.messages("ORDERS");
+    let emitted = broker.messages("ORDERS").expect("ORDERS exists");
     assert_eq!(emitted.len(), 1);
     let (pattern, data) = emitted[0].packet().expect("a NestJS packet");
     assert_eq!(
@@ -84,7 +83,7 @@ async fn a_controller_is_tested_without_a_broker() {
         )
         .expect("publish");
     assert_eq!(broker.settled("BILLING").await.settlement, Settlement::Ack);
-    let dead = broker.messages("BILLING.dlq");
+    let dead = broker.messages("BILLING.dlq").expect("the DLQ exists");
     assert_eq!(dead.len(), 1);
     let reason = dead[0]
         .properties
@@ -122,7 +121,11 @@ async fn a_lost_connection_redelivers_unacked_messages_and_the_service_recovers(
     tokio::time::timeout(Duration::from_secs(5), started.notified())
         .await
         .expect("the handler runs");
-    assert_eq!(broker.unacked("JOBS"), 1, "the handler holds the message");
+    assert_eq!(
+        broker.unacked("JOBS").expect("JOBS exists"),
+        1,
+        "the handler holds the message"
+    );
     broker.disconnect();
     gate.notify_one();
     let mut results = Vec::new();
@@ -141,30 +144,54 @@ async fn a_lost_connection_redelivers_unacked_messages_and_the_service_recovers(
         "redelivered, flagged, and handled by the recovered consumer"
     );
     running.shutdown().await.expect("shutdown");
-    assert_eq!(broker.ready("JOBS") + broker.unacked("JOBS"), 0);
+    assert_eq!(
+        broker.ready("JOBS").expect("JOBS exists") + broker.unacked("JOBS").expect("JOBS exists"),
+        0
+    );
 }
 
 #[tokio::test]
-async fn refused_publishes_surface_as_errors() {
+async fn refused_publishes_surface_as_errors_at_once() {
     let broker = TestBroker::new();
     let client = ClientProxy::new(
         broker
             .options("Q")
-            .reconnect_timeout(Duration::from_millis(200)),
+            .reconnect_timeout(Duration::from_secs(30)),
     );
     client.connect().await.expect("connect");
     broker.refuse_publishes(1);
+    let started = std::time::Instant::now();
+    match client.emit("x", &1).await {
+        Err(error @ Error::Nacked { .. }) => {
+            assert!(error.to_string().contains("queue \"Q\""), "{error}")
+        }
+        other => panic!("expected Nacked, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a nack is not retried until the reconnect timeout: {:?}",
+        started.elapsed()
+    );
     client
-        .emit("x", &1)
+        .emit("x", &2)
         .await
-        .expect("one refusal is retried and the emit goes through");
-    broker.refuse_publishes(10_000);
+        .expect("the next emit is accepted");
+    // The test's own publishes are never refused.
+    broker.refuse_publishes(1);
+    broker
+        .publish("Q", "x", &3)
+        .expect("setup publishes are not refused");
+    let left: Vec<_> = broker
+        .messages("Q")
+        .expect("Q exists")
+        .iter()
+        .filter_map(|m| m.packet().map(|(_, data)| data))
+        .collect();
+    assert_eq!(left, [json!(2), json!(3)]);
     assert!(matches!(
-        client.emit("x", &2).await,
+        client.emit("x", &4).await,
         Err(Error::Nacked { .. })
     ));
-    broker.refuse_publishes(0);
-    assert_eq!(broker.messages("Q").len(), 1);
 }
 
 #[tokio::test]
@@ -173,7 +200,7 @@ async fn a_deleted_exchange_refuses_publishes() {
     let client = ClientProxy::new(
         broker
             .options("Q")
-            .exchange(rmq_bus::Exchange::fanout("prices"))
+            .exchange(rmq_bus::config::Exchange::fanout("prices"))
             .reconnect_timeout(Duration::from_millis(100)),
     );
     client.connect().await.expect("declares the exchange");

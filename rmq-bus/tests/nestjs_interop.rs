@@ -12,9 +12,8 @@ use std::time::Duration;
 use common::{Broker, options, unique, uri};
 use futures::future::BoxFuture;
 use nest::NestApp;
-use rmq_bus::{
-    ClientProxy, Error, Microservice, Pattern, Payload, RmqContext, RmqOptions, Settlement,
-};
+use rmq_bus::context::Settlement;
+use rmq_bus::{ClientProxy, Error, Microservice, Pattern, Payload, RmqContext, RmqOptions};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -359,7 +358,7 @@ async fn rmq_bus_send_gets_nestjs_replies_values_and_errors() {
     ];
     for (pattern, expected) in expectations {
         match client.send::<_, Value>(pattern, &json!({})).await {
-            Err(Error::Remote { error, .. }) => assert_eq!(error, expected, "{pattern}"),
+            Err(Error::Remote { error, .. }) => assert_eq!(error.payload(), &expected, "{pattern}"),
             other => panic!("{pattern}: expected Remote, got {other:?}"),
         }
     }

@@ -17,7 +17,7 @@ struct Order {
     total: f64,
 }
 
-async fn service(queue: &str) -> rmq_bus::RunningMicroservice {
+async fn service(queue: &str) -> rmq_bus::microservice::RunningMicroservice {
     Microservice::new(options(queue))
         .on_message("sum", |Payload(numbers): Payload<Vec<f64>>| async move {
             Ok::<_, RpcError>(numbers.iter().sum::<f64>())
@@ -83,29 +83,31 @@ async fn values_and_errors_come_back_in_nestjs_shapes() {
         Err(Error::Remote { pattern, error }) => {
             assert_eq!(pattern, "get_order");
             assert_eq!(
-                error,
-                json!({"status": "error", "message": "order not found"})
+                error.payload(),
+                &json!({"status": "error", "message": "order not found"})
             );
         }
         other => panic!("expected Remote, got {other:?}"),
     }
     match client.send::<_, ()>("object_error", &()).await {
         Err(Error::Remote { error, .. }) => {
-            assert_eq!(error, json!({"code": 42, "reason": "nope"}))
+            assert_eq!(error.payload(), &json!({"code": 42, "reason": "nope"}))
         }
         other => panic!("expected Remote, got {other:?}"),
     }
     match client.send::<_, ()>("internal", &()).await {
         Err(Error::Remote { error, .. }) => {
             assert_eq!(
-                error,
-                json!({"status": "error", "message": "Internal server error"})
+                error.payload(),
+                &json!({"status": "error", "message": "Internal server error"})
             )
         }
         other => panic!("expected Remote, got {other:?}"),
     }
     match client.send::<_, ()>("panics", &()).await {
-        Err(Error::Remote { error, .. }) => assert_eq!(error["message"], "Internal server error"),
+        Err(Error::Remote { error, .. }) => {
+            assert_eq!(error.message(), Some("Internal server error"))
+        }
         other => panic!("expected Remote, got {other:?}"),
     }
     let nothing: () = client.send("nothing", &()).await.expect("unit reply");
@@ -128,7 +130,7 @@ async fn values_and_errors_come_back_in_nestjs_shapes() {
     match client.send::<_, f64>("sum", &"not numbers").await {
         Err(Error::Remote { error, .. }) => {
             assert!(
-                error["message"].as_str().is_some_and(|m| m.contains("Vec")),
+                error.message().is_some_and(|m| m.contains("Vec")),
                 "{error}"
             )
         }

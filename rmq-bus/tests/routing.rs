@@ -11,10 +11,8 @@ use std::sync::{Arc, Mutex};
 use common::{Broker, options, options_with_dlq, unique};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
-use rmq_bus::{
-    ClientProxy, HandlerError, HandlerResult, Microservice, Next, Pattern, Payload, RmqContext,
-    RpcError,
-};
+use rmq_bus::handler::{HandlerError, HandlerResult, Next};
+use rmq_bus::{ClientProxy, Microservice, Pattern, Payload, RmqContext, RpcError};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 

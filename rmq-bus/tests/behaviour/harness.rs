@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
+use rmq_bus::RmqOptions;
+use rmq_bus::config::QueueOptions;
+use rmq_bus::context::Properties;
 use rmq_bus::testing::TestBroker;
-use rmq_bus::{Properties, QueueOptions, RmqOptions};
 
 use crate::common::{Broker, EXPIRES_MS, unique};
 
@@ -136,15 +138,15 @@ impl Harness {
         match self {
             Harness::Rabbit(broker) => broker.wait_ready(queue, count).await,
             Harness::Memory(broker) => {
-                let mut seen = 0;
+                let mut seen = None;
                 for _ in 0..200 {
-                    seen = broker.ready(queue) as u32;
-                    if seen == count {
+                    seen = broker.ready(queue).ok().map(|n| n as u32);
+                    if seen == Some(count) {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
-                seen
+                seen.unwrap_or_else(|| panic!("queue {queue} does not exist"))
             }
         }
     }
@@ -175,6 +177,7 @@ impl Harness {
                 .collect(),
             Harness::Memory(broker) => broker
                 .messages(queue)
+                .expect("the queue exists")
                 .into_iter()
                 .map(|m| {
                     let text = m.properties.headers.get(header).map(|v| match v {

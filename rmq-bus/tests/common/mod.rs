@@ -11,11 +11,12 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use rmq_bus::{QueueOptions, RmqOptions};
+use rmq_bus::RmqOptions;
+use rmq_bus::config::QueueOptions;
 
 /// The broker the tests use.
 pub fn uri() -> String {
-    std::env::var("RABBIT_MQ_URI").unwrap_or_else(|_| rmq_bus::DEFAULT_URI.to_owned())
+    std::env::var("RABBIT_MQ_URI").unwrap_or_else(|_| rmq_bus::config::DEFAULT_URI.to_owned())
 }
 
 /// Queues left behind by a failed test expire by themselves after this long.
@@ -150,17 +151,17 @@ impl Broker {
     }
 
     /// Waits (bounded) until `queue` exists and has `count` ready messages; returns the last
-    /// count seen.
+    /// count seen. A queue that never exists fails the test: it is not an empty one.
     pub async fn wait_ready(&self, queue: &str, count: u32) -> u32 {
-        let mut seen = 0;
+        let mut seen = None;
         for _ in 0..100 {
-            seen = self.try_ready(queue).await.unwrap_or(0);
-            if seen == count {
+            seen = self.try_ready(queue).await;
+            if seen == Some(count) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        seen
+        seen.unwrap_or_else(|| panic!("queue {queue} does not exist"))
     }
 
     /// Takes every message from `queue` (acking them), as (body, properties).

@@ -8,18 +8,20 @@
 //! is itself still outstanding, and every frame goes out under one lock, so the broker sees
 //! settlements in a consistent order.
 
+use std::any::Any;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use tokio::sync::Notify;
 
-use crate::context::Settlement;
+use crate::context::{RmqContext, Settle};
+use crate::delivery::{Outcome, Settlement};
 use crate::error::{Error, Result};
-use crate::transport::Acker;
 
 /// Longest an ack waits before it is sent.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(1);
@@ -89,16 +91,10 @@ impl AckBatcher {
         batcher
     }
 
-    /// The acker of delivery `tag`, which is outstanding until it is settled (`track`: false for
-    /// deliveries the broker acked itself, `AckMode::NoAck`).
-    pub(crate) fn acker(self: &Arc<Self>, tag: u64, track: bool) -> Acker {
-        if track {
-            self.lock().outstanding.insert(tag);
-        }
-        Acker::Amqp {
-            batcher: self.clone(),
-            tag,
-        }
+    /// Records delivery `tag` as outstanding until it is settled, so that no multiple ack
+    /// passes it.
+    pub(crate) fn track(&self, tag: u64) {
+        self.lock().outstanding.insert(tag);
     }
 
     /// Sends every ack still waiting (at shutdown, before the channel closes).
@@ -107,7 +103,7 @@ impl AckBatcher {
     }
 
     /// Acks `tag`: recorded for the flusher, which sends it with the others.
-    pub(crate) fn ack(&self, tag: u64) -> Result<()> {
+    fn record_ack(&self, tag: u64) -> Result<()> {
         self.ensure_open(Settlement::Ack)?;
         let waiting = {
             let mut state = self.lock();
@@ -123,7 +119,7 @@ impl AckBatcher {
     }
 
     /// Nacks or rejects `tag` at once, on its own.
-    pub(crate) async fn refuse(&self, tag: u64, settlement: Settlement) -> Result<()> {
+    async fn send_refusal(&self, tag: u64, settlement: Settlement) -> Result<()> {
         self.ensure_open(settlement)?;
         let _frames = self.send.lock().await;
         let sent = match settlement {
@@ -187,6 +183,35 @@ impl AckBatcher {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// RabbitMQ keeps no record of why a delivery was settled: the outcome is not sent.
+impl Settle for AckBatcher {
+    fn ack(&self, tag: u64, _: Outcome) -> Result<()> {
+        self.record_ack(tag)
+    }
+
+    fn refuse(&self, tag: u64, settlement: Settlement, _: Outcome) -> BoxFuture<'_, Result<()>> {
+        // Boxed: lapin's frame futures are large, and every handler awaiting an ack would
+        // carry one.
+        Box::pin(self.send_refusal(tag, settlement))
+    }
+}
+
+impl RmqContext {
+    /// The lapin channel the message was delivered on, for what rmq-bus does not wrap; `None`
+    /// on the in-memory transport. An escape hatch: lapin is re-exported as [`crate::lapin`], and
+    /// a major version of lapin is a major version of rmq-bus.
+    ///
+    /// Never settle a delivery through it (NestJS's `getChannelRef().ack(msg)`): use
+    /// [`ack`](Self::ack) and friends, which settle exactly once and coalesce acks; a raw ack would
+    /// leave rmq-bus acking a tag the broker no longer knows, which closes the channel.
+    pub fn channel(&self) -> Option<&Channel> {
+        let settler: &dyn Any = self.settler();
+        settler
+            .downcast_ref::<AckBatcher>()
+            .map(|batcher| &batcher.channel)
     }
 }
 

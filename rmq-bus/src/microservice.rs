@@ -1,26 +1,23 @@
-//! [`Microservice`]: consumes queues and runs the handler of each message's pattern, reconnecting
-//! by itself when the broker goes away.
+//! [`Microservice`]: what a service registers (controllers, handlers, interceptors, retry
+//! policies) and the supervisor that keeps its consumers running, reconnecting by itself when
+//! the broker goes away. What happens to each delivery is
+//! the dispatcher's business.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::config::RmqOptions;
-use crate::dispatch::{Policy, Router, dispatch};
+use crate::config::{DEFAULT_DRAIN_TIMEOUT, RetryPolicy, RmqOptions};
+use crate::dispatch::{Router, serve, stop_requested};
 use crate::error::{Error, Result};
-use crate::handler::{Controller, HandlerFn, IntoMessageRoute, IntoRoute, Route};
-use crate::interceptor::{Interceptor, wrap};
+use crate::handler::{
+    Controller, HandlerFn, Interceptor, IntoMessageRoute, IntoRoute, Route, wrap,
+};
 use crate::pattern::Pattern;
-use crate::retry::RetryPolicy;
-use crate::transport::{self, Source};
-
-/// Default time in-flight handlers get to finish at shutdown.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::transport;
 
 /// A service that consumes one or more queues and routes each message by pattern to its handler,
 /// as NestJS's `app.connectMicroservice(rmqService.getOptions(...))`.
@@ -49,7 +46,11 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Microservice {
     queues: Vec<RmqOptions>,
     routes: Vec<Route>,
+    /// Microservices merged into this one: each serves its own queues with its own handlers.
+    merged: Vec<Microservice>,
     drain_timeout: Duration,
+    /// A registration made in an order where it does nothing, reported by `start`.
+    misuse: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Microservice {
@@ -57,8 +58,9 @@ impl std::fmt::Debug for Microservice {
         f.debug_struct("Microservice")
             .field("queues", &self.queues)
             .field("routes", &self.routes)
+            .field("merged", &self.merged)
             .field("drain_timeout", &self.drain_timeout)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,14 +70,47 @@ impl Microservice {
         Self {
             queues: vec![options],
             routes: Vec::new(),
+            merged: Vec::new(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            misuse: None,
         }
     }
 
     /// Consumes another queue too (on the broker of the first), with its own prefetch, ack mode,
-    /// retry policy and dead-letter queue. Every handler serves every queue.
+    /// retry policy and dead-letter queue. Every handler of this microservice serves every one of
+    /// its queues (and, with an exchange, is bound on it); for handlers of one queue only, build
+    /// a microservice for that queue and [`merge`](Self::merge) it.
     pub fn queue(mut self, options: RmqOptions) -> Self {
         self.queues.push(options);
+        self
+    }
+
+    /// Runs `other` on this microservice's connection: its queues are served by its own
+    /// handlers only, and it starts, reconnects and shuts down with this one. This is how a
+    /// service keeps its commands on a plain queue while only some handlers subscribe to an
+    /// exchange:
+    ///
+    /// ```no_run
+    /// use rmq_bus::{Microservice, Payload, RmqOptions};
+    /// use rmq_bus::config::Exchange;
+    /// # async fn demo() -> rmq_bus::Result<()> {
+    /// let carrier_updates = Microservice::new(
+    ///     RmqOptions::new("SHIPPING_CARRIERS").exchange(Exchange::topic("carriers")),
+    /// )
+    /// .on_event("shipment.*", |Payload(update): Payload<serde_json::Value>| async move {
+    ///     // shipment.delivered, shipment.delayed: bound on the topic exchange
+    /// });
+    /// Microservice::new(RmqOptions::new("SHIPPING")) // commands, on a plain queue
+    ///     .on_message("get_shipment", |Payload(id): Payload<String>| async move {
+    ///         Ok::<_, rmq_bus::RpcError>(id)
+    ///     })
+    ///     .merge(carrier_updates)
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn merge(mut self, other: Microservice) -> Self {
+        self.merged.push(other);
         self
     }
 
@@ -122,8 +157,14 @@ impl Microservice {
 
     /// Wraps every handler registered **so far** with `interceptor` (as axum's `layer`): call it
     /// last to wrap all of them, or between registrations to wrap only some controllers. An
-    /// interceptor added later runs outside those added before.
+    /// interceptor added later runs outside those added before. Called before any handler is
+    /// registered it would wrap none, so [`start`](Self::start) refuses that.
     pub fn intercept<I: Interceptor>(mut self, interceptor: I) -> Self {
+        if self.routes.is_empty() {
+            self.misuse.get_or_insert(
+                "Microservice::intercept was called before any handler was registered, so it wraps none; call it after .controller(…), .on_event(…) and the like",
+            );
+        }
         let interceptor: Arc<dyn Interceptor> = Arc::new(interceptor);
         self.routes = self
             .routes
@@ -135,8 +176,15 @@ impl Microservice {
 
     /// Gives every handler registered **so far** that has no retry policy yet this one: call it
     /// right after a controller or handler to set theirs. Handlers without one use their
-    /// queue's ([`RmqOptions::retry`]), then its [`FailurePolicy`](crate::FailurePolicy).
+    /// queue's ([`RmqOptions::retry`]), then its [`FailurePolicy`](crate::config::FailurePolicy).
+    /// Called before any handler is registered it would cover none, so [`start`](Self::start)
+    /// refuses that; a policy for every handler of a queue is [`RmqOptions::retry`].
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        if self.routes.is_empty() {
+            self.misuse.get_or_insert(
+                "Microservice::retry was called before any handler was registered, so it covers none; call it after .controller(…) or .on_event(…), or give the queue a policy with RmqOptions::retry",
+            );
+        }
         for route in &mut self.routes {
             route.retry.get_or_insert_with(|| policy.clone());
         }
@@ -161,34 +209,52 @@ impl Microservice {
     }
 
     /// Connects, declares and starts consuming; returns once every consumer is running. The
-    /// first connection is tried for the queue's
+    /// first connection is tried for the first queue's
     /// [`reconnect_timeout`](RmqOptions::reconnect_timeout), so that a wrong URI shows at start.
     pub async fn start(self) -> Result<RunningMicroservice> {
-        let router = Arc::new(Router::new(self.routes)?);
-        let first = self
-            .queues
+        let drain = self.drain_timeout;
+        let mut queues = Vec::new();
+        self.into_queues(&mut queues)?;
+        let (first, _) = queues
             .first()
             .ok_or_else(|| Error::Config("a microservice needs a queue".into()))?;
-        for options in &self.queues {
-            options.validate()?;
-        }
-        let patience = first.reconnect_wait();
-        let shared = Arc::new(Shared {
-            queues: self.queues,
-            router,
-            drain: self.drain_timeout,
-        });
-        let session = Session::open(&shared, Some(patience)).await?;
+        let patience = first.reconnect_timeout;
+        let shared = Arc::new(Shared { queues, drain });
+        let consumers = ConsumerSet::open(&shared, Some(patience)).await?;
         let (stop, stopping) = watch::channel(false);
-        let supervisor = tokio::spawn(supervise(shared, session, stopping));
+        let supervisor = tokio::spawn(supervise(shared, consumers, stopping));
         Ok(RunningMicroservice { stop, supervisor })
     }
 }
 
-/// What every session of a microservice consumes and routes to.
+impl Microservice {
+    /// Checks this microservice and those merged into it, and lists every queue with the
+    /// router of its handlers.
+    fn into_queues(self, queues: &mut Vec<(RmqOptions, Arc<Router>)>) -> Result<()> {
+        if let Some(misuse) = self.misuse {
+            return Err(Error::Config(misuse.to_owned()));
+        }
+        let router = Arc::new(Router::new(self.routes)?);
+        for options in self.queues {
+            options.validate_consumer()?;
+            if queues.iter().any(|(other, _)| other.queue == options.queue) {
+                return Err(Error::Config(format!(
+                    "queue {:?} is consumed twice; a queue belongs to one microservice (merge them, or use .queue for another queue with the same handlers)",
+                    options.queue
+                )));
+            }
+            queues.push((options, router.clone()));
+        }
+        for merged in self.merged {
+            merged.into_queues(queues)?;
+        }
+        Ok(())
+    }
+}
+
+/// What every connection of a microservice consumes, each queue with its handlers.
 struct Shared {
-    queues: Vec<RmqOptions>,
-    router: Arc<Router>,
+    queues: Vec<(RmqOptions, Arc<Router>)>,
     drain: Duration,
 }
 
@@ -205,33 +271,36 @@ impl RunningMicroservice {
     /// they left, and closes the connection. Unsettled messages go back to their queues.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(true);
-        self.supervisor
-            .await
-            .map_err(|e| Error::Config(format!("the microservice task ended abnormally: {e}")))?
+        self.supervisor.await.map_err(supervisor_failed)?
     }
 
     /// Runs until `signal` completes, then shuts down.
     pub async fn shutdown_on(mut self, signal: impl Future<Output = ()>) -> Result<()> {
         tokio::select! {
             () = signal => self.shutdown().await,
-            ended = &mut self.supervisor => {
-                ended.map_err(|e| Error::Config(format!("the microservice task ended abnormally: {e}")))?
-            }
+            ended = &mut self.supervisor => ended.map_err(supervisor_failed)?,
         }
     }
 }
 
-/// Keeps a session running: when one of its consumers stops by itself (connection lost, channel
-/// closed, consumer cancelled), closes the rest and opens a new session, for as long as it takes.
+fn supervisor_failed(join: tokio::task::JoinError) -> Error {
+    Error::TaskFailed {
+        task: "microservice supervisor",
+        reason: join.to_string(),
+    }
+}
+
+/// Keeps the consumers running: when one stops by itself (connection lost, channel closed,
+/// consumer cancelled), closes the rest and opens a new set, for as long as it takes.
 async fn supervise(
     shared: Arc<Shared>,
-    mut session: Session,
+    mut consumers: ConsumerSet,
     mut stopping: watch::Receiver<bool>,
 ) -> Result<()> {
     loop {
         tokio::select! {
-            () = stop_requested(&mut stopping) => return session.close().await,
-            ended = session.consumers.join_next() => match ended {
+            () = stop_requested(&mut stopping) => return consumers.close().await,
+            ended = consumers.tasks.join_next() => match ended {
                 Some(Ok(Err(error))) => tracing::error!(%error, "reconnecting"),
                 Some(Err(join)) => tracing::error!(error = %join, "a consumer task ended abnormally; reconnecting"),
                 _ => {}
@@ -239,14 +308,14 @@ async fn supervise(
         }
         // The others' deliveries return to their queues when the connection goes: cut them
         // short rather than drain, so that recovery does not wait for the drain timeout.
-        session.abandon().await;
-        session = loop {
+        consumers.abandon().await;
+        consumers = loop {
             let opened = tokio::select! {
                 () = stop_requested(&mut stopping) => return Ok(()),
-                opened = Session::open(&shared, None) => opened,
+                opened = ConsumerSet::open(&shared, None) => opened,
             };
             match opened {
-                Ok(session) => break session,
+                Ok(consumers) => break consumers,
                 // Not an outage (connecting retries for ever) but, say, a declaration refused.
                 Err(error) => {
                     tracing::error!(%error, "could not restore the consumers; retrying in 5 s");
@@ -261,49 +330,42 @@ async fn supervise(
     }
 }
 
-/// One connection and its consumers.
-struct Session {
-    transport: Option<transport::Session>,
+/// One connection and the consumer tasks of its queues.
+struct ConsumerSet {
+    session: Option<transport::Session>,
     stop: watch::Sender<bool>,
-    consumers: JoinSet<Result<()>>,
+    tasks: JoinSet<Result<()>>,
 }
 
-impl Session {
+impl ConsumerSet {
     /// Connects (`patience`: how long to keep trying; `None`, for ever), declares and consumes.
     async fn open(shared: &Arc<Shared>, patience: Option<Duration>) -> Result<Self> {
-        let first = shared
+        let (first, _) = shared
             .queues
             .first()
             .ok_or_else(|| Error::Config("a microservice needs a queue".into()))?;
-        let transport = transport::Session::connect(first, patience).await?;
+        let session = transport::Session::connect(first, patience).await?;
         let (stop, stopping) = watch::channel(false);
-        let mut consumers = JoinSet::new();
-        for options in &shared.queues {
-            let source = transport.consume(options, &shared.router).await?;
-            tracing::info!(
-                queue = options.queue(),
-                prefetch = options.prefetch_count(),
-                "consuming"
-            );
-            let consumer = QueueConsumer {
-                source,
-                policy: Arc::new(Policy::of(options)),
-                prefetch: options.prefetch_count().into(),
-            };
-            consumers.spawn(consumer.run(shared.router.clone(), stopping.clone(), shared.drain));
+        let mut tasks = JoinSet::new();
+        for (options, router) in &shared.queues {
+            let consumer = session.consume(options, &router.keys()).await?;
+            tracing::info!(queue = %options.queue, prefetch = options.prefetch, "consuming");
+            let (options, router, stopping) = (options.clone(), router.clone(), stopping.clone());
+            let drain = shared.drain;
+            tasks.spawn(async move { serve(consumer, &options, router, stopping, drain).await });
         }
         Ok(Self {
-            transport: Some(transport),
+            session: Some(session),
             stop,
-            consumers,
+            tasks,
         })
     }
 
     /// Stops the consumers at once (their handlers too) and closes the connection.
     async fn abandon(mut self) {
-        self.consumers.shutdown().await;
-        if let Some(transport) = self.transport.take() {
-            transport.close().await;
+        self.tasks.shutdown().await;
+        if let Some(session) = self.session.take() {
+            session.close().await;
         }
     }
 
@@ -311,88 +373,17 @@ impl Session {
     async fn close(mut self) -> Result<()> {
         let _ = self.stop.send(true);
         let mut result = Ok(());
-        while let Some(joined) = self.consumers.join_next().await {
+        while let Some(joined) = self.tasks.join_next().await {
             if let Ok(Err(error @ Error::DrainTimeout(_))) = joined {
                 result = Err(error);
             }
         }
-        if let Some(transport) = self.transport.take() {
-            transport.close().await;
+        if let Some(session) = self.session.take() {
+            session.close().await;
         }
         tracing::info!("consumers stopped");
         result
     }
-}
-
-/// One queue's consumer and how its deliveries are disposed of.
-struct QueueConsumer {
-    source: Source,
-    policy: Arc<Policy>,
-    prefetch: usize,
-}
-
-impl QueueConsumer {
-    /// Runs handlers for deliveries, at most `prefetch` at once, until told to stop (then drains
-    /// them) or the consumer dies (then lets them finish on their own: their messages come back
-    /// anyway).
-    ///
-    /// The handlers run concurrently on this task rather than as a task each: a task per
-    /// delivery costs a spawn, a wake-up across threads and a copy of the handler's future, which
-    /// was a fifth of the CPU time per message. Handlers that compute for long belong in
-    /// `tokio::task::spawn_blocking`, as anywhere in async code.
-    async fn run(
-        mut self,
-        router: Arc<Router>,
-        mut stop: watch::Receiver<bool>,
-        drain: Duration,
-    ) -> Result<()> {
-        let mut handlers = FuturesUnordered::new();
-        let stopped = stop_requested(&mut stop);
-        tokio::pin!(stopped);
-        let ended = loop {
-            let room = handlers.len() < self.prefetch;
-            tokio::select! {
-                biased;
-                () = &mut stopped => break Ok(()),
-                Some(()) = handlers.next(), if !handlers.is_empty() => {}
-                delivery = self.source.next(), if room => match delivery {
-                    Ok(inbound) => {
-                        handlers.push(dispatch(router.clone(), self.policy.clone(), inbound));
-                    }
-                    Err(reason) => {
-                        break Err(Error::ConsumerStopped {
-                            queue: self.source.queue().to_owned(),
-                            reason,
-                        });
-                    }
-                },
-            }
-        };
-        if ended.is_err() {
-            // The consumer is gone: its deliveries return to the queue whatever the handlers do.
-            if !handlers.is_empty() {
-                tokio::spawn(async move { while handlers.next().await.is_some() {} });
-            }
-            return ended;
-        }
-        self.source.cancel().await;
-        let drained =
-            tokio::time::timeout(drain, async { while handlers.next().await.is_some() {} }).await;
-        let left = handlers.len();
-        // Closing first returns every unsettled message to the queue, so handlers cut short
-        // below cannot settle theirs by the failure policy.
-        self.source.close().await;
-        drop(handlers);
-        match drained {
-            Err(_) => Err(Error::DrainTimeout(left)),
-            Ok(()) => Ok(()),
-        }
-    }
-}
-
-/// Resolves once a stop is asked for (or the asker is gone).
-async fn stop_requested(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Resolves on Ctrl-C, or SIGTERM on Unix.

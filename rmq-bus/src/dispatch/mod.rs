@@ -1,6 +1,17 @@
-//! The transport-neutral core: decode a delivery, route it by pattern, run its handler, answer a
-//! request, and dispose of the delivery by the configured policy (ack, retry, dead-letter),
-//! whatever happens.
+//! The transport-neutral core of a microservice: each queue's consumer loop, and for every
+//! delivery: route it by pattern, run its handler, answer a request, and settle the delivery by
+//! the queue's policy (ack, retry, dead-letter), whatever happens. It speaks to the broker only
+//! through the transport's port ([`crate::transport`]), whose docs trace the path of one
+//! delivery from the socket to the ack.
+//!
+//! Here, in order: [`serve`] takes deliveries from a [`Consumer`] and runs up to the prefetch
+//! window of them at once; [`dispatch`] handles one inside its tracing span: [`route`] reads its
+//! pattern and finds the handler in the [`Router`] (bad input is refused and dead-lettered), the
+//! handler runs (panics caught), a request is answered, and what the handler left unsettled is
+//! settled by the [`Disposal`] its outcome calls for — carried out in [`disposal`] when it means
+//! republishing.
+
+mod disposal;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -8,54 +19,87 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use futures::future::BoxFuture;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use tokio::sync::watch;
 use tracing::{Instrument, Span, field};
 
+use self::disposal::{ATTEMPT_HEADER, Policy, dispose};
 use crate::codec::{decode, encode_no_handler, encode_reply, event_pattern};
-use crate::config::{AckMode, FailurePolicy};
-use crate::context::{DeliveryInfo, Properties, RmqContext, Settlement};
+use crate::config::{AckMode, FailurePolicy, RetryPolicy, RmqOptions};
+use crate::context::RmqContext;
+use crate::correlation;
+use crate::delivery::{DeliveryInfo, Outcome, Properties, Settlement};
 use crate::error::{Error, Result};
-use crate::handler::{BoxHandler, HandlerError, Message, Route, RouteKind};
+use crate::handler::{
+    BodyCheck, BoxHandler, HandlerError, Message, Response, Route, RouteKind, RpcError,
+    failure_response,
+};
 use crate::pattern::{is_wildcard, wildcard_matches};
-use crate::retry::{ATTEMPT_HEADER, RetryPolicy, now_rfc3339};
-use crate::rpc::{Response, RpcError, failure_response};
-use crate::trace;
+use crate::transport::{Consumer, Inbound, Publisher};
 
-/// Where the dispatcher republishes a delivery.
-pub(crate) enum Target {
-    /// Straight back into a queue (an immediate retry).
-    Queue(String),
-    /// Into the delay queue in front of `queue`, whose TTL sends it back there.
-    Delayed { queue: String, delay: Duration },
-    /// Into a dead-letter queue.
-    DeadLetter(String),
+/// Runs the handlers of `consumer`'s deliveries, at most its queue's prefetch at once, until
+/// `stop` is set (then drains them for up to `drain`) or the consumer dies (then lets them
+/// finish on their own: their messages come back anyway).
+///
+/// The handlers run concurrently on this task rather than as a task each: a task per delivery
+/// costs a spawn, a wake-up across threads and a copy of the handler's future. Handlers that
+/// compute for long belong in `tokio::task::spawn_blocking`, as anywhere in async code.
+pub(crate) async fn serve(
+    mut consumer: Consumer,
+    options: &RmqOptions,
+    router: Arc<Router>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) -> Result<()> {
+    let policy = Arc::new(Policy::of(options));
+    let prefetch = usize::from(options.prefetch);
+    let mut handlers = FuturesUnordered::new();
+    let stopped = stop_requested(&mut stop);
+    tokio::pin!(stopped);
+    let ended = loop {
+        let room = handlers.len() < prefetch;
+        tokio::select! {
+            biased;
+            () = &mut stopped => break Ok(()),
+            Some(()) = handlers.next(), if !handlers.is_empty() => {}
+            delivery = consumer.next(), if room => match delivery {
+                Ok(inbound) => handlers.push(dispatch(router.clone(), policy.clone(), inbound)),
+                Err(reason) => {
+                    break Err(Error::ConsumerStopped {
+                        queue: consumer.queue().to_owned(),
+                        reason,
+                    });
+                }
+            },
+        }
+    };
+    if ended.is_err() {
+        // The consumer is gone: its deliveries return to the queue whatever the handlers do.
+        if !handlers.is_empty() {
+            tokio::spawn(async move { while handlers.next().await.is_some() {} });
+        }
+        return ended;
+    }
+    consumer.cancel().await;
+    let drained =
+        tokio::time::timeout(drain, async { while handlers.next().await.is_some() {} }).await;
+    let left = handlers.len();
+    // Closing first returns every unsettled message to the queue, so handlers cut short below
+    // cannot settle theirs by the failure policy.
+    consumer.close().await;
+    drop(handlers);
+    match drained {
+        Err(_) => Err(Error::DrainTimeout(left)),
+        Ok(()) => Ok(()),
+    }
 }
 
-/// Publishes on behalf of whichever transport delivered a message.
-pub(crate) trait Publisher: Send + Sync + 'static {
-    /// Sends a reply `body` to queue `reply_to` with `correlation_id`.
-    fn reply(
-        &self,
-        reply_to: &str,
-        correlation_id: &str,
-        body: Vec<u8>,
-    ) -> BoxFuture<'_, Result<()>>;
-    /// Publishes a copy of a delivery to `target` and waits for the broker's confirm.
-    fn republish<'a>(
-        &'a self,
-        target: Target,
-        body: &'a [u8],
-        properties: &'a Properties,
-    ) -> BoxFuture<'a, Result<()>>;
-}
-
-/// A delivery as any transport hands it over: its context (delivery, body, how to settle it) and
-/// where to publish on its behalf.
-pub(crate) struct Inbound {
-    pub(crate) ctx: RmqContext,
-    pub(crate) publisher: Arc<dyn Publisher>,
+/// Resolves once a stop is asked for (or the asker is gone).
+pub(crate) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// One registered handler.
@@ -63,8 +107,8 @@ struct Entry {
     /// Its pattern, shared with the context of every message it handles; `None` for a
     /// wildcard, whose messages keep their own.
     key: Option<Arc<str>>,
-    /// The handler checks the body itself, so an event may reach it routed by its pattern alone.
-    checks_body: bool,
+    /// Who checks the body: if the handler does, an event may reach it routed by its pattern alone.
+    body_check: BodyCheck,
     kind: RouteKind,
     retry: Option<RetryPolicy>,
     handler: BoxHandler,
@@ -93,7 +137,7 @@ impl Router {
             let key = route.pattern.key().to_owned();
             let entry = Entry {
                 key: (!is_wildcard(&key)).then(|| Arc::from(key.as_str())),
-                checks_body: route.checks_body,
+                body_check: route.body_check,
                 kind: route.kind,
                 retry: route.retry,
                 handler: route.handler,
@@ -131,29 +175,6 @@ impl Router {
             .collect();
         keys.sort_unstable();
         keys
-    }
-}
-
-/// How one queue's deliveries are disposed of; from its [`RmqOptions`](crate::RmqOptions).
-#[derive(Clone, Debug)]
-pub(crate) struct Policy {
-    pub(crate) ack_mode: AckMode,
-    pub(crate) on_failure: FailurePolicy,
-    pub(crate) max_bytes: usize,
-    pub(crate) retry: Option<RetryPolicy>,
-    pub(crate) dead_letter_queue: Option<String>,
-}
-
-impl Policy {
-    /// The policy of the queue of `options`.
-    pub(crate) fn of(options: &crate::RmqOptions) -> Self {
-        Policy {
-            ack_mode: options.ack(),
-            on_failure: options.on_failure(),
-            max_bytes: options.max_bytes(),
-            retry: options.retry_policy().cloned(),
-            dead_letter_queue: options.dead_letter_queue_name(),
-        }
     }
 }
 
@@ -225,7 +246,9 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound, span: S
     let reply_to = reply_address(info, routed.request_id);
     let message = Message::new(routed.data, ctx.clone());
     let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.handler)(message))) {
-        Ok(future) => trace::scope(ctx.clone(), AssertUnwindSafe(future).catch_unwind()).await,
+        Ok(future) => {
+            correlation::scope(ctx.clone(), AssertUnwindSafe(future).catch_unwind()).await
+        }
         Err(panic) => Err(panic),
     };
 
@@ -277,7 +300,8 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound, span: S
         }
     };
     if let Some(reply_to) = &reply_to {
-        let body = encode_reply(&response);
+        let (value, error) = response.parts();
+        let body = encode_reply(value, error);
         Box::pin(send_reply(publisher.as_ref(), reply_to, body)).await;
     }
     if !ctx.take_over(disposal.fallback(info.redelivered)) {
@@ -287,11 +311,11 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound, span: S
         && entry.kind == RouteKind::Event
         && reply_to.is_none()
         && policy.ack_mode == AckMode::Manual;
-    let settlement = match disposal {
-        Disposal::Settle(settlement) => settlement,
+    let (settlement, outcome) = match disposal {
+        Disposal::Settle(settlement) => (settlement, Outcome::of(settlement)),
         disposal => Box::pin(dispose(publisher.as_ref(), policy, &ctx, disposal)).await,
     };
-    match ctx.settle_taken(settlement).await {
+    match ctx.settle_taken(settlement, outcome).await {
         Ok(()) if acked_for_handler => {
             tracing::warn!(
                 "handler returned Ok without settling its message (AckMode::Manual); acked it"
@@ -324,9 +348,9 @@ async fn refuse(
     // No handler holds the context, so the dispatcher takes it over unless the broker already
     // settled it (`AckMode::NoAck`, where `dispose` only logs).
     let fallback = disposal.fallback(ctx.redelivered());
-    let settlement = dispose(publisher, policy, ctx, disposal).await;
+    let (settlement, outcome) = dispose(publisher, policy, ctx, disposal).await;
     if ctx.take_over(fallback)
-        && let Err(error) = ctx.settle_taken(settlement).await
+        && let Err(error) = ctx.settle_taken(settlement, outcome).await
     {
         tracing::warn!(%error, "could not settle");
     }
@@ -377,7 +401,9 @@ fn route<'r>(
     // pattern alone; its handler's arguments parse the body once.
     if properties.reply_to.is_none()
         && let Some(pattern) = event_pattern(body).filter(|pattern| pattern.len() <= 255)
-        && let Some(entry) = router.get(pattern).filter(|entry| entry.checks_body)
+        && let Some(entry) = router
+            .get(pattern)
+            .filter(|entry| entry.body_check == BodyCheck::Handler)
     {
         return Ok(Routed {
             entry,
@@ -411,71 +437,6 @@ fn route<'r>(
             pattern: Some(key),
             request_id,
         }),
-    }
-}
-
-/// Carries out a disposal: republishes for a retry or into the dead-letter queue (confirmed),
-/// and returns how the original delivery is then settled. Republishing failed: requeue, so
-/// nothing is lost.
-async fn dispose(
-    publisher: &dyn Publisher,
-    policy: &Policy,
-    ctx: &RmqContext,
-    disposal: Disposal,
-) -> Settlement {
-    let (info, pattern, body) = (ctx.delivery(), ctx.pattern(), ctx.body());
-    let auto_acked = policy.ack_mode == AckMode::NoAck;
-    let (target, properties, done) = match disposal {
-        Disposal::Settle(settlement) => return settlement,
-        Disposal::Retry { attempt, delay } => {
-            let mut properties = info.properties.clone();
-            properties
-                .headers
-                .insert(ATTEMPT_HEADER.to_owned(), attempt.into());
-            let target = if delay.is_zero() {
-                Target::Queue(info.queue.clone())
-            } else {
-                Target::Delayed {
-                    queue: info.queue.clone(),
-                    delay,
-                }
-            };
-            tracing::info!(attempt, ?delay, "scheduling a retry");
-            (target, properties, "retry scheduled")
-        }
-        Disposal::DeadLetter { reason, attempts } => {
-            let Some(queue) = policy.dead_letter_queue.clone() else {
-                tracing::warn!(%reason, "rejecting without requeue (dead-lettered if the queue has a DLX)");
-                return Settlement::Reject;
-            };
-            let mut properties = info.properties.clone();
-            let headers = &mut properties.headers;
-            // A message moved back from the dead-letter queue starts its retries afresh.
-            headers.remove(ATTEMPT_HEADER);
-            headers.insert("x-rmq-bus-error".into(), reason.as_str().into());
-            headers.insert("x-rmq-bus-queue".into(), info.queue.as_str().into());
-            headers.insert("x-rmq-bus-pattern".into(), pattern.into());
-            headers.insert("x-rmq-bus-attempts".into(), attempts.into());
-            headers.insert("x-rmq-bus-failed-at".into(), now_rfc3339().into());
-            tracing::warn!(%reason, dead_letter_queue = %queue, "dead-lettering");
-            (Target::DeadLetter(queue), properties, "dead-lettered")
-        }
-    };
-    if auto_acked {
-        tracing::warn!(
-            "AckMode::NoAck: the broker already took the message; it is not republished"
-        );
-        return Settlement::Ack;
-    }
-    match publisher.republish(target, body, &properties).await {
-        Ok(()) => {
-            tracing::debug!(done);
-            Settlement::Ack
-        }
-        Err(error) => {
-            tracing::error!(%error, "could not republish; requeueing the message so that it is not lost");
-            Settlement::Nack { requeue: true }
-        }
     }
 }
 

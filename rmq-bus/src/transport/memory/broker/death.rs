@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use super::state::Message;
+use super::state::Stored;
 
 /// Dead-letter reason of a message rejected or nacked without requeue.
 pub(super) const REJECTED: &str = "rejected";
@@ -13,7 +13,7 @@ pub(super) const EXPIRED: &str = "expired";
 
 /// Adds a death to the message's headers as RabbitMQ 3.13 does: `x-death` (the entry for the
 /// same queue and reason counted up and moved first), `x-first-death-*` once, `x-last-death-*`.
-pub(super) fn record_death(message: &mut Message, queue: &str, reason: &str) {
+pub(super) fn record_death(message: &mut Stored, queue: &str, reason: &str) {
     let headers = &mut message.properties.headers;
     let mut deaths = match headers.remove("x-death") {
         Some(Value::Array(deaths)) => deaths,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 
+use super::{BodyCheck, BoxHandler, HandlerError, HandlerResult, Message, Route};
 use crate::context::RmqContext;
-use crate::handler::{BoxHandler, HandlerError, HandlerResult, Message, Route};
 
 /// The rest of the chain: the inner interceptors and the handler. Run it, or return without
 /// running it to refuse the message (`Err(HandlerError::BadInput(..))` dead-letters it).
@@ -51,7 +51,7 @@ impl Next {
 /// Wraps handlers. Implemented by any `Fn(Next) -> impl Future<Output = HandlerResult>`:
 ///
 /// ```
-/// use rmq_bus::{HandlerResult, Next};
+/// use rmq_bus::handler::{HandlerResult, Next};
 /// async fn timing(next: Next) -> HandlerResult {
 ///     let (pattern, started) = (next.context().pattern().to_owned(), std::time::Instant::now());
 ///     let result = next.run().await;
@@ -88,7 +88,7 @@ pub(crate) fn wrap(route: Route, interceptor: Arc<dyn Interceptor>) -> Route {
     // decoded (and checked) before it runs.
     Route {
         handler,
-        checks_body: false,
+        body_check: BodyCheck::Dispatcher,
         ..route
     }
 }

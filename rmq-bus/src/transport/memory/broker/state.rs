@@ -10,20 +10,21 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::Settled;
-use super::death::{EXPIRED, REJECTED, is_cycle, record_death};
+use super::death::{EXPIRED, is_cycle, record_death};
 use super::declare::{
     QueueSettings, default_exchange, equivalent, kind_name, no_exchange, no_queue, reserved,
     settings,
 };
 use super::{MemoryError, PublishOutcome, REPLY_TO};
 use crate::config::ExchangeKind;
-use crate::context::{Properties, Settlement};
+use crate::delivery::Properties;
 use crate::pattern::wildcard_matches;
+
+mod consumers;
 
 /// A message as stored in a queue (one copy per queue).
 #[derive(Clone, Debug)]
-pub(super) struct Message {
+pub(super) struct Stored {
     pub(super) exchange: String,
     pub(super) routing_key: String,
     pub(super) redelivered: bool,
@@ -43,7 +44,7 @@ struct Queue {
     ttl: Option<Duration>,
     /// Dead-letter exchange and routing key (`None`: the message's own).
     dead_letter: Option<(String, Option<String>)>,
-    messages: VecDeque<Message>,
+    messages: VecDeque<Stored>,
     /// Consumers in subscription order; `next_consumer` is where round robin resumes.
     consumers: Vec<u64>,
     next_consumer: usize,
@@ -63,9 +64,9 @@ struct Consumer {
     prefetch: u16,
     no_ack: bool,
     /// Sent to the consumer, not yet taken with `next()`.
-    sent: VecDeque<(u64, Message)>,
+    sent: VecDeque<(u64, Stored)>,
     /// Taken and not settled yet (manual acknowledgement only).
-    unacked: BTreeMap<u64, Message>,
+    unacked: BTreeMap<u64, Stored>,
     last_tag: u64,
     cancelled: bool,
     /// Its `MemoryConsumer` is gone: forget it once nothing is left to settle.
@@ -95,11 +96,7 @@ impl Consumer {
 /// What a consumer finds when it asks for its next message.
 #[allow(clippy::large_enum_variant)] // a short-lived return value, moved out at once
 pub(super) enum Take {
-    Delivery {
-        tag: u64,
-        epoch: u64,
-        message: Message,
-    },
+    Delivery { tag: u64, message: Stored },
     Empty,
     Ended,
 }
@@ -109,6 +106,8 @@ pub(super) struct Subscription {
     pub(super) id: u64,
     pub(super) queue: String,
     pub(super) wake: Arc<Notify>,
+    /// The connection epoch it lives in: its deliveries cannot be settled after a disconnect.
+    pub(super) epoch: u64,
 }
 
 pub(super) struct State {
@@ -294,22 +293,25 @@ impl State {
         }
     }
 
+    /// Publishes; `refusable`: injected refusals apply to it (they are meant for the code under
+    /// test, not for a test's own setup).
     pub(super) fn publish(
         &mut self,
         exchange: &str,
         routing_key: &str,
         body: Vec<u8>,
         properties: Properties,
+        refusable: bool,
     ) -> Result<PublishOutcome, MemoryError> {
         let targets = self.route(exchange, routing_key)?;
-        if self.refusals > 0 {
+        if refusable && self.refusals > 0 {
             self.refusals -= 1;
             return Ok(PublishOutcome::Refused);
         }
         if targets.is_empty() {
             return Ok(PublishOutcome::Unroutable);
         }
-        let message = Message {
+        let message = Stored {
             exchange: exchange.to_owned(),
             routing_key: routing_key.to_owned(),
             redelivered: false,
@@ -325,197 +327,6 @@ impl State {
 
     pub(super) fn refuse(&mut self, count: usize) {
         self.refusals = self.refusals.saturating_add(count);
-    }
-
-    pub(super) fn consume(
-        &mut self,
-        queue: &str,
-        prefetch: u16,
-        no_ack: bool,
-    ) -> Result<Subscription, MemoryError> {
-        let reply_to = queue == REPLY_TO;
-        if reply_to && !no_ack {
-            return Err(MemoryError::PreconditionFailed(
-                "reply consumer cannot acknowledge".into(),
-            ));
-        }
-        if !reply_to && self.queues.get(queue).is_none_or(|q| q.owner.is_some()) {
-            return Err(no_queue(queue));
-        }
-        let id = self.next_id();
-        let name = if reply_to {
-            let name = format!("{REPLY_TO}.mem-{id}");
-            let queue_id = self.next_id();
-            self.queues.insert(
-                name.clone(),
-                Queue {
-                    id: queue_id,
-                    durable: false,
-                    arguments: BTreeMap::new(),
-                    ttl: None,
-                    dead_letter: None,
-                    messages: VecDeque::new(),
-                    consumers: Vec::new(),
-                    next_consumer: 0,
-                    owner: Some(id),
-                },
-            );
-            name
-        } else {
-            queue.to_owned()
-        };
-        let Some(target) = self.queues.get_mut(&name) else {
-            return Err(no_queue(queue));
-        };
-        target.consumers.push(id);
-        let wake = Arc::new(Notify::new());
-        self.consumers.insert(
-            id,
-            Consumer {
-                queue: name.clone(),
-                queue_id: target.id,
-                prefetch,
-                no_ack,
-                sent: VecDeque::new(),
-                unacked: BTreeMap::new(),
-                last_tag: 0,
-                cancelled: false,
-                dropped: false,
-                wake: wake.clone(),
-            },
-        );
-        self.dirty.insert(name.clone());
-        Ok(Subscription {
-            id,
-            queue: name,
-            wake,
-        })
-    }
-
-    /// Hands the consumer its next message, if it was sent one.
-    pub(super) fn take(&mut self, id: u64) -> Take {
-        let Some(consumer) = self.consumers.get_mut(&id) else {
-            return Take::Ended;
-        };
-        if consumer.cancelled {
-            return Take::Ended;
-        }
-        let Some((tag, message)) = consumer.sent.pop_front() else {
-            return Take::Empty;
-        };
-        if !consumer.no_ack {
-            consumer.unacked.insert(tag, message.clone());
-        }
-        Take::Delivery {
-            tag,
-            epoch: self.epoch,
-            message,
-        }
-    }
-
-    /// Stops a consumer. What it was sent but has not taken goes back to the head of the queue
-    /// (marked redelivered, as RabbitMQ marks anything it had sent); what it took stays
-    /// unacknowledged until settled or the connection is lost.
-    pub(super) fn cancel(&mut self, id: u64, dropped: bool) {
-        let Some(consumer) = self.consumers.get_mut(&id) else {
-            return;
-        };
-        consumer.dropped |= dropped;
-        if !consumer.cancelled {
-            consumer.cancelled = true;
-            consumer.wake.notify_one();
-            let sent = std::mem::take(&mut consumer.sent);
-            let (name, queue_id, no_ack) =
-                (consumer.queue.clone(), consumer.queue_id, consumer.no_ack);
-            if let Some(queue) = self.queues.get_mut(&name).filter(|q| q.id == queue_id) {
-                queue.consumers.retain(|other| *other != id);
-            }
-            for (_, mut message) in sent.into_iter().rev() {
-                message.redelivered |= !no_ack;
-                self.requeue(&name, queue_id, message);
-            }
-            if self
-                .queues
-                .get(&name)
-                .is_some_and(|queue| queue.owner == Some(id))
-            {
-                self.queues.remove(&name);
-                self.dirty.remove(&name);
-            }
-        }
-        self.forget_if_done(id);
-    }
-
-    pub(super) fn settle(
-        &mut self,
-        id: u64,
-        epoch: u64,
-        tag: u64,
-        settlement: Settlement,
-    ) -> Result<Settled, MemoryError> {
-        if epoch != self.epoch {
-            return Err(MemoryError::Disconnected);
-        }
-        let unknown = || MemoryError::PreconditionFailed(format!("unknown delivery tag {tag}"));
-        let consumer = self.consumers.get_mut(&id).ok_or_else(unknown)?;
-        let mut message = consumer.unacked.remove(&tag).ok_or_else(unknown)?;
-        let (name, queue_id) = (consumer.queue.clone(), consumer.queue_id);
-        let record = Settled {
-            queue: name.clone(),
-            body: message.body.clone(),
-            properties: message.properties.clone(),
-            settlement,
-        };
-        // Its window has room again.
-        self.dirty.insert(name.clone());
-        let alive = self
-            .queues
-            .get(&name)
-            .is_some_and(|queue| queue.id == queue_id);
-        match settlement {
-            Settlement::Ack => {}
-            Settlement::Nack { requeue: true } => {
-                message.redelivered = true;
-                self.requeue(&name, queue_id, message);
-            }
-            Settlement::Nack { requeue: false } | Settlement::Reject => {
-                if alive {
-                    self.dead_letter(&name, message, REJECTED);
-                }
-            }
-        }
-        self.forget_if_done(id);
-        Ok(record)
-    }
-
-    /// A simulated connection loss: every consumer ends, and what they had not settled goes
-    /// back to the head of its queue in its original order, redelivered. Messages sent to no-ack
-    /// consumers and not yet taken are lost, as on RabbitMQ.
-    pub(super) fn disconnect(&mut self) {
-        self.epoch += 1;
-        let mut returned: BTreeMap<(String, u64), Vec<Message>> = BTreeMap::new();
-        for (id, consumer) in std::mem::take(&mut self.consumers) {
-            consumer.wake.notify_one();
-            if let Some(queue) = self.queues.get_mut(&consumer.queue) {
-                queue.consumers.retain(|other| *other != id);
-            }
-            if consumer.no_ack {
-                continue;
-            }
-            let back = returned
-                .entry((consumer.queue, consumer.queue_id))
-                .or_default();
-            back.extend(consumer.sent.into_iter().map(|(_, message)| message));
-            back.extend(consumer.unacked.into_values());
-        }
-        self.queues.retain(|_, queue| queue.owner.is_none());
-        for ((name, queue_id), mut messages) in returned {
-            messages.sort_by_key(|message| message.seq);
-            for mut message in messages.into_iter().rev() {
-                message.redelivered = true;
-                self.requeue(&name, queue_id, message);
-            }
-        }
     }
 
     pub(super) fn ready(&self, queue: &str) -> Option<usize> {
@@ -624,7 +435,7 @@ impl State {
     }
 
     /// Stores a copy of `message` in each of `targets`, at the tail.
-    fn enqueue_all(&mut self, targets: Vec<String>, message: Message) {
+    fn enqueue_all(&mut self, targets: Vec<String>, message: Stored) {
         let mut copies = std::iter::repeat_n(message, targets.len());
         for name in targets {
             let Some(mut message) = copies.next() else {
@@ -644,7 +455,7 @@ impl State {
 
     /// Puts a message back at the head of its queue, unless the queue was deleted meanwhile.
     /// It keeps its expiry time, as on RabbitMQ.
-    fn requeue(&mut self, name: &str, queue_id: u64, message: Message) {
+    fn requeue(&mut self, name: &str, queue_id: u64, message: Stored) {
         if let Some(queue) = self
             .queues
             .get_mut(name)
@@ -659,7 +470,7 @@ impl State {
     /// Dead-letters a message leaving queue `name` for `reason`: to the queue's dead-letter
     /// exchange with death headers, or nowhere when it has none (or when that would close a
     /// cycle without a rejection in it, which RabbitMQ breaks by dropping the message).
-    fn dead_letter(&mut self, name: &str, mut message: Message, reason: &str) {
+    fn dead_letter(&mut self, name: &str, mut message: Stored, reason: &str) {
         let Some((exchange, key)) = self
             .queues
             .get(name)

@@ -1,4 +1,4 @@
-//! An in-memory broker with RabbitMQ's semantics, so services can be tested without RabbitMQ:
+//! The in-memory broker, with RabbitMQ's semantics, so services can be tested without RabbitMQ:
 //! exchanges and bindings, prefetch and round robin, acknowledgements, requeue, dead-lettering,
 //! queue TTL, direct reply-to, and injected faults (a lost connection, refused publishes).
 
@@ -15,11 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use tokio::sync::Notify;
 
 use crate::config::ExchangeKind;
-use crate::context::{Properties, Settlement};
+use crate::delivery::{Outcome, Properties, Settlement};
 use state::{State, Take};
 
-/// The pseudo-queue to consume (without acknowledgements) for direct reply-to.
-pub(crate) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+use crate::transport::REPLY_TO;
 
 /// Why the broker refused an operation, as RabbitMQ would say it (it would close the channel).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,8 +80,10 @@ pub struct Settled {
     pub body: Vec<u8>,
     /// Its properties.
     pub properties: Properties,
-    /// How it was settled.
+    /// How it was settled, as the broker saw it.
     pub settlement: Settlement,
+    /// What became of it, and why: acked, retried, dead-lettered, requeued or rejected.
+    pub outcome: Outcome,
 }
 
 impl Inner {
@@ -192,7 +193,19 @@ impl MemoryBroker {
         body: Vec<u8>,
         properties: Properties,
     ) -> Result<PublishOutcome, MemoryError> {
-        self.with(|state| state.publish(exchange, routing_key, body, properties))
+        self.with(|state| state.publish(exchange, routing_key, body, properties, true))
+    }
+
+    /// Publishes as [`publish`](Self::publish) does, but as a test's own setup: refusals
+    /// injected with [`refuse_publishes`](Self::refuse_publishes) do not apply to it.
+    pub(crate) fn publish_unrefused(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: Vec<u8>,
+        properties: Properties,
+    ) -> Result<PublishOutcome, MemoryError> {
+        self.with(|state| state.publish(exchange, routing_key, body, properties, false))
     }
 
     /// Consumes `queue`, with at most `prefetch` unsettled deliveries at a time (0: no limit;
@@ -208,6 +221,7 @@ impl MemoryBroker {
         Ok(MemoryConsumer {
             broker: self.clone(),
             id: subscription.id,
+            epoch: subscription.epoch,
             reply_to: queue == REPLY_TO,
             queue: subscription.queue,
             wake: subscription.wake,
@@ -262,6 +276,38 @@ impl MemoryBroker {
     /// direct reply-to queues go with their consumers.
     pub(crate) fn disconnect(&self) {
         self.with(State::disconnect);
+    }
+
+    /// Settles delivery `tag` of `consumer` (made in connection `epoch`) as `outcome` says it
+    /// was: acks (removes), nacks with requeue (back to the head of the queue, redelivered), or
+    /// nacks without requeue / rejects (dead-lettered if the queue has a dead-letter exchange,
+    /// else dropped). Fails with [`MemoryError::Disconnected`] after a lost connection, and with
+    /// [`MemoryError::PreconditionFailed`] ("unknown delivery tag") if already settled or
+    /// delivered without acknowledgement.
+    pub(crate) fn settle(
+        &self,
+        consumer: u64,
+        epoch: u64,
+        tag: u64,
+        settlement: Settlement,
+        outcome: Outcome,
+    ) -> Result<(), MemoryError> {
+        let mut settled = self.with(|state| state.settle(consumer, epoch, tag, settlement))?;
+        settled.outcome = outcome;
+        let inner = &self.inner;
+        // Recorded only for tests that asked (a TestBroker), so a long-lived broker keeps nothing.
+        if inner
+            .record_settlements
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            inner
+                .settled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push_back(settled);
+            inner.settled_wake.notify_waiters();
+        }
+        Ok(())
     }
 
     /// Makes the next `count` publishes return [`PublishOutcome::Refused`] without storing them.
@@ -357,6 +403,7 @@ impl Drop for TimerRunning {
 pub(crate) struct MemoryConsumer {
     broker: MemoryBroker,
     id: u64,
+    epoch: u64,
     queue: String,
     reply_to: bool,
     wake: Arc<Notify>,
@@ -378,11 +425,7 @@ impl MemoryConsumer {
         loop {
             let taken = self.broker.inner.lock().take(self.id);
             match taken {
-                Take::Delivery {
-                    tag,
-                    epoch,
-                    message,
-                } => {
+                Take::Delivery { tag, message } => {
                     return Some(MemoryDelivery {
                         delivery_tag: tag,
                         exchange: message.exchange,
@@ -390,10 +433,11 @@ impl MemoryConsumer {
                         redelivered: message.redelivered,
                         properties: message.properties,
                         body: message.body,
+                        #[cfg(test)]
                         acker: MemoryAcker {
                             broker: self.broker.clone(),
                             consumer: self.id,
-                            epoch,
+                            epoch: self.epoch,
                             tag,
                         },
                     });
@@ -416,6 +460,11 @@ impl MemoryConsumer {
     #[cfg(test)]
     pub(crate) fn queue(&self) -> &str {
         &self.queue
+    }
+
+    /// Its id and connection epoch: what settling one of its deliveries needs besides the tag.
+    pub(crate) fn settle_key(&self) -> (u64, u64) {
+        (self.id, self.epoch)
     }
 
     /// For a direct reply-to consumer, the name to publish replies to (on the default
@@ -444,10 +493,13 @@ pub(crate) struct MemoryDelivery {
     pub(crate) redelivered: bool,
     pub(crate) properties: Properties,
     pub(crate) body: Vec<u8>,
+    /// Settles it (the transport settles through the broker with the consumer's key instead).
+    #[cfg(test)]
     pub(crate) acker: MemoryAcker,
 }
 
 /// Settles one delivery.
+#[cfg(test)]
 #[derive(Clone)]
 pub(crate) struct MemoryAcker {
     broker: MemoryBroker,
@@ -456,6 +508,7 @@ pub(crate) struct MemoryAcker {
     tag: u64,
 }
 
+#[cfg(test)]
 impl fmt::Debug for MemoryAcker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryAcker")
@@ -464,29 +517,12 @@ impl fmt::Debug for MemoryAcker {
     }
 }
 
+#[cfg(test)]
 impl MemoryAcker {
-    /// Acks (removes), nacks with requeue (back to the head of the queue, redelivered), or
-    /// nacks without requeue / rejects (dead-lettered if the queue has a dead-letter exchange,
-    /// else dropped). Fails with [`MemoryError::Disconnected`] after a lost connection, and
-    /// with [`MemoryError::PreconditionFailed`] ("unknown delivery tag") if already settled or
-    /// delivered without acknowledgement.
+    /// Settles the delivery: see [`MemoryBroker::settle`].
     pub(crate) fn settle(&self, settlement: Settlement) -> Result<(), MemoryError> {
-        let settled = self
-            .broker
-            .with(|state| state.settle(self.consumer, self.epoch, self.tag, settlement))?;
-        let inner = &self.broker.inner;
-        // Recorded only for tests that asked (a TestBroker), so a long-lived broker keeps nothing.
-        if inner
-            .record_settlements
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            inner
-                .settled
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push_back(settled);
-            inner.settled_wake.notify_waiters();
-        }
-        Ok(())
+        let outcome = Outcome::of(settlement);
+        self.broker
+            .settle(self.consumer, self.epoch, self.tag, settlement, outcome)
     }
 }

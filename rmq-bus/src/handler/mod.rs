@@ -1,8 +1,14 @@
-//! Handlers: what a pattern routes to, how their arguments are extracted, and what they return.
+//! Handlers: what a pattern routes to, how their arguments are extracted, what they return, and
+//! the interceptors around them.
 //!
 //! A handler is an `async fn` whose arguments are extracted from the message. With the macros,
 //! `#[payload]`, `#[payload("key")]` and `#[ctx]` say where each comes from; without them, each
 //! argument type implements [`FromMessage`] ([`Payload<T>`], [`RmqContext`]), as axum's extractors.
+//! An event handler returns `()` or `Result<(), E: Display>` ([`IntoHandlerResult`]); a request
+//! handler `Result<T: Serialize, E: Into<RpcError>>` ([`IntoReply`]).
+
+mod interceptor;
+mod reply;
 
 use std::fmt;
 use std::future::Future;
@@ -14,10 +20,15 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::value::RawValue;
 
+pub(crate) use self::interceptor::wrap;
+pub use self::interceptor::{Interceptor, Next};
+pub(crate) use self::reply::failure_response;
+pub use self::reply::{IntoHandlerResult, IntoReply, Response};
 use crate::codec::{self, DataError};
+use crate::config::RetryPolicy;
 use crate::context::RmqContext;
 use crate::pattern::Pattern;
-use crate::rpc::Response;
+pub use crate::rpc::RpcError;
 
 /// A message on its way to a handler: its context (and body) and, when it was decoded apart,
 /// its data.
@@ -90,7 +101,7 @@ pub enum HandlerError {
     /// The message is bad input (its data does not fit the handler's arguments, or an
     /// interceptor refused it): dead-lettered, never retried.
     BadInput(String),
-    /// The handler itself returned an error: settled by the [`FailurePolicy`](crate::FailurePolicy).
+    /// The handler itself returned an error: settled by the [`FailurePolicy`](crate::config::FailurePolicy).
     Failed(String),
 }
 
@@ -120,15 +131,24 @@ pub enum RouteKind {
     Message,
 }
 
+/// Who makes sure that a handler never runs for a body that is not a JSON packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyCheck {
+    /// The handler's generated glue does, reading the body with its arguments and checking the
+    /// rest with [`Message::finish`]: the dispatcher may route an event by its pattern alone.
+    Handler,
+    /// The dispatcher decodes the whole packet before the handler runs (raw and intercepted
+    /// routes, which may never read the body).
+    Dispatcher,
+}
+
 /// A pattern and the handler it routes to. Built by the macros, [`Microservice::on_event`](crate::Microservice::on_event),
 /// [`Microservice::on_message`](crate::Microservice::on_message), [`Route::event`] or [`Route::message`].
 pub struct Route {
     pub(crate) pattern: Pattern,
     pub(crate) kind: RouteKind,
-    pub(crate) retry: Option<crate::retry::RetryPolicy>,
-    /// Whether the handler checks the body itself ([`Message::finish`], as extractor-built
-    /// handlers do), so that the dispatcher may route an event by its pattern alone.
-    pub(crate) checks_body: bool,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) body_check: BodyCheck,
     pub(crate) handler: BoxHandler,
 }
 
@@ -148,7 +168,12 @@ impl Route {
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        Self::new(pattern.into(), RouteKind::Event, handler, false)
+        Self::new(
+            pattern.into(),
+            RouteKind::Event,
+            BodyCheck::Dispatcher,
+            handler,
+        )
     }
 
     /// Routes request `pattern` to `handler`, whose [`Response`] is sent back to the requester.
@@ -157,16 +182,20 @@ impl Route {
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        Self::new(pattern.into(), RouteKind::Message, handler, false)
+        Self::new(
+            pattern.into(),
+            RouteKind::Message,
+            BodyCheck::Dispatcher,
+            handler,
+        )
     }
 
-    /// A route whose handler extracts its arguments and then calls [`Message::finish`]: the
-    /// glue the macros and [`IntoRoute`] generate.
+    /// A route of `kind` for `pattern`, whose body `body_check` says who checks.
     pub(crate) fn new<F, Fut>(
         pattern: Pattern,
         kind: RouteKind,
+        body_check: BodyCheck,
         handler: F,
-        checks_body: bool,
     ) -> Self
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
@@ -178,12 +207,12 @@ impl Route {
             kind,
             retry: None,
             handler,
-            checks_body,
+            body_check,
         }
     }
 
     /// Retries this handler's failures with `policy`, over its queue's.
-    pub fn retry(mut self, policy: crate::retry::RetryPolicy) -> Self {
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
         self
     }
@@ -212,30 +241,6 @@ pub trait Controller: Send + Sync + 'static {
 pub trait HandlerFn {
     /// The function's route.
     fn route() -> Route;
-}
-
-/// A value a handler can return. `()` is success; `Err(e)` of `Result<(), E>` fails with `e`'s
-/// `Display` text.
-#[diagnostic::on_unimplemented(
-    message = "an event handler cannot return `{Self}`",
-    note = "return `()` or `Result<(), E>` where `E: Display` (for example rmq_bus::Error, anyhow::Error, String)"
-)]
-pub trait IntoHandlerResult {
-    /// Interprets the value.
-    fn into_handler_result(self) -> HandlerResult;
-}
-
-impl IntoHandlerResult for () {
-    fn into_handler_result(self) -> HandlerResult {
-        Ok(Response::Nothing)
-    }
-}
-
-impl<E: fmt::Display> IntoHandlerResult for Result<(), E> {
-    fn into_handler_result(self) -> HandlerResult {
-        self.map(|()| Response::Nothing)
-            .map_err(|e| HandlerError::Failed(e.to_string()))
-    }
 }
 
 /// A handler argument taken from the message.
@@ -286,6 +291,80 @@ pub(crate) fn payload_field<T: DeserializeOwned>(
     })
 }
 
+/// What the macros' generated code calls, through `rmq_bus::__private`. Not public API.
+pub(crate) mod glue {
+    use super::{BodyCheck, FromMessage, HandlerError, HandlerResult, Message, Route, RouteKind};
+    use crate::context::RmqContext;
+    use crate::pattern::Pattern;
+    use serde::de::DeserializeOwned;
+    use std::future::Future;
+
+    /// An object pattern from its JSON text, as the macros write it (`cmd = "sum"` becomes
+    /// `{"cmd":"sum"}`). Text that is not a JSON object is taken as a string pattern.
+    pub fn object_pattern(json: &str) -> Pattern {
+        match serde_json::from_str::<serde_json::Value>(json) {
+            Ok(value @ serde_json::Value::Object(_)) => Pattern::from(value),
+            _ => Pattern::from(json),
+        }
+    }
+
+    /// The whole data as `T`.
+    pub fn payload<T: DeserializeOwned>(message: &Message) -> Result<T, HandlerError> {
+        super::payload(message)
+    }
+
+    /// `data[key]` as `T`.
+    pub fn payload_field<T: DeserializeOwned>(
+        message: &Message,
+        key: &str,
+    ) -> Result<T, HandlerError> {
+        super::payload_field(message, key)
+    }
+
+    /// The context.
+    pub fn context(message: &Message) -> RmqContext {
+        message.ctx.clone()
+    }
+
+    /// An argument extracted by its type.
+    pub fn extract<T: FromMessage>(message: &Message) -> Result<T, HandlerError> {
+        T::from_message(message)
+    }
+
+    /// Ends extraction (checks a body no argument read) and drops the message.
+    pub fn finish(message: Message) -> Result<(), HandlerError> {
+        message.finish()
+    }
+
+    /// The event route of a generated handler, which checks the body itself (see [`finish`]).
+    pub fn event_route<F, Fut>(pattern: impl Into<Pattern>, handler: F) -> Route
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Route::new(
+            pattern.into(),
+            RouteKind::Event,
+            BodyCheck::Handler,
+            handler,
+        )
+    }
+
+    /// The request route of a generated handler, which checks the body itself (see [`finish`]).
+    pub fn message_route<F, Fut>(pattern: impl Into<Pattern>, handler: F) -> Route
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Route::new(
+            pattern.into(),
+            RouteKind::Message,
+            BodyCheck::Handler,
+            handler,
+        )
+    }
+}
+
 /// A function or closure usable as an event handler: `async` with up to four [`FromMessage`]
 /// arguments, returning an [`IntoHandlerResult`]. `Args` only tells the implementations apart.
 pub trait IntoRoute<Args>: Send + Sync + 'static {
@@ -294,7 +373,7 @@ pub trait IntoRoute<Args>: Send + Sync + 'static {
 }
 
 /// A function or closure usable as a request handler: `async` with up to four [`FromMessage`]
-/// arguments, returning an [`IntoReply`](crate::IntoReply).
+/// arguments, returning an [`IntoReply`].
 pub trait IntoMessageRoute<Args>: Send + Sync + 'static {
     /// Builds the request route for `pattern`.
     fn into_message_route(self, pattern: Pattern) -> Route;
@@ -311,14 +390,14 @@ macro_rules! impl_into_route {
         {
             #[allow(non_snake_case, unused_variables)]
             fn into_route(self, pattern: Pattern) -> Route {
-                Route::new(pattern, RouteKind::Event, move |message: Message| {
+                Route::new(pattern, RouteKind::Event, BodyCheck::Handler, move |message: Message| {
                     let handler = self.clone();
                     async move {
                         $(let $arg = $arg::from_message(&message)?;)*
                         message.finish()?;
                         handler($($arg),*).await.into_handler_result()
                     }
-                }, true)
+                })
             }
         }
 
@@ -326,19 +405,19 @@ macro_rules! impl_into_route {
         where
             F: Fn($($arg),*) -> Fut + Clone + Send + Sync + 'static,
             Fut: Future<Output = R> + Send + 'static,
-            R: crate::rpc::IntoReply,
+            R: IntoReply,
             $($arg: FromMessage + Send + 'static,)*
         {
             #[allow(non_snake_case, unused_variables)]
             fn into_message_route(self, pattern: Pattern) -> Route {
-                Route::new(pattern, RouteKind::Message, move |message: Message| {
+                Route::new(pattern, RouteKind::Message, BodyCheck::Handler, move |message: Message| {
                     let handler = self.clone();
                     async move {
                         $(let $arg = $arg::from_message(&message)?;)*
                         message.finish()?;
                         handler($($arg),*).await.into_reply()
                     }
-                }, true)
+                })
             }
         }
     };

@@ -1,0 +1,34 @@
+//! Queue administration for the parent: each round's queue is declared before its child starts
+//! and deleted, with whatever is left in it, after.
+
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Connection, ConnectionProperties};
+
+use crate::Res;
+
+/// Declares the round's queue as rmq-bus does (durable, no arguments), so both sides match.
+pub(crate) async fn declare_queue(uri: &str, queue: &str) -> Res<()> {
+    let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = connection.close(200, ShortString::from("declared")).await;
+    Ok(())
+}
+
+/// Deletes the round's queue, with whatever is left in it.
+pub(crate) async fn delete_queue(uri: &str, queue: &str) -> Res<()> {
+    let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+        .await?;
+    let _ = connection.close(200, ShortString::from("deleted")).await;
+    Ok(())
+}

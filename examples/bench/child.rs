@@ -1,0 +1,122 @@
+//! A child process: one system, one scenario, one round (`--child <system> <scenario> <queue>
+//! <n>`), reported as one JSON line on stdout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::measure::{Recorder, cpu_seconds, peak_rss_kib, percentile};
+use crate::payload::make_event;
+use crate::report::Report;
+use crate::systems::{Consumer, Publisher};
+use crate::workload::{IN_FLIGHT, Scenario, System};
+use crate::{Res, broker_uri, env_number};
+
+const DEFAULT_TIMEOUT_S: u64 = 300;
+
+/// `--child <system> <scenario> <queue> <n>`: runs one round and prints its [`Report`].
+pub(crate) fn child(args: &[String]) -> Res<()> {
+    let [system, scenario, queue, n] = args else {
+        return Err("usage: bench --child <system> <scenario> <queue> <n>".into());
+    };
+    let system = System::parse(system).ok_or_else(|| format!("unknown system {system:?}"))?;
+    let scenario =
+        Scenario::parse(scenario).ok_or_else(|| format!("unknown scenario {scenario:?}"))?;
+    let n: usize = n.parse().map_err(|_| format!("bad message count {n:?}"))?;
+    if n == 0 {
+        return Err("the message count must be at least 1".into());
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let timeout = Duration::from_secs(env_number("BENCH_TIMEOUT_S", DEFAULT_TIMEOUT_S)?);
+    let uri = broker_uri();
+    // Two workers on this 2-core machine; the same runtime for every system.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(run_child(system, scenario, &uri, queue, n, timeout))?;
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+async fn run_child(
+    system: System,
+    scenario: Scenario,
+    uri: &str,
+    queue: &str,
+    n: usize,
+    timeout: Duration,
+) -> Res<Report> {
+    let recorder = Arc::new(Recorder::new(n));
+    let consumer = Consumer::start(system, scenario, uri, queue, &recorder).await?;
+    let publisher = Arc::new(Publisher::open(system, uri, queue).await?);
+
+    let start_ns = recorder.now_ns();
+    let publishing = tokio::spawn(publish_all(publisher.clone(), recorder.clone()));
+    let work = async {
+        let handled_ns = recorder.wait().await?;
+        let published_ns = publishing
+            .await
+            .map_err(|e| format!("publisher task: {e}"))?;
+        Ok::<_, String>((published_ns, handled_ns))
+    };
+    let (published_ns, handled_ns) = match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(times)) => times,
+        Ok(Err(error)) => return Err(error.into()),
+        Err(_) => {
+            return Err(format!(
+                "timed out after {timeout:?}: {} of {n} messages handled, {} duplicates \
+                 (set BENCH_TIMEOUT_S)",
+                recorder.distinct(),
+                recorder.duplicates()
+            )
+            .into());
+        }
+    };
+    if let Some(failure) = recorder.failure() {
+        return Err(failure.into());
+    }
+    let cpu_s = cpu_seconds()?;
+
+    consumer.stop().await?;
+    if let Ok(publisher) = Arc::try_unwrap(publisher) {
+        publisher.close().await;
+    }
+    let latencies = recorder.sorted_latencies();
+    let rate = |end_ns: u64| n as f64 / (end_ns.saturating_sub(start_ns).max(1) as f64 / 1e9);
+    Ok(Report {
+        system: system.name().to_owned(),
+        scenario: scenario.name().to_owned(),
+        n,
+        publish_per_s: rate(published_ns),
+        e2e_per_s: rate(handled_ns),
+        p50_ms: percentile(&latencies, 50.0) as f64 / 1e6,
+        p99_ms: percentile(&latencies, 99.0) as f64 / 1e6,
+        cpu_s,
+        peak_rss_kib: peak_rss_kib()?,
+        duplicates: recorder.duplicates() as u64,
+    })
+}
+
+/// Publishes `recorder.n` events, up to [`IN_FLIGHT`] at once; returns when the last is
+/// confirmed, in ns since the recorder's epoch.
+async fn publish_all(publisher: Arc<Publisher>, recorder: Arc<Recorder>) -> u64 {
+    futures::stream::iter(0..recorder.n)
+        .for_each_concurrent(IN_FLIGHT, |i| {
+            let (publisher, recorder) = (&publisher, &recorder);
+            async move {
+                let event = make_event(i, recorder.now_ns());
+                if let Err(error) = publisher.publish(event).await {
+                    recorder.fail(error);
+                }
+            }
+        })
+        .await;
+    recorder.now_ns()
+}

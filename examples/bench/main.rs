@@ -1,0 +1,107 @@
+//! Benchmark: rmq-bus against two raw lapin baselines, on the same workload and broker.
+//!
+//! ```text
+//! cargo run --release --example bench                       # N=100000, 3 rounds
+//! N=2000 ROUNDS=1 cargo run --release --example bench       # smoke check
+//! ```
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `N` | messages per S1 round | 100000 |
+//! | `S2_N` | messages per S2 round | `N / 5` |
+//! | `S3_N` | S3 round trips, sequential and concurrent | `N / 10`, at most 10000 |
+//! | `ROUNDS` | rounds per system and scenario | 3 |
+//! | `RABBIT_MQ_URI` | broker | `amqp://guest:guest@127.0.0.1:5672/%2f` |
+//! | `BENCH_TIMEOUT_S` | limit on one round | 300 |
+//! | `RUST_LOG` | log filter of the child processes | `warn` |
+//!
+//! Systems:
+//! - **rmq-bus**: `ClientProxy::emit` (up to 1000 in flight) and a `Microservice` with prefetch
+//!   100 and manual acks, whose `on_event` handler calls `ctx.ack()`.
+//! - **lapin-typical**: raw lapin, the same concurrent confirmed publishes of a typed payload with
+//!   the same properties (JSON content type, persistent, a correlation id, as rmq-bus sends), and
+//!   a `consumer.next()` loop that deserializes each delivery and acks it (`basic.ack` each).
+//! - **lapin-expert**: as typical, but acks are coalesced: one `basic.ack` with `multiple` for
+//!   every 20 in-order handled deliveries, a smaller run flushed 1 ms after it began.
+//!
+//! Scenarios:
+//! - **S1 pipeline**: persistent, confirmed publishes of NestJS `order_created` events to a fresh
+//!   durable queue, consumed in the same process. Confirmed publish rate, end-to-end rate (N over
+//!   the time from the first publish to the last handled message), publish→handler latency,
+//!   process CPU time and peak RSS.
+//! - **S2 slow handler**: the handler awaits 5 ms before acking; end-to-end rate. Every system
+//!   uses rmq-bus's default prefetch (250), so at most 250 handlers run at once and no system can
+//!   exceed 250 / 5 ms = 50 000 msg/s.
+//! - **S3 request/reply**: sequential round trips p50/p99 and the rate of 64 concurrent requesters
+//!   (see the [`s3`] module).
+//!
+//! Each (round, scenario, system) runs in a child process (this binary re-executed with
+//! `--child <system> <scenario> <queue> <n>`), so CPU time and peak RSS belong to that system
+//! alone. The child prints one JSON line; the parent runs rounds A B C A B C …, reports the median
+//! of each figure across rounds, and exits non-zero if any round failed.
+//!
+//! "Handled" means the handler's work is done, just before it settles the message; it is counted
+//! by the same code in every system, as are the latencies. A round ends when every one of its
+//! messages has been handled at least once: a redelivered message counts once (and as a
+//! duplicate in the child's report).
+//!
+//! Output, for people: a line per round, a table per scenario, ratios, S3. For scripts (and the
+//! smoke test in `rmq-bus/tests/examples_e2e.rs`), the same medians follow as `figure <key>=<value>`
+//! lines, values as Rust prints an `f64`:
+//! - `<scenario>.<system>.<figure>` for S1 and S2 (`s1.rmq-bus.e2e_per_s`), figures `rounds`,
+//!   `publish_per_s`, `e2e_per_s`, `p50_ms`, `p99_ms`, `cpu_s`, `cpu_us_per_msg`, `peak_rss_mib`
+//!   and `duplicates` (summed over rounds); a system without a successful round has none;
+//! - `s2.prefetch` and `s2.handler_ms`, the bound on S2's rate being `prefetch / handler_ms`;
+//! - `s3.n`, `s3.p50_ms`, `s3.p99_ms`, `s3.concurrent_per_s`, if S3 succeeded.
+//!
+//! The last line is always `S1 end_to_end ratio (rmq-bus / raw lapin expert): <ratio or n/a>`.
+
+mod admin;
+mod child;
+mod measure;
+mod parent;
+mod payload;
+mod report;
+mod s3;
+mod systems;
+mod workload;
+
+use std::process::ExitCode;
+
+// The rmq-bus names whose paths are changing (to `rmq_bus::config` and `rmq_bus::microservice`)
+// are imported here only; the modules use them as `crate::…`.
+use rmq_bus::config::{DEFAULT_PREFETCH, DEFAULT_URI};
+use rmq_bus::microservice::RunningMicroservice;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
+
+fn broker_uri() -> String {
+    std::env::var("RABBIT_MQ_URI").unwrap_or_else(|_| DEFAULT_URI.to_owned())
+}
+
+fn env_number<T: std::str::FromStr>(var: &str, default: T) -> Res<T> {
+    match std::env::var(var) {
+        Err(_) => Ok(default),
+        Ok(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|_| format!("environment variable {var}={raw:?} is not a number").into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1).map(String::as_str) {
+        Some("--child") => child::child(&args[2..]).map(|()| true),
+        _ => parent::parent(),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

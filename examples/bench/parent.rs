@@ -1,0 +1,134 @@
+//! The parent process: runs every (round, scenario, system) in a child, then S3, and prints the
+//! results (see [`crate::report`]).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::admin::{declare_queue, delete_queue};
+use crate::payload::{OutgoingPacket, PATTERN, make_event};
+use crate::report::{self, Report, Rounds};
+use crate::workload::{IN_FLIGHT, PREFETCH, Scenario, System};
+use crate::{Res, broker_uri, env_number, s3};
+
+const DEFAULT_N: usize = 100_000;
+const DEFAULT_ROUNDS: usize = 3;
+
+/// Runs the whole benchmark; `Ok(false)` if a round or S3 failed.
+pub(crate) fn parent() -> Res<bool> {
+    let n: usize = env_number("N", DEFAULT_N)?;
+    let rounds: usize = env_number("ROUNDS", DEFAULT_ROUNDS)?;
+    let s2_n: usize = env_number("S2_N", (n / 5).max(1))?;
+    if n == 0 || rounds == 0 || s2_n == 0 {
+        return Err("N, S2_N and ROUNDS must be at least 1".into());
+    }
+    let count_of = |scenario| if scenario == Scenario::S1 { n } else { s2_n };
+    let exe = std::env::current_exe()?;
+    let uri = broker_uri();
+    let admin = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let unix_time = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let body_bytes = serde_json::to_vec(&OutgoingPacket {
+        pattern: PATTERN,
+        data: &make_event(n, 1_000_000_000),
+    })?
+    .len();
+    // Other processes on the machine (the broker among them) share its cores: say how busy it was.
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let loadavg: Vec<&str> = loadavg.split_whitespace().take(3).collect();
+    println!(
+        "rmq-bus bench: nproc={nproc} loadavg={} N={n} S2_N={s2_n}{} rounds={rounds} unix_time={unix_time} \
+         body≈{body_bytes} B, persistent, confirmed, ≤{IN_FLIGHT} publishes in flight, \
+         prefetch {PREFETCH}, manual acks; one child process per round; medians across rounds",
+        loadavg.join(","),
+        if s2_n == n {
+            ""
+        } else {
+            " (S2 uses fewer messages)"
+        },
+    );
+
+    let mut results = Rounds::default();
+    let mut failures = 0;
+    let pid = std::process::id();
+    for round in 1..=rounds {
+        for scenario in Scenario::ALL {
+            let count = count_of(scenario);
+            for system in System::ALL {
+                let queue = format!("rmq-bus-bench-{pid}-{unix_time}-r{round}-{scenario}-{system}");
+                match run_round(&exe, &admin, &uri, system, scenario, &queue, count) {
+                    Ok(report) => {
+                        report::print_round(round, rounds, scenario, system, &report);
+                        results.add(scenario, system, report);
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        println!("round {round}/{rounds} {scenario} {system}: FAILED: {error}");
+                    }
+                }
+            }
+        }
+    }
+
+    for scenario in Scenario::ALL {
+        report::print_table(&results, scenario, count_of(scenario));
+    }
+    report::print_ratios(&results);
+    let s3_n: usize = env_number("S3_N", (n / 10).clamp(1, 10_000))?;
+    let s3 = match s3::request_reply(&admin, &uri, s3_n) {
+        Ok(s3) => {
+            s3.print();
+            Some(s3)
+        }
+        Err(error) => {
+            failures += 1;
+            println!("S3: FAILED: {error}");
+            None
+        }
+    };
+    report::print_figures(&results, s3.as_ref());
+    if failures > 0 {
+        println!("{failures} round(s) failed");
+    }
+    report::print_last_line(&results);
+    Ok(failures == 0)
+}
+
+/// Runs one child; its stderr passes through.
+fn run_round(
+    exe: &Path,
+    admin: &tokio::runtime::Runtime,
+    uri: &str,
+    system: System,
+    scenario: Scenario,
+    queue: &str,
+    n: usize,
+) -> Res<Report> {
+    admin
+        .block_on(declare_queue(uri, queue))
+        .map_err(|e| format!("declaring {queue}: {e}"))?;
+    let output = Command::new(exe)
+        .args(["--child", system.name(), scenario.name(), queue])
+        .arg(n.to_string())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output();
+    if let Err(error) = admin.block_on(delete_queue(uri, queue)) {
+        eprintln!("bench: could not delete queue {queue}: {error}");
+    }
+    let output = output?;
+    if !output.status.success() {
+        return Err(format!("child exited with {}", output.status).into());
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|line| line.starts_with('{'))
+        .ok_or("child printed no report")?;
+    Ok(serde_json::from_str(line)?)
+}

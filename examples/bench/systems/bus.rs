@@ -1,0 +1,52 @@
+//! rmq-bus as an application uses it: `ClientProxy::emit` to publish, and a `Microservice` whose
+//! `on_event` handler acks by hand.
+
+use std::sync::Arc;
+
+use rmq_bus::{ClientProxy, Microservice, Payload, RmqContext, RmqOptions};
+
+use crate::measure::{Recorder, handle};
+use crate::payload::{OrderEvent, PATTERN};
+use crate::workload::Scenario;
+use crate::{Res, RunningMicroservice};
+
+pub(super) async fn connect(uri: &str, queue: &str) -> Res<ClientProxy> {
+    let client = ClientProxy::new(RmqOptions::new(queue).uri(uri));
+    client.connect().await?;
+    Ok(client)
+}
+
+pub(super) async fn emit(client: &ClientProxy, event: &OrderEvent) -> Result<(), String> {
+    client
+        .emit(PATTERN, event)
+        .await
+        .map_err(|e| format!("emit: {e}"))
+}
+
+pub(super) async fn start(
+    scenario: Scenario,
+    uri: &str,
+    queue: &str,
+    recorder: &Arc<Recorder>,
+) -> Res<RunningMicroservice> {
+    let delay = scenario.handler_delay();
+    let recorder = recorder.clone();
+    let running = Microservice::new(
+        RmqOptions::new(queue)
+            .uri(uri)
+            .prefetch(scenario.prefetch()),
+    )
+    .on_event(
+        PATTERN,
+        move |Payload(event): Payload<OrderEvent>, ctx: RmqContext| {
+            let recorder = recorder.clone();
+            async move {
+                handle(&recorder, &event, delay).await;
+                ctx.ack().await
+            }
+        },
+    )
+    .start()
+    .await?;
+    Ok(running)
+}

@@ -1,0 +1,84 @@
+//! The three systems under test, each as a publishing and a consuming side behind one interface,
+//! so that a round ([`crate::child`]) runs them alike.
+
+mod bus;
+mod expert;
+mod raw;
+mod typical;
+
+use std::sync::Arc;
+
+use rmq_bus::ClientProxy;
+
+use crate::measure::Recorder;
+use crate::payload::OrderEvent;
+use crate::workload::{Scenario, System};
+use crate::{Res, RunningMicroservice};
+
+/// The publishing side of a system.
+pub(crate) enum Publisher {
+    Bus(ClientProxy),
+    Raw(raw::RawPublisher),
+}
+
+impl Publisher {
+    pub(crate) async fn open(system: System, uri: &str, queue: &str) -> Res<Self> {
+        match system {
+            System::RmqBus => Ok(Publisher::Bus(bus::connect(uri, queue).await?)),
+            System::Typical | System::Expert => {
+                Ok(Publisher::Raw(raw::RawPublisher::open(uri, queue).await?))
+            }
+        }
+    }
+
+    /// Publishes one event and waits for its confirm.
+    pub(crate) async fn publish(&self, event: OrderEvent) -> Result<(), String> {
+        match self {
+            Publisher::Bus(client) => bus::emit(client, &event).await,
+            Publisher::Raw(raw) => raw.publish(&event).await,
+        }
+    }
+
+    pub(crate) async fn close(self) {
+        match self {
+            Publisher::Bus(client) => client.close().await,
+            Publisher::Raw(raw) => raw.close().await,
+        }
+    }
+}
+
+/// The consuming side of a system, running.
+pub(crate) enum Consumer {
+    Bus(RunningMicroservice),
+    Raw(raw::RawConsumer),
+}
+
+impl Consumer {
+    pub(crate) async fn start(
+        system: System,
+        scenario: Scenario,
+        uri: &str,
+        queue: &str,
+        recorder: &Arc<Recorder>,
+    ) -> Res<Self> {
+        match system {
+            System::RmqBus => Ok(Consumer::Bus(
+                bus::start(scenario, uri, queue, recorder).await?,
+            )),
+            System::Typical | System::Expert => Ok(Consumer::Raw(
+                raw::RawConsumer::start(system, scenario, uri, queue, recorder).await?,
+            )),
+        }
+    }
+
+    /// Lets handlers finish and closes; an error if the consumer itself failed.
+    pub(crate) async fn stop(self) -> Result<(), String> {
+        match self {
+            Consumer::Bus(running) => running
+                .shutdown()
+                .await
+                .map_err(|e| format!("microservice: {e}")),
+            Consumer::Raw(raw) => raw.stop().await,
+        }
+    }
+}
