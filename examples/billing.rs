@@ -1,9 +1,10 @@
 //! Billing service: a microservice that bills the orders the `orders` example creates.
 //!
 //! Consumes `order_created` `{"orderPayload": order}` from the billing queue, runs a fraud check,
-//! and emits `order_processed` `{"order": order}` with the new status to the orders queue. The
-//! message is acked only once the broker has confirmed that event; if the emit fails the handler
-//! fails, and rmq-bus requeues the message once, then rejects it.
+//! and emits `order_processed` `{"order": order}` with the new status to the orders queue, both
+//! typed by the contracts in `contracts.rs`. The message is acked only once the broker has
+//! confirmed that event; if the emit fails the handler fails, and rmq-bus requeues the message
+//! once, then dead-letters it.
 //!
 //! Configured from the environment only:
 //!
@@ -20,40 +21,16 @@
 //!
 //! Stops cleanly on Ctrl-C or SIGTERM, letting in-flight handlers finish.
 
+mod contracts;
+
 use std::process::ExitCode;
 
+use contracts::{Order, OrderCreated, OrderProcessed, OrderStatus};
 use rmq_bus::{ClientProxy, Microservice, RmqContext, RmqOptions, controller, event_pattern};
-use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
 /// Orders priced above this are canceled as fraud.
 const FRAUD_PRICE_LIMIT: f64 = 10_000.0;
-
-/// Where an order stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-enum OrderStatus {
-    Pending,
-    Processed,
-    CanceledFraud,
-}
-
-/// An order as the `orders` service sends it (camelCase on the wire).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Order {
-    order_id: String,
-    product_name: String,
-    price: f64,
-    buyer: String,
-    status: OrderStatus,
-}
-
-/// The data of `order_processed`, as the orders service reads it: `@Payload('order')`.
-#[derive(Serialize)]
-struct OrderProcessed<'a> {
-    order: &'a Order,
-}
 
 /// The fraud rule, deterministic so that it can be tested: any order priced above
 /// [`FRAUD_PRICE_LIMIT`] is fraud.
@@ -68,12 +45,14 @@ struct BillingController {
 
 #[controller]
 impl BillingController {
-    #[event_pattern("order_created")]
+    /// `order_created`, from the pattern of its contract.
+    #[event_pattern]
     async fn on_order_created(
         &self,
-        #[payload("orderPayload")] order: Order,
+        #[payload] created: OrderCreated,
         #[ctx] ctx: RmqContext,
     ) -> rmq_bus::Result<()> {
+        let order = created.order_payload;
         let status = if is_fraud(&order) {
             tracing::warn!(order_id = %order.order_id, price = order.price, "order canceled as fraud");
             OrderStatus::CanceledFraud
@@ -84,9 +63,7 @@ impl BillingController {
         let order = Order { status, ..order };
         // Acked only after the broker confirmed the outcome: if we crash in between, the
         // order is billed again rather than never reported.
-        self.orders
-            .emit("order_processed", &OrderProcessed { order: &order })
-            .await?;
+        self.orders.publish(&OrderProcessed { order }).await?;
         ctx.ack().await
     }
 }

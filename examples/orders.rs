@@ -29,6 +29,8 @@
 //! Stops cleanly on Ctrl-C or SIGTERM: the HTTP server finishes its requests and the
 //! microservice drains its handlers.
 
+mod contracts;
+
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -43,6 +45,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use contracts::{GetOrder, Order, OrderCreated, OrderProcessed, OrderStatus};
 use rmq_bus::{
     ClientProxy, Microservice, RmqContext, RmqOptions, RpcError, controller, event_pattern,
     message_pattern,
@@ -52,27 +55,6 @@ use tokio::sync::{RwLock, watch};
 use tracing_subscriber::EnvFilter;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Where an order stands. `FAILED`: it could not be handed to billing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-enum OrderStatus {
-    Pending,
-    Processed,
-    CanceledFraud,
-    Failed,
-}
-
-/// An order, as stored, answered over HTTP and carried in events (camelCase on the wire).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Order {
-    order_id: String,
-    product_name: String,
-    price: f64,
-    buyer: String,
-    status: OrderStatus,
-}
 
 /// The body of `POST /orders`.
 #[derive(Debug, Deserialize)]
@@ -101,13 +83,6 @@ impl NewOrder {
     }
 }
 
-/// The data of `order_created`, as the NestJS billing service reads it: `@Payload('orderPayload')`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct OrderCreated<'a> {
-    order_payload: &'a Order,
-}
-
 type Store = Arc<RwLock<HashMap<String, Order>>>;
 
 /// What the HTTP handlers share.
@@ -124,12 +99,14 @@ struct OrdersController {
 
 #[controller]
 impl OrdersController {
-    #[event_pattern("order_processed")]
+    /// `order_processed`, from the pattern of its contract.
+    #[event_pattern]
     async fn on_order_processed(
         &self,
-        #[payload("order")] order: Order,
+        #[payload] processed: OrderProcessed,
         #[ctx] ctx: RmqContext,
     ) -> rmq_bus::Result<()> {
+        let order = processed.order;
         let previous = self
             .store
             .write()
@@ -156,10 +133,11 @@ impl OrdersController {
         }
     }
 
-    /// Answers other services' `send("get_order", {"orderId"})` (NestJS `@MessagePattern`).
-    #[message_pattern("get_order")]
-    async fn get_order(&self, #[payload("orderId")] order_id: String) -> Result<Order, RpcError> {
-        let order = self.store.read().await.get(&order_id).cloned();
+    /// Answers other services' `get_order` requests (NestJS `@MessagePattern`); the reply type
+    /// is `GetOrder`'s.
+    #[message_pattern]
+    async fn get_order(&self, #[payload] query: GetOrder) -> Result<Order, RpcError> {
+        let order = self.store.read().await.get(&query.order_id).cloned();
         order.ok_or_else(|| RpcError::new("order not found"))
     }
 }
@@ -221,9 +199,9 @@ async fn create_order(
         .await
         .insert(order.order_id.clone(), order.clone());
     let event = OrderCreated {
-        order_payload: &order,
+        order_payload: order.clone(),
     };
-    match app.billing.emit("order_created", &event).await {
+    match app.billing.publish(&event).await {
         Ok(()) => {
             tracing::info!(order_id = %order.order_id, price = order.price, "order created");
             (StatusCode::CREATED, Json(order)).into_response()

@@ -9,33 +9,24 @@
 //! cargo run --example shop
 //! ```
 
+mod contracts;
+
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use contracts::{GetOrder, Order, OrderCreated, OrderProcessed, OrderStatus};
 use rmq_bus::config::QueueOptions;
 use rmq_bus::{
     ClientProxy, Microservice, RmqContext, RmqOptions, RpcError, controller, event_pattern,
     message_pattern, testing::TestBroker,
 };
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::{Mutex, mpsc};
 use tracing_subscriber::EnvFilter;
 
 /// Billing's deterministic fraud rule: orders above this price are canceled.
 const FRAUD_PRICE_LIMIT: f64 = 10_000.0;
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Order {
-    order_id: String,
-    product_name: String,
-    price: f64,
-    buyer: String,
-    status: String,
-}
 
 /// Checks orders for fraud and bills them; acks only once `order_processed` is confirmed.
 struct Billing {
@@ -44,25 +35,23 @@ struct Billing {
 
 #[controller]
 impl Billing {
-    #[event_pattern("order_created")]
+    #[event_pattern]
     async fn bill(
         &self,
-        #[payload("orderPayload")] mut order: Order,
+        #[payload] created: OrderCreated,
         #[ctx] ctx: RmqContext,
     ) -> rmq_bus::Result<()> {
+        let mut order = created.order_payload;
         order.status = if order.price > FRAUD_PRICE_LIMIT {
-            "CANCELED_FRAUD"
+            OrderStatus::CanceledFraud
         } else {
-            "PROCESSED"
-        }
-        .into();
+            OrderStatus::Processed
+        };
         println!(
             "[billing] {}: {:.2} by {} → {}, emitting order_processed",
             order.order_id, order.price, order.buyer, order.status
         );
-        self.orders
-            .emit("order_processed", &json!({ "order": order }))
-            .await?;
+        self.orders.publish(&OrderProcessed { order }).await?;
         ctx.ack().await
     }
 }
@@ -75,12 +64,13 @@ struct Orders {
 
 #[controller]
 impl Orders {
-    #[event_pattern("order_processed")]
+    #[event_pattern]
     async fn processed(
         &self,
-        #[payload("order")] order: Order,
+        #[payload] processed: OrderProcessed,
         #[ctx] ctx: RmqContext,
     ) -> rmq_bus::Result<()> {
+        let order = processed.order;
         println!("[orders ] {} is now {}", order.order_id, order.status);
         let id = order.order_id.clone();
         self.store.lock().await.insert(id.clone(), order);
@@ -89,12 +79,12 @@ impl Orders {
         Ok(())
     }
 
-    #[message_pattern("get_order")]
-    async fn get_order(&self, #[payload("orderId")] order_id: String) -> Result<Order, RpcError> {
+    #[message_pattern]
+    async fn get_order(&self, #[payload] query: GetOrder) -> Result<Order, RpcError> {
         self.store
             .lock()
             .await
-            .get(&order_id)
+            .get(&query.order_id)
             .cloned()
             .ok_or_else(|| RpcError::new("order not found"))
     }
@@ -160,7 +150,7 @@ async fn run() -> rmq_bus::Result<()> {
             product_name: (*product).to_owned(),
             price: *price,
             buyer: (*buyer).to_owned(),
-            status: "PENDING".into(),
+            status: OrderStatus::Pending,
         };
         println!(
             "[orders ] {}: {} at {:.2} for {}: saved PENDING, emitting order_created",
@@ -171,7 +161,9 @@ async fn run() -> rmq_bus::Result<()> {
             .await
             .insert(order.order_id.clone(), order.clone());
         to_billing
-            .emit("order_created", &json!({ "orderPayload": order }))
+            .publish(&OrderCreated {
+                order_payload: order,
+            })
             .await?;
     }
     for _ in 0..placed.len() {
@@ -185,17 +177,15 @@ async fn run() -> rmq_bus::Result<()> {
             break;
         }
     }
-    let fraud: Order = to_orders
-        .send("get_order", &json!({ "orderId": "o-2" }))
-        .await?;
+    let get = |id: &str| GetOrder {
+        order_id: id.to_owned(),
+    };
+    let fraud = to_orders.request(&get("o-2")).await?;
     println!(
         "[shop   ] send(get_order o-2) → {} ({:.2})",
         fraud.status, fraud.price
     );
-    if let Err(error) = to_orders
-        .send::<_, Order>("get_order", &json!({ "orderId": "o-9" }))
-        .await
-    {
+    if let Err(error) = to_orders.request(&get("o-9")).await {
         println!("[shop   ] send(get_order o-9) → {error}");
     }
 

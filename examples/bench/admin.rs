@@ -3,14 +3,20 @@
 
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::Res;
 
 /// Declares the round's queue as rmq-bus does (durable, no arguments), so both sides match.
 pub(crate) async fn declare_queue(uri: &str, queue: &str) -> Res<()> {
     let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
+    declare_on(&connection.create_channel().await?, queue).await?;
+    let _ = connection.close(200, ShortString::from("declared")).await;
+    Ok(())
+}
+
+/// Declares `queue` on `channel`, durable with no arguments.
+pub(crate) async fn declare_on(channel: &Channel, queue: &str) -> Res<()> {
     channel
         .queue_declare(
             ShortString::from(queue),
@@ -18,7 +24,6 @@ pub(crate) async fn declare_queue(uri: &str, queue: &str) -> Res<()> {
             FieldTable::default(),
         )
         .await?;
-    let _ = connection.close(200, ShortString::from("declared")).await;
     Ok(())
 }
 

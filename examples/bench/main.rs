@@ -16,8 +16,8 @@
 //! | `RUST_LOG` | log filter of the child processes | `warn` |
 //!
 //! Systems:
-//! - **rmq-bus**: `ClientProxy::emit` (up to 1000 in flight) and a `Microservice` with prefetch
-//!   100 and manual acks, whose `on_event` handler calls `ctx.ack()`.
+//! - **rmq-bus**: `ClientProxy::publish` of a typed contract (up to 1000 in flight) and a
+//!   `Microservice` with prefetch 100 and manual acks, whose `on_event` handler calls `ctx.ack()`.
 //! - **lapin-typical**: raw lapin, the same concurrent confirmed publishes of a typed payload with
 //!   the same properties (JSON content type, persistent, a correlation id, as rmq-bus sends), and
 //!   a `consumer.next()` loop that deserializes each delivery and acks it (`basic.ack` each).

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rmq_bus::contract::Event;
 use serde::{Deserialize, Serialize};
 
 pub(crate) const PATTERN: &str = "order_created";
@@ -19,8 +20,10 @@ struct Order {
     status: String,
 }
 
-/// The event data: the order and, for latency, when it was sent (ns since the child's epoch).
-#[derive(Debug, Serialize, Deserialize)]
+/// The event data: the order and, for latency, when it was sent (ns since the child's epoch). A
+/// typed contract, as rmq-bus's side sends and handles it.
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(pattern = "order_created")]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct OrderEvent {
     order_payload: Order,

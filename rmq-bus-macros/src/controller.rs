@@ -100,17 +100,22 @@ fn handlers(
         let Some(handler) = handler(method, markers, errors) else {
             continue;
         };
-        let duplicate = handlers
-            .iter()
-            .find(|(other, _)| other.pattern.key() == handler.pattern.key());
-        if let Some((first, _)) = duplicate {
-            errors.push(handler.pattern.error(format!(
-                "pattern {} already has a handler in this controller (`{}`); a pattern routes \
-                 to one handler, remove one of them",
-                handler.pattern.describe(),
-                first.ident
-            )));
-            continue;
+        // Patterns named by contract types are known only at run time: `start` checks those.
+        if let Some(pattern) = handler.named_pattern() {
+            let duplicate = handlers.iter().find(|(other, _)| {
+                other
+                    .named_pattern()
+                    .is_some_and(|other| other.key() == pattern.key())
+            });
+            if let Some((first, _)) = duplicate {
+                errors.push(pattern.error(format!(
+                    "pattern {} already has a handler in this controller (`{}`); a pattern \
+                     routes to one handler, remove one of them",
+                    pattern.describe(),
+                    first.ident
+                )));
+                continue;
+            }
         }
         let cfgs = cfg_attributes(&method.attrs).cloned().collect();
         handlers.push((handler, cfgs));

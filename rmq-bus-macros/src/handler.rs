@@ -25,6 +25,14 @@ pub(crate) struct Arg {
     source: ArgSource,
 }
 
+/// Where a handler's pattern comes from.
+pub(crate) enum Routing {
+    /// Its attribute names it; if its payload type is a contract, the two must agree.
+    Named(Pattern),
+    /// Its payload type, a contract, names it.
+    FromPayload(Type),
+}
+
 /// A handler whose signature passed the checks.
 pub(crate) struct Handler {
     /// The function's name.
@@ -32,7 +40,7 @@ pub(crate) struct Handler {
     /// Whether it handles events or requests.
     route_kind: RouteKind,
     /// The pattern routed to it.
-    pub(crate) pattern: Pattern,
+    routing: Routing,
     args: Vec<Arg>,
     /// Where a wrong return type is reported.
     output_span: Span,
@@ -40,11 +48,12 @@ pub(crate) struct Handler {
 
 /// Checks a handler's signature, recording every problem in `errors`, and removes the
 /// argument attributes (even wrong ones, so that rustc does not report them again).
-/// Returns `None` if the signature cannot be a handler.
+/// `pattern` is what its attribute names: `None` if that was wrong (already reported),
+/// `Some(None)` if it names none. Returns `None` if the signature cannot be a handler.
 pub(crate) fn analyze(
     sig: &mut Signature,
     route_kind: RouteKind,
-    pattern: Option<Pattern>,
+    pattern: Option<Option<Pattern>>,
     kind: Kind,
     errors: &mut Errors,
 ) -> Option<Handler> {
@@ -99,6 +108,29 @@ pub(crate) fn analyze(
         });
     }
 
+    let routing = match pattern {
+        None => None,
+        Some(Some(pattern)) => Some(Routing::Named(pattern)),
+        Some(None) => {
+            let payload = args
+                .iter()
+                .find(|arg| matches!(arg.source, ArgSource::Payload));
+            match payload {
+                Some(arg) => Some(Routing::FromPayload(arg.ty.clone())),
+                None => {
+                    let span = match kind {
+                        Kind::Free => Span::call_site(),
+                        Kind::Method => sig.ident.span(),
+                    };
+                    own.push(syn::Error::new(
+                        span,
+                        route_kind.missing_pattern_or_contract(),
+                    ));
+                    None
+                }
+            }
+        }
+    };
     let output_span = match &sig.output {
         ReturnType::Default => sig.ident.span(),
         ReturnType::Type(_, ty) => ty.span(),
@@ -108,7 +140,7 @@ pub(crate) fn analyze(
     Some(Handler {
         ident: sig.ident.clone(),
         route_kind,
-        pattern: pattern.filter(|_| valid)?,
+        routing: routing.filter(|_| valid)?,
         args,
         output_span,
     })
@@ -156,24 +188,79 @@ fn is_self(ty: &Type) -> bool {
 }
 
 impl Handler {
+    /// The pattern its attribute names, if it names one.
+    pub(crate) fn named_pattern(&self) -> Option<&Pattern> {
+        match &self.routing {
+            Routing::Named(pattern) => Some(pattern),
+            Routing::FromPayload(_) => None,
+        }
+    }
+
+    /// The pattern, as an expression: the one named, or the payload contract's (an error at the
+    /// type if it is not a contract).
+    fn pattern(&self) -> TokenStream {
+        match &self.routing {
+            Routing::Named(pattern) => quote!(#pattern),
+            Routing::FromPayload(ty) => {
+                let contract = self.route_kind.contract_trait();
+                quote_spanned!(ty.span()=> <#ty as #contract>::pattern())
+            }
+        }
+    }
+
+    /// When the attribute names a pattern and the payload's type is a contract, a check that
+    /// they agree, which fails the build otherwise (and does nothing for other types).
+    fn contract_check(&self) -> TokenStream {
+        let Routing::Named(pattern) = &self.routing else {
+            return TokenStream::new();
+        };
+        let Some(payload) = self
+            .args
+            .iter()
+            .find(|arg| matches!(arg.source, ArgSource::Payload))
+        else {
+            return TokenStream::new();
+        };
+        let ty = &payload.ty;
+        let key = syn::LitStr::new(pattern.key(), Span::call_site());
+        let by_contract = match self.route_kind {
+            RouteKind::Event => quote!(ByEvent),
+            RouteKind::Message => quote!(ByRequest),
+        };
+        quote_spanned! {ty.span()=>
+            struct __RmqNamed;
+            impl ::rmq_bus::__private::Named for __RmqNamed {
+                const PATTERN: &'static str = #key;
+            }
+            #[allow(unused_imports)]
+            use ::rmq_bus::__private::{ByAnything as _, #by_contract as _};
+            (&&::rmq_bus::__private::Probe::<#ty, __RmqNamed>::new()).check();
+        }
+    }
+
     /// The route of a free function:
     /// `event_route(pattern, |message| async move { ... })`, or `message_route`.
     pub(crate) fn free_route(&self) -> TokenStream {
-        let pattern = &self.pattern;
+        let pattern = self.pattern();
+        let check = self.contract_check();
         let route = self.route_kind.route_constructor();
         let ident = self.spanned_ident();
         let future = self.future(quote!(#ident), None);
         quote! {
-            #route(
-                #pattern,
-                |__rmq_message: ::rmq_bus::__private::Message| #future,
-            )
+            {
+                #check
+                #route(
+                    #pattern,
+                    |__rmq_message: ::rmq_bus::__private::Message| #future,
+                )
+            }
         }
     }
 
     /// The route of a controller method, calling it on a clone of `self: Arc<Self>`.
     pub(crate) fn method_route(&self) -> TokenStream {
-        let pattern = &self.pattern;
+        let pattern = self.pattern();
+        let check = self.contract_check();
         let route = self.route_kind.route_constructor();
         let ident = self.spanned_ident();
         let future = self.future(
@@ -182,6 +269,7 @@ impl Handler {
         );
         quote! {
             {
+                #check
                 let __rmq_this = ::core::clone::Clone::clone(&self);
                 #route(
                     #pattern,
@@ -229,8 +317,14 @@ impl Handler {
         });
         let receiver = receiver.map(|receiver| quote!(#receiver,));
         // Spanned at the return type, so that a return type that does not fit is reported there
-        // (`IntoHandlerResult` for events, `IntoReply` for requests).
-        let interpret = self.route_kind.interpret_output();
+        // (`IntoHandlerResult` for events, `IntoReply` for requests, the contract's reply for a
+        // request whose payload names its pattern).
+        let interpret = match (&self.routing, self.route_kind) {
+            (Routing::FromPayload(ty), RouteKind::Message) => {
+                quote!(::rmq_bus::__private::typed_reply::<#ty, _>)
+            }
+            _ => self.route_kind.interpret_output(),
+        };
         let call = quote_spanned! {self.output_span=>
             #interpret(#callee(#receiver #(#bindings),*).await)
         };
@@ -308,7 +402,7 @@ pub(crate) fn expand_free(
         return TokenStream::new();
     }
     let mut errors = Errors::default();
-    let pattern = errors.check(route_kind.parse_pattern(args));
+    let pattern = errors.check(route_kind.parse_handler_pattern(args));
     let mut func = match syn::parse2::<Item>(item.clone()) {
         Ok(Item::Fn(func)) => func,
         Ok(_) => {

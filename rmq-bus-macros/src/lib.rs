@@ -8,12 +8,15 @@
 //! what an event handler returns, `IntoReply` for a request handler).
 
 mod args;
+mod contract;
 mod controller;
 mod errors;
 mod handler;
 mod pattern;
 
 use proc_macro::TokenStream;
+
+use contract::ContractKind;
 
 /// Makes an inherent impl block a controller: each method marked `#[event_pattern(...)]` or
 /// `#[message_pattern(...)]` becomes a route of an `rmq_bus::Controller` impl, registered with
@@ -49,4 +52,20 @@ pub fn event_pattern(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn message_pattern(args: TokenStream, item: TokenStream) -> TokenStream {
     handler::expand_free(pattern::RouteKind::Message, args.into(), item.into()).into()
+}
+
+/// Binds a type to its event pattern, implementing `rmq_bus::contract::Event`:
+/// `#[event(pattern = "order_created")]`, or `#[event(pattern(cmd = "order_created"))]` for an
+/// object pattern. See `rmq_bus::contract`.
+#[proc_macro_derive(Event, attributes(event))]
+pub fn derive_event(input: TokenStream) -> TokenStream {
+    contract::derive(ContractKind::Event, input.into()).into()
+}
+
+/// Binds a type to its request pattern and reply type, implementing
+/// `rmq_bus::contract::Request`: `#[request(pattern = "get_order", reply = Order)]`. See
+/// `rmq_bus::contract`.
+#[proc_macro_derive(Request, attributes(request))]
+pub fn derive_request(input: TokenStream) -> TokenStream {
+    contract::derive(ContractKind::Request, input.into()).into()
 }

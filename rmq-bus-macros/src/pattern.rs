@@ -75,19 +75,51 @@ impl RouteKind {
         }
     }
 
-    /// Parses the arguments of the attribute, given directly to the macro on a free function.
+    /// Parses a pattern written in `args` (also what a contract's attribute names).
     pub(crate) fn parse_pattern(self, args: TokenStream) -> syn::Result<Pattern> {
         (|input: ParseStream| parse(input, self)).parse2(args)
     }
 
-    /// Parses `attr`, an attribute of this kind found by `#[controller]` on a method.
-    pub(crate) fn parse_attribute(self, attr: &Attribute) -> syn::Result<Pattern> {
-        match &attr.meta {
-            Meta::List(list) if !list.tokens.is_empty() => {
-                list.parse_args_with(|input: ParseStream| parse(input, self))
-            }
-            _ => Err(syn::Error::new_spanned(attr, self.missing_pattern())),
+    /// Parses the arguments of the attribute, given directly to the macro on a free function:
+    /// `None` when there are none (the handler's payload type is a contract that names it).
+    pub(crate) fn parse_handler_pattern(self, args: TokenStream) -> syn::Result<Option<Pattern>> {
+        if args.is_empty() {
+            return Ok(None);
         }
+        self.parse_pattern(args).map(Some)
+    }
+
+    /// Parses `attr`, an attribute of this kind found by `#[controller]` on a method: `None`
+    /// when it names no pattern.
+    pub(crate) fn parse_attribute(self, attr: &Attribute) -> syn::Result<Option<Pattern>> {
+        match &attr.meta {
+            Meta::List(list) if !list.tokens.is_empty() => list
+                .parse_args_with(|input: ParseStream| parse(input, self))
+                .map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The contract trait a payload type names this kind's pattern through.
+    pub(crate) fn contract_trait(self) -> TokenStream {
+        match self {
+            Self::Event => quote!(::rmq_bus::contract::Event),
+            Self::Message => quote!(::rmq_bus::contract::Request),
+        }
+    }
+
+    /// The missing-pattern error, when no payload is a contract either.
+    pub(crate) fn missing_pattern_or_contract(self) -> String {
+        let (attribute, example) = (self.attribute(), self.example());
+        let (contract, ty) = match self {
+            Self::Event => ("Event", "OrderCreated"),
+            Self::Message => ("Request", "GetOrder"),
+        };
+        format!(
+            "missing pattern: name it, `#[{attribute}(\"{example}\")]` (or `cmd = \"{example}\"` \
+             for an object pattern), or take a contract as the payload, `#[payload] message: \
+             {ty}` where `{ty}` derives `rmq_bus::contract::{contract}`"
+        )
     }
 
     fn missing_pattern(self) -> String {
@@ -114,6 +146,11 @@ impl Pattern {
     /// The normalised routing key.
     pub(crate) fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Whether it is an object pattern.
+    pub(crate) fn is_object(&self) -> bool {
+        self.object
     }
 
     /// The pattern as a message shows it: `"order_created"`, or `{"cmd":"sum"}`.

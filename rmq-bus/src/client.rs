@@ -12,12 +12,13 @@ use tokio::sync::{Mutex, oneshot};
 
 use crate::codec::{NO_HANDLER, Reply, decode_reply, encode_event, encode_request};
 use crate::config::{DEFAULT_REQUEST_TIMEOUT, RmqOptions};
+use crate::contract::{Event, Request};
 use crate::correlation;
 use crate::delivery::Properties;
 use crate::error::{Error, Result};
 use crate::pattern::Pattern;
 use crate::rpc::RpcError;
-use crate::transport::{Confirm, Link, OnReply};
+use crate::transport::{Confirm, Link, OnReply, Outgoing};
 
 /// Sends messages to one queue (or exchange), as NestJS's `ClientProxy`
 /// (`ClientsModule.register` / `RmqModule.register`).
@@ -139,7 +140,7 @@ impl ClientProxy {
         if link.blocked() {
             Box::pin(wait_unblocked(&link, deadline)).await?;
         }
-        let mut confirm = self.publish(&link, pattern, body, properties).await?;
+        let mut confirm = self.publish_on(&link, pattern, body, properties).await?;
         let wait = self.inner.options.confirm_timeout;
         match tokio::time::timeout(wait, &mut confirm).await {
             Ok(confirmation) => confirmation.map_err(|error| self.name_nack(error, pattern)),
@@ -156,6 +157,47 @@ impl ClientProxy {
     /// When the current outage must end for a call to go on.
     fn deadline(&self) -> Instant {
         Instant::now() + self.inner.options.reconnect_timeout
+    }
+
+    /// Emits a typed event: [`emit`](Self::emit) with the pattern of `event`'s type.
+    ///
+    /// ```no_run
+    /// # use rmq_bus::contract::Event;
+    /// # #[derive(Event, serde::Serialize)] #[event(pattern = "order_created")] struct OrderCreated { price: f64 }
+    /// # async fn demo(client: rmq_bus::ClientProxy) -> rmq_bus::Result<()> {
+    /// client.publish(&OrderCreated { price: 10.0 }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish<E: Event + Serialize>(&self, event: &E) -> Result<()> {
+        self.emit(E::pattern(), event).await
+    }
+
+    /// Sends a typed request and waits for its typed reply: [`send`](Self::send) with the
+    /// pattern and the reply type of `request`'s type.
+    ///
+    /// ```no_run
+    /// # use rmq_bus::contract::Request;
+    /// # #[derive(serde::Deserialize)] struct Order { id: String }
+    /// # #[derive(Request, serde::Serialize)] #[request(pattern = "get_order", reply = Order)] struct GetOrder { id: String }
+    /// # async fn demo(client: rmq_bus::ClientProxy) -> rmq_bus::Result<()> {
+    /// let order = client.request(&GetOrder { id: "o-1".into() }).await?; // an Order
+    /// # Ok(()) }
+    /// ```
+    pub async fn request<Q>(&self, request: &Q) -> Result<Q::Reply>
+    where
+        Q: Request + Serialize,
+        Q::Reply: DeserializeOwned,
+    {
+        self.send(Q::pattern(), request).await
+    }
+
+    /// [`request`](Self::request) with its own timeout.
+    pub async fn request_timeout<Q>(&self, request: &Q, timeout: Duration) -> Result<Q::Reply>
+    where
+        Q: Request + Serialize,
+        Q::Reply: DeserializeOwned,
+    {
+        self.send_timeout(Q::pattern(), request, timeout).await
     }
 
     /// Sends request `pattern` with `data` and waits for the reply, as NestJS's
@@ -210,7 +252,7 @@ impl ClientProxy {
         let mut properties = self.properties(Some(&id), false);
         properties.reply_to = Some(reply_to);
         // The reply may come before the confirm; an unroutable or refused request fails at once.
-        let mut confirm = self.publish(&link, &pattern, &body, &properties).await?;
+        let mut confirm = self.publish_on(&link, &pattern, &body, &properties).await?;
         let expired = tokio::time::sleep_until(deadline.into());
         tokio::pin!(expired);
         let mut confirmed = false;
@@ -294,8 +336,8 @@ impl ClientProxy {
         properties
     }
 
-    /// Publishes `body` to the exchange (routing key = pattern) or the queue.
-    async fn publish(
+    /// Publishes `body` on `link` to the exchange (routing key = pattern) or the queue.
+    async fn publish_on(
         &self,
         link: &Link,
         pattern: &Pattern,
@@ -309,13 +351,17 @@ impl ClientProxy {
                 max: options.max_message_bytes,
             });
         }
-        match &options.exchange {
-            Some(exchange) => {
-                link.publish(&exchange.name, pattern.key(), body, properties)
-                    .await
-            }
-            None => link.publish("", &options.queue, body, properties).await,
-        }
+        let (exchange, routing_key) = match &options.exchange {
+            Some(exchange) => (exchange.name.as_str(), pattern.key()),
+            None => ("", options.queue.as_str()),
+        };
+        link.publish(Outgoing {
+            exchange,
+            routing_key,
+            body,
+            properties,
+        })
+        .await
     }
 
     /// The queue, or the exchange, this client publishes to, for logs.

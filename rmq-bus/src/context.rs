@@ -108,6 +108,7 @@ impl RmqContext {
     }
 
     /// The pattern the message was routed by (normalised, see [`Pattern::key`](crate::Pattern::key)).
+    /// A wildcard handler (`shipment.*`) sees the message's own key (`shipment.delivered`).
     pub fn pattern(&self) -> &str {
         self.inner.pattern.get().map_or("", |pattern| pattern)
     }

@@ -13,6 +13,7 @@
 //!
 //! The root holds what every service uses; the rest is in modules named for what they hold:
 //! [`config`] (settings, ack modes, retry policies, queue and exchange declarations),
+//! [`contract`] (typed events and requests),
 //! [`context`] (the delivery and its settlement), [`handler`] (routes, extractors, replies,
 //! interceptors), [`microservice`] (the running service, shutdown) and [`testing`] (an in-memory
 //! broker for tests).
@@ -141,11 +142,12 @@
 //                  naming lapin)
 //   handlers       handler
 //   the core       dispatch (consumer loop, routing, settlement policy, retries, dead letters)
-//   the surface    client, microservice, testing
+//   the surface    contract, client, microservice, testing
 mod client;
 mod codec;
 pub mod config;
 pub mod context;
+pub mod contract;
 mod correlation;
 mod delivery;
 mod dispatch;
@@ -181,8 +183,24 @@ pub use rmq_bus_macros::controller;
 /// is NestJS's `@EventPattern({ cmd: 'order', version: 2 })`.
 ///
 /// Arguments take `#[payload]` (the data), `#[payload("key")]` (one key of it, as
-/// `@Payload('key')`) or `#[ctx]` (the [`RmqContext`]); an argument without one is extracted by
-/// its type through [`FromMessage`](handler::FromMessage).
+/// `@Payload('key')`) or `#[ctx]` (the [`RmqContext`], by value: clones are cheap); an argument
+/// without one is extracted by its type through [`FromMessage`](handler::FromMessage).
+///
+/// The handler returns `()`, or `Result<(), E>` for any `E: Display` (`rmq_bus::Error`,
+/// `anyhow::Error`, `String`, …) ([`IntoHandlerResult`](handler::IntoHandlerResult)). An `Err`
+/// (or a panic) leaves the message to the queue's retry or failure policy; the error's text is
+/// logged and goes into the dead letter's `x-rmq-bus-error` header.
+///
+/// ```no_run
+/// use rmq_bus::{RmqContext, event_pattern};
+///
+/// #[event_pattern("order_created")]
+/// async fn on_order_created(#[payload("orderPayload")] order: serde_json::Value, #[ctx] ctx: RmqContext) -> rmq_bus::Result<()> {
+///     println!("billing {order}");
+///     ctx.ack().await
+/// }
+/// # let _ = rmq_bus::Microservice::new(rmq_bus::RmqOptions::new("BILLING")).handler::<on_order_created>();
+/// ```
 pub use rmq_bus_macros::event_pattern;
 /// Marks an `async fn` as the handler of a request pattern, as NestJS's `@MessagePattern`: it
 /// answers what [`ClientProxy::send`] sends.
@@ -221,6 +239,9 @@ pub use rmq_bus_macros::message_pattern;
 /// What generated code refers to. Not public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::contract::check::{
+        ByAnything, ByEvent, ByRequest, Named, Probe, ReplyOf, typed_reply,
+    };
     pub use crate::handler::glue::{
         context, event_route, extract, finish, message_route, object_pattern, payload,
         payload_field,

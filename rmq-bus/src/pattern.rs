@@ -4,6 +4,7 @@
 //! normalising them (keys sorted, compact JSON), so `{"b":1,"a":2}` and `{"a":2,"b":1}` are one
 //! pattern. [`Pattern`] keeps both the wire form and that normalised key.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Serialize, Serializer};
@@ -12,7 +13,8 @@ use serde_json::Value;
 /// A message pattern, as written on the wire and as routed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Pattern {
-    key: String,
+    /// Borrowed for the patterns of typed contracts, which are `'static`: no allocation per send.
+    key: Cow<'static, str>,
     object: Option<Value>,
 }
 
@@ -24,7 +26,15 @@ impl Pattern {
 
     /// The normalised routing key, taken out.
     pub(crate) fn into_key(self) -> String {
-        self.key
+        self.key.into_owned()
+    }
+
+    /// A string pattern known at compile time, as typed contracts have: nothing is copied.
+    pub const fn from_static(key: &'static str) -> Self {
+        Self {
+            key: Cow::Borrowed(key),
+            object: None,
+        }
     }
 
     /// Reads a pattern off the wire. Strings and numbers are taken as text, objects normalised;
@@ -36,7 +46,7 @@ impl Pattern {
             Value::Object(_) => {
                 let sorted = sort_keys(value);
                 Some(Self {
-                    key: sorted.to_string(),
+                    key: Cow::Owned(sorted.to_string()),
                     object: Some(sorted),
                 })
             }
@@ -48,7 +58,7 @@ impl Pattern {
 impl From<&str> for Pattern {
     fn from(s: &str) -> Self {
         Self {
-            key: s.to_owned(),
+            key: Cow::Owned(s.to_owned()),
             object: None,
         }
     }
@@ -56,7 +66,10 @@ impl From<&str> for Pattern {
 
 impl From<String> for Pattern {
     fn from(key: String) -> Self {
-        Self { key, object: None }
+        Self {
+            key: Cow::Owned(key),
+            object: None,
+        }
     }
 }
 

@@ -1,14 +1,15 @@
-//! rmq-bus as an application uses it: `ClientProxy::emit` to publish, and a `Microservice` whose
-//! `on_event` handler acks by hand.
+//! rmq-bus as an application uses it: a typed contract published with `ClientProxy::publish`,
+//! and a `Microservice` whose `on_event` handler acks by hand.
 
 use std::sync::Arc;
 
 use rmq_bus::{ClientProxy, Microservice, Payload, RmqContext, RmqOptions};
 
 use crate::measure::{Recorder, handle};
-use crate::payload::{OrderEvent, PATTERN};
+use crate::payload::OrderEvent;
 use crate::workload::Scenario;
 use crate::{Res, RunningMicroservice};
+use rmq_bus::contract::Event;
 
 pub(super) async fn connect(uri: &str, queue: &str) -> Res<ClientProxy> {
     let client = ClientProxy::new(RmqOptions::new(queue).uri(uri));
@@ -18,9 +19,9 @@ pub(super) async fn connect(uri: &str, queue: &str) -> Res<ClientProxy> {
 
 pub(super) async fn emit(client: &ClientProxy, event: &OrderEvent) -> Result<(), String> {
     client
-        .emit(PATTERN, event)
+        .publish(event)
         .await
-        .map_err(|e| format!("emit: {e}"))
+        .map_err(|e| format!("publish: {e}"))
 }
 
 pub(super) async fn start(
@@ -37,7 +38,7 @@ pub(super) async fn start(
             .prefetch(scenario.prefetch()),
     )
     .on_event(
-        PATTERN,
+        OrderEvent::pattern(),
         move |Payload(event): Payload<OrderEvent>, ctx: RmqContext| {
             let recorder = recorder.clone();
             async move {

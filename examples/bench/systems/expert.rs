@@ -8,12 +8,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use lapin::Channel;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::options::BasicAckOptions;
 
-use super::raw::next_delivery;
+use super::raw::next_event;
 use crate::DEFAULT_PREFETCH;
 use crate::measure::{Recorder, handle};
-use crate::payload::decode;
 use crate::workload::PREFETCH;
 
 /// lapin-expert acks once per this many in-order handled deliveries…
@@ -97,18 +96,10 @@ pub(super) async fn consume(
     let mut received = 0;
     while received < recorder.n || !handlers.is_empty() {
         let handled_tag = tokio::select! {
-            delivery = next_delivery(&mut consumer), if received < recorder.n => {
-                let delivery = delivery?;
+            next = next_event(&mut consumer, &recorder), if received < recorder.n => {
+                let (delivery, event) = next?;
                 received += 1;
                 let tag = delivery.delivery_tag;
-                let event = match decode(&delivery.data) {
-                    Ok(event) => event,
-                    Err(error) => {
-                        let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-                        recorder.fail(&error);
-                        return Err(error);
-                    }
-                };
                 match delay {
                     None => {
                         handle(&recorder, &event, None).await;

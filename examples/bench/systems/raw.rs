@@ -5,16 +5,17 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
 use super::{expert, typical};
 use crate::Res;
+use crate::admin::declare_on;
 use crate::measure::Recorder;
-use crate::payload::{OrderEvent, OutgoingPacket, PATTERN, correlation_id};
+use crate::payload::{OrderEvent, OutgoingPacket, PATTERN, correlation_id, decode};
 use crate::workload::{Scenario, System};
 
 /// A channel in confirm mode, publishing to the round's queue.
@@ -101,13 +102,7 @@ impl RawConsumer {
             .basic_qos(scenario.prefetch(), BasicQosOptions::default())
             .await?;
         // As rmq-bus does (the parent declared it already; this lets a child run alone).
-        channel
-            .queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await?;
+        declare_on(&channel, queue).await?;
         let consumer = channel
             .basic_consume(
                 ShortString::from(queue),
@@ -141,12 +136,23 @@ impl RawConsumer {
     }
 }
 
-pub(super) async fn next_delivery(
+/// The next delivery and its event, decoded as the raw baselines do; a body that is not an
+/// event is rejected and fails the round.
+pub(super) async fn next_event(
     consumer: &mut lapin::Consumer,
-) -> Result<lapin::message::Delivery, String> {
-    match consumer.next().await {
-        Some(Ok(delivery)) => Ok(delivery),
-        Some(Err(error)) => Err(format!("consumer: {error}")),
-        None => Err("consumer ended early".to_owned()),
+    recorder: &Recorder,
+) -> Result<(lapin::message::Delivery, OrderEvent), String> {
+    let delivery = match consumer.next().await {
+        Some(Ok(delivery)) => delivery,
+        Some(Err(error)) => return Err(format!("consumer: {error}")),
+        None => return Err("consumer ended early".to_owned()),
+    };
+    match decode(&delivery.data) {
+        Ok(event) => Ok((delivery, event)),
+        Err(error) => {
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+            recorder.fail(&error);
+            Err(error)
+        }
     }
 }

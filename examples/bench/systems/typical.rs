@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::options::BasicAckOptions;
 use tokio::task::JoinSet;
 
-use super::raw::next_delivery;
+use super::raw::next_event;
 use crate::measure::{Recorder, handle};
-use crate::payload::decode;
 
 /// Next delivery, deserialize, handle, ack that one delivery; `recorder.n` deliveries in all
 /// (a redelivery among them leaves the round short, and it times out rather than ends early).
@@ -21,15 +20,7 @@ pub(super) async fn consume(
 ) -> Result<(), String> {
     let mut tasks = JoinSet::new();
     for _ in 0..recorder.n {
-        let delivery = next_delivery(&mut consumer).await?;
-        let event = match decode(&delivery.data) {
-            Ok(event) => event,
-            Err(error) => {
-                let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-                recorder.fail(&error);
-                return Err(error);
-            }
-        };
+        let (delivery, event) = next_event(&mut consumer, &recorder).await?;
         let acker = delivery.acker;
         match delay {
             None => {

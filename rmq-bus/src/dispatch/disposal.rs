@@ -22,17 +22,17 @@ pub(super) const ATTEMPT_HEADER: &str = "x-rmq-bus-attempt";
 
 /// How one queue's deliveries are disposed of; from its [`RmqOptions`](crate::RmqOptions).
 #[derive(Clone, Debug)]
-pub(crate) struct Policy {
-    pub(crate) ack_mode: AckMode,
-    pub(crate) on_failure: FailurePolicy,
-    pub(crate) max_bytes: usize,
-    pub(crate) retry: Option<RetryPolicy>,
-    pub(crate) dead_letter_queue: Option<String>,
+pub(super) struct Policy {
+    pub(super) ack_mode: AckMode,
+    pub(super) on_failure: FailurePolicy,
+    pub(super) max_bytes: usize,
+    pub(super) retry: Option<RetryPolicy>,
+    pub(super) dead_letter_queue: Option<String>,
 }
 
 impl Policy {
     /// The policy of the queue of `options`.
-    pub(crate) fn of(options: &RmqOptions) -> Self {
+    pub(super) fn of(options: &RmqOptions) -> Self {
         Policy {
             ack_mode: options.ack_mode,
             on_failure: options.failure_policy,

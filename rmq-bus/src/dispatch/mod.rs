@@ -210,7 +210,7 @@ struct ReplyTo {
 /// One is allocated for every delivery, so it is kept small (under the allocator's fast size
 /// classes): the delivery stays behind its context's pointer, and the paths a plain event never
 /// takes (refusals, replies, republishing) are boxed when taken.
-pub(crate) fn dispatch(
+fn dispatch(
     router: Arc<Router>,
     policy: Arc<Policy>,
     inbound: Inbound,

@@ -96,6 +96,15 @@ pub(crate) fn binding_keys<'a>(exchange: &Exchange, patterns: &'a [&'a str]) -> 
     }
 }
 
+/// A JSON message on its way to the broker: where it goes, its body and its properties.
+pub(crate) struct Outgoing<'a> {
+    /// The exchange (`""`: the default exchange, which routes to the queue named by the key).
+    pub(crate) exchange: &'a str,
+    pub(crate) routing_key: &'a str,
+    pub(crate) body: &'a [u8],
+    pub(crate) properties: &'a Properties,
+}
+
 /// Called with each reply's correlation id and body.
 pub(crate) type OnReply = Arc<dyn Fn(Option<String>, Vec<u8>) + Send + Sync>;
 
@@ -144,22 +153,10 @@ impl Link {
     }
 
     /// Hands a JSON message to the broker, as mandatory; the returned future is its confirm.
-    pub(crate) async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: &Properties,
-    ) -> Result<Confirm> {
+    pub(crate) async fn publish(&self, message: Outgoing<'_>) -> Result<Confirm> {
         match &self.kind {
-            LinkKind::Amqp(link) => link
-                .publish(exchange, routing_key, body, properties)
-                .await
-                .map(Confirm::Amqp),
-            LinkKind::Memory(link) => {
-                let result = link.publish(exchange, routing_key, body, properties);
-                Ok(Confirm::Ready(Some(result)))
-            }
+            LinkKind::Amqp(link) => link.publish(message).await.map(Confirm::Amqp),
+            LinkKind::Memory(link) => Ok(Confirm::Ready(Some(link.publish(message)))),
         }
     }
 

@@ -2,7 +2,10 @@
 //! supported reply type, free request handlers registered with `.handler::<name>()`.
 #![deny(warnings)]
 
-use rmq_bus::{ClientProxy, Microservice, RmqContext, RmqOptions, RpcError, controller, event_pattern, message_pattern};
+use rmq_bus::{
+    ClientProxy, Microservice, RmqContext, RmqOptions, RpcError, controller, event_pattern,
+    message_pattern,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize, Serialize)]

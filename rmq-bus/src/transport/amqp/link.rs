@@ -13,9 +13,8 @@ use super::publisher::Confirm;
 use super::topology::{declare_exchange, declare_queue};
 use crate::codec;
 use crate::config::RmqOptions;
-use crate::delivery::Properties;
 use crate::error::Result;
-use crate::transport::{OnReply, REPLY_TO};
+use crate::transport::{OnReply, Outgoing, REPLY_TO};
 
 /// A client's connection and its publishing channel.
 pub(crate) struct Link {
@@ -59,14 +58,9 @@ impl Link {
         self.connection.status().blocked()
     }
 
-    /// Hands a JSON message to the broker, as mandatory; the returned future is its confirm.
-    pub(crate) async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: &Properties,
-    ) -> Result<Confirm> {
+    /// Publishes `message` as mandatory, with the JSON content type; the returned future is its
+    /// confirm.
+    pub(crate) async fn publish(&self, message: Outgoing<'_>) -> Result<Confirm> {
         let publish = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -74,11 +68,11 @@ impl Link {
         let confirm = self
             .channel
             .basic_publish(
-                short("exchange name", exchange)?,
-                short("routing key", routing_key)?,
+                short("exchange name", message.exchange)?,
+                short("routing key", message.routing_key)?,
                 publish,
-                body,
-                basic_properties(properties)?
+                message.body,
+                basic_properties(message.properties)?
                     .with_content_type(ShortString::from(codec::CONTENT_TYPE)),
             )
             .await

@@ -16,7 +16,7 @@ use crate::config::RmqOptions;
 use crate::context::{RmqContext, Settle};
 use crate::delivery::{DeliveryInfo, Outcome, Properties, Settlement};
 use crate::error::{Error, Result};
-use crate::transport::{Inbound, OnReply, Publisher, REPLY_TO, Target, binding_keys};
+use crate::transport::{Inbound, OnReply, Outgoing, Publisher, REPLY_TO, Target, binding_keys};
 
 /// A client's connection to an in-memory broker.
 pub(crate) struct Link(MemoryBroker);
@@ -34,14 +34,14 @@ impl Link {
         Ok(Self(broker))
     }
 
-    /// Publishes a JSON message; the result is what a confirm would say.
-    pub(crate) fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: &Properties,
-    ) -> Result<()> {
+    /// Publishes `message` with the JSON content type; the result is what a confirm would say.
+    pub(crate) fn publish(&self, message: Outgoing<'_>) -> Result<()> {
+        let Outgoing {
+            exchange,
+            routing_key,
+            body,
+            properties,
+        } = message;
         let properties = Properties {
             content_type: Some(codec::CONTENT_TYPE.to_owned()),
             ..properties.clone()

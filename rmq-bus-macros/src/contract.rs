@@ -1,0 +1,200 @@
+//! `#[derive(Event)]` and `#[derive(Request)]`: a type bound to its pattern (and, for a request,
+//! its reply type), implementing `rmq_bus::contract::Event` or `rmq_bus::contract::Request`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::quote;
+use syn::parse::ParseStream;
+use syn::{Attribute, DeriveInput, Expr, ExprLit, Ident, Lit, LitStr, Meta, Token, Type};
+
+use crate::errors::Errors;
+use crate::pattern::{Pattern, RouteKind};
+
+/// Which contract a derive makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ContractKind {
+    /// `#[derive(Event)]` with `#[event(...)]`.
+    Event,
+    /// `#[derive(Request)]` with `#[request(...)]`.
+    Request,
+}
+
+impl ContractKind {
+    fn attribute(self) -> &'static str {
+        match self {
+            Self::Event => "event",
+            Self::Request => "request",
+        }
+    }
+
+    fn route_kind(self) -> RouteKind {
+        match self {
+            Self::Event => RouteKind::Event,
+            Self::Request => RouteKind::Message,
+        }
+    }
+
+    /// How its attribute is written, for messages.
+    fn usage(self) -> &'static str {
+        match self {
+            Self::Event => {
+                "`#[event(pattern = \"order_created\")]`, or `#[event(pattern(cmd = \"order_created\"))]` for an object pattern"
+            }
+            Self::Request => {
+                "`#[request(pattern = \"get_order\", reply = Order)]`, or `#[request(pattern(cmd = \"get_order\"), reply = Order)]` for an object pattern"
+            }
+        }
+    }
+}
+
+/// What the contract attribute says.
+#[derive(Default)]
+struct Arguments {
+    pattern: Option<Pattern>,
+    reply: Option<Type>,
+}
+
+/// Expands the derive: the trait impl, or the errors (spanned at the offending tokens).
+pub(crate) fn derive(kind: ContractKind, input: TokenStream) -> TokenStream {
+    let input = match syn::parse2::<DeriveInput>(input) {
+        Ok(input) => input,
+        Err(error) => return error.into_compile_error(),
+    };
+    let mut errors = Errors::default();
+    let arguments = arguments(kind, &input.attrs, &mut errors);
+    let description = description(&input.attrs);
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let ident = &input.ident;
+    let (Some(pattern), false) = (arguments.pattern, !errors.is_empty()) else {
+        return errors.into_compile_error();
+    };
+    let key = LitStr::new(pattern.key(), Span::call_site());
+    let object = pattern.is_object();
+    match kind {
+        ContractKind::Event => quote! {
+            impl #impl_generics ::rmq_bus::contract::Event for #ident #ty_generics #where_clause {
+                const PATTERN: &'static str = #key;
+                const OBJECT_PATTERN: bool = #object;
+                const DESCRIPTION: &'static str = #description;
+            }
+        },
+        ContractKind::Request => {
+            let Some(reply) = arguments.reply else {
+                return errors.into_compile_error();
+            };
+            quote! {
+                impl #impl_generics ::rmq_bus::contract::Request for #ident #ty_generics #where_clause {
+                    const PATTERN: &'static str = #key;
+                    const OBJECT_PATTERN: bool = #object;
+                    const DESCRIPTION: &'static str = #description;
+                    type Reply = #reply;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the one `#[event(...)]` or `#[request(...)]` attribute.
+fn arguments(kind: ContractKind, attrs: &[Attribute], errors: &mut Errors) -> Arguments {
+    let name = kind.attribute();
+    let mut found = attrs.iter().filter(|attr| attr.path().is_ident(name));
+    let Some(attr) = found.next() else {
+        errors.push(syn::Error::new(
+            Span::call_site(),
+            format!("missing `#[{name}(...)]`: write {}", kind.usage()),
+        ));
+        return Arguments::default();
+    };
+    for extra in found {
+        errors.push(syn::Error::new_spanned(
+            extra,
+            format!("a type has one `#[{name}(...)]`; remove this one"),
+        ));
+    }
+    let parsed = match &attr.meta {
+        Meta::List(list) => list.parse_args_with(|input: ParseStream| parse(kind, input)),
+        _ => Err(syn::Error::new_spanned(
+            attr,
+            format!("expected arguments: write {}", kind.usage()),
+        )),
+    };
+    let arguments = errors.check(parsed).unwrap_or_default();
+    if arguments.pattern.is_none() && errors.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            attr,
+            format!("missing `pattern`: write {}", kind.usage()),
+        ));
+    }
+    if kind == ContractKind::Request && arguments.reply.is_none() && errors.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            attr,
+            "missing `reply`: a request names the type of its reply, as \
+             `#[request(pattern = \"get_order\", reply = Order)]` (`reply = ()` for none)",
+        ));
+    }
+    arguments
+}
+
+/// `pattern = "…"` or `pattern(key = value, …)`, and for a request `reply = Type`.
+fn parse(kind: ContractKind, input: ParseStream) -> syn::Result<Arguments> {
+    let mut arguments = Arguments::default();
+    while !input.is_empty() {
+        let key: Ident = input.parse()?;
+        if key == "pattern" && arguments.pattern.is_some()
+            || key == "reply" && arguments.reply.is_some()
+        {
+            return Err(syn::Error::new_spanned(
+                &key,
+                format!("duplicate `{key}`; remove one"),
+            ));
+        }
+        if key == "pattern" && input.peek(syn::token::Paren) {
+            let content;
+            syn::parenthesized!(content in input);
+            let tokens: TokenStream = content.parse()?;
+            arguments.pattern = Some(kind.route_kind().parse_pattern(tokens)?);
+        } else if key == "pattern" {
+            input.parse::<Token![=]>()?;
+            let lit: LitStr = input.parse()?;
+            arguments.pattern = Some(kind.route_kind().parse_pattern(quote!(#lit))?);
+        } else if key == "reply" && kind == ContractKind::Request {
+            input.parse::<Token![=]>()?;
+            arguments.reply = Some(input.parse()?);
+        } else {
+            let expected = match kind {
+                ContractKind::Event => "`pattern`",
+                ContractKind::Request => "`pattern` and `reply`",
+            };
+            return Err(syn::Error::new_spanned(
+                &key,
+                format!(
+                    "unknown argument `{key}`: `#[{}]` takes {expected}; write {}",
+                    kind.attribute(),
+                    kind.usage()
+                ),
+            ));
+        }
+        if !input.is_empty() {
+            input.parse::<Token![,]>()?;
+        }
+    }
+    Ok(arguments)
+}
+
+/// The type's doc comment, its lines trimmed and joined, for generated documentation.
+fn description(attrs: &[Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("doc"))
+        .filter_map(|attr| match &attr.meta {
+            Meta::NameValue(doc) => match &doc.value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(text),
+                    ..
+                }) => Some(text.value().trim().to_owned()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    lines.join("\n").trim().to_owned()
+}

@@ -1,0 +1,240 @@
+//! Typed contracts: a message type bound to its pattern, so that the service that sends it and
+//! the one that handles it agree at compile time, as MassTransit's message types do, in NestJS's
+//! terms. The wire does not change: a contract is the same `{"pattern", "data"}` packet.
+//!
+//! ```
+//! use rmq_bus::contract::{Event, Request};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// An order was placed and waits to be billed.
+//! #[derive(Event, Serialize, Deserialize)]
+//! #[event(pattern = "order_created")]
+//! #[serde(rename_all = "camelCase")]
+//! struct OrderCreated { order_id: String, price: f64 }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Order { id: String, status: String }
+//!
+//! #[derive(Request, Serialize, Deserialize)]
+//! #[request(pattern = "get_order", reply = Order)]
+//! struct GetOrder { id: String }
+//!
+//! #[derive(Request, Serialize, Deserialize)]
+//! #[request(pattern(cmd = "sum"), reply = i64)] // NestJS's { cmd: 'sum' }
+//! struct Sum(Vec<i64>);
+//!
+//! assert_eq!(OrderCreated::PATTERN, "order_created");
+//! assert_eq!(Sum::PATTERN, r#"{"cmd":"sum"}"#);
+//! ```
+//!
+//! A client sends them with [`ClientProxy::publish`](crate::ClientProxy::publish) and
+//! [`ClientProxy::request`](crate::ClientProxy::request), which take the pattern (and the reply
+//! type) from the type; a handler takes its pattern from its payload's type:
+//!
+//! ```no_run
+//! # use rmq_bus::contract::Event;
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Event, Serialize, Deserialize)] #[event(pattern = "order_created")] struct OrderCreated { price: f64 }
+//! use rmq_bus::{RmqContext, event_pattern};
+//!
+//! #[event_pattern] // the pattern is OrderCreated's
+//! async fn bill(#[payload] order: OrderCreated, #[ctx] ctx: RmqContext) -> rmq_bus::Result<()> {
+//!     ctx.ack().await
+//! }
+//! ```
+//!
+//! A handler that also names a pattern must name its payload type's: a mismatch fails the build.
+
+use crate::pattern::Pattern;
+
+/// Binds a type to its event pattern: `#[derive(Event)]` with `#[event(pattern = "…")]`, or
+/// `#[event(pattern(cmd = "…"))]` for an object pattern.
+pub use rmq_bus_macros::Event;
+/// Binds a type to its request pattern and its reply type: `#[derive(Request)]` with
+/// `#[request(pattern = "…", reply = Reply)]`.
+pub use rmq_bus_macros::Request;
+
+/// An event type: what [`ClientProxy::publish`](crate::ClientProxy::publish) sends and an
+/// `#[event_pattern]` handler taking it as `#[payload]` receives. Derive it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event contract",
+    label = "not an event contract",
+    note = "derive it: `#[derive(rmq_bus::contract::Event)]` with `#[event(pattern = \"order_created\")]`, or name the pattern in the handler's attribute: `#[event_pattern(\"order_created\")]`"
+)]
+pub trait Event {
+    /// The pattern as routed: the string, or an object pattern's JSON with its keys sorted.
+    const PATTERN: &'static str;
+    /// Whether [`PATTERN`](Self::PATTERN) is an object pattern.
+    const OBJECT_PATTERN: bool = false;
+    /// The type's doc comment, for generated documentation.
+    const DESCRIPTION: &'static str = "";
+
+    /// The pattern, as rmq-bus sends and routes it.
+    fn pattern() -> Pattern {
+        pattern_of(Self::PATTERN, Self::OBJECT_PATTERN)
+    }
+}
+
+/// A request type, with the type of its reply: what
+/// [`ClientProxy::request`](crate::ClientProxy::request) sends and a `#[message_pattern]`
+/// handler taking it as `#[payload]` answers. Derive it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a request contract",
+    label = "not a request contract",
+    note = "derive it: `#[derive(rmq_bus::contract::Request)]` with `#[request(pattern = \"get_order\", reply = Order)]`, or name the pattern in the handler's attribute: `#[message_pattern(\"get_order\")]`"
+)]
+pub trait Request {
+    /// The pattern as routed: the string, or an object pattern's JSON with its keys sorted.
+    const PATTERN: &'static str;
+    /// Whether [`PATTERN`](Self::PATTERN) is an object pattern.
+    const OBJECT_PATTERN: bool = false;
+    /// The type's doc comment, for generated documentation.
+    const DESCRIPTION: &'static str = "";
+    /// What the handler answers.
+    type Reply;
+
+    /// The pattern, as rmq-bus sends and routes it.
+    fn pattern() -> Pattern {
+        pattern_of(Self::PATTERN, Self::OBJECT_PATTERN)
+    }
+}
+
+/// The pattern of a contract: borrowed for a string, parsed for an object.
+fn pattern_of(key: &'static str, object: bool) -> Pattern {
+    if object {
+        serde_json::from_str::<serde_json::Value>(key)
+            .map(Pattern::from)
+            .unwrap_or_else(|_| Pattern::from_static(key))
+    } else {
+        Pattern::from_static(key)
+    }
+}
+
+/// What the macros' generated code uses to check a handler against its payload's contract.
+/// Not public API.
+#[doc(hidden)]
+pub mod check {
+    use std::marker::PhantomData;
+
+    use super::{Event, Request};
+    use crate::handler::{HandlerResult, IntoReply};
+    use crate::rpc::RpcError;
+
+    /// The pattern a handler's attribute names, as a type (a `&str` cannot be a const generic).
+    pub trait Named {
+        /// The pattern's normalised key.
+        const PATTERN: &'static str;
+    }
+
+    /// Checks `T`, a handler's payload type, against the pattern `N` its attribute names, when
+    /// `T` is a contract: `(&&Probe::<T, N>::new()).check()` picks [`ByEvent`] or [`ByRequest`]
+    /// for a contract, whose pattern must then equal `N`'s (else the build fails), and
+    /// [`ByAnything`] for any other type.
+    pub struct Probe<T, N>(PhantomData<(T, N)>);
+
+    impl<T, N> Probe<T, N> {
+        /// A probe.
+        pub fn new() -> Self {
+            Self(PhantomData)
+        }
+    }
+
+    impl<T, N> Default for Probe<T, N> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    const fn same(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    impl<T: Event, N: Named> Probe<T, N> {
+        const SAME_EVENT: () = assert!(
+            same(T::PATTERN, N::PATTERN),
+            "the pattern named in #[event_pattern(...)] differs from the pattern of the payload's contract type; remove the pattern from the attribute (the type's is used) or fix it"
+        );
+    }
+
+    impl<T: Request, N: Named> Probe<T, N> {
+        const SAME_REQUEST: () = assert!(
+            same(T::PATTERN, N::PATTERN),
+            "the pattern named in #[message_pattern(...)] differs from the pattern of the payload's contract type; remove the pattern from the attribute (the type's is used) or fix it"
+        );
+    }
+
+    /// The check for an event contract.
+    pub trait ByEvent {
+        /// Fails the build if the patterns differ.
+        fn check(&self);
+    }
+
+    impl<T: Event, N: Named> ByEvent for &Probe<T, N> {
+        fn check(&self) {
+            #[allow(clippy::let_unit_value)]
+            let () = Probe::<T, N>::SAME_EVENT;
+        }
+    }
+
+    /// The check for a request contract.
+    pub trait ByRequest {
+        /// Fails the build if the patterns differ.
+        fn check(&self);
+    }
+
+    impl<T: Request, N: Named> ByRequest for &Probe<T, N> {
+        fn check(&self) {
+            #[allow(clippy::let_unit_value)]
+            let () = Probe::<T, N>::SAME_REQUEST;
+        }
+    }
+
+    /// No check: the payload type is not a contract.
+    pub trait ByAnything {
+        /// Nothing to check.
+        fn check(&self);
+    }
+
+    impl<T, N> ByAnything for Probe<T, N> {
+        fn check(&self) {}
+    }
+
+    /// What a request handler for contract `Q` may return: `Result<Q::Reply, E>`.
+    #[diagnostic::on_unimplemented(
+        message = "a request handler for `{Q}` must return `Result<R, E>` where `R` is `{Q}`'s reply type",
+        label = "not the reply type of the request contract",
+        note = "the reply type is the one named in `#[request(reply = ...)]`; `E` is anything `Into<RpcError>` (RpcError, String, rmq_bus::Error)"
+    )]
+    pub trait ReplyOf<Q> {
+        /// Interprets the value.
+        fn into_typed_reply(self) -> HandlerResult;
+    }
+
+    impl<Q, E> ReplyOf<Q> for Result<Q::Reply, E>
+    where
+        Q: Request,
+        Q::Reply: serde::Serialize,
+        E: Into<RpcError>,
+    {
+        fn into_typed_reply(self) -> HandlerResult {
+            self.into_reply()
+        }
+    }
+
+    /// Interprets what a handler of request contract `Q` returned, checking at compile time that
+    /// it is `Q`'s reply.
+    pub fn typed_reply<Q, O: ReplyOf<Q>>(output: O) -> HandlerResult {
+        output.into_typed_reply()
+    }
+}
