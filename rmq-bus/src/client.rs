@@ -140,17 +140,50 @@ impl ClientProxy {
         if link.blocked() {
             Box::pin(wait_unblocked(&link, deadline)).await?;
         }
-        let mut confirm = self.publish_on(&link, pattern, body, properties).await?;
+        // One timer bounds both steps. Handing the message over can stall if the broker blocks
+        // the connection after the check above (lapin writes nothing while blocked): that wait
+        // ends at `deadline`, as any wait for a blocked broker does. Then the confirm gets
+        // `confirm_timeout` from the start.
+        let started = Instant::now();
         let wait = self.inner.options.confirm_timeout;
-        match tokio::time::timeout(wait, &mut confirm).await {
-            Ok(confirmation) => confirmation.map_err(|error| self.name_nack(error, pattern)),
-            Err(_) => {
-                confirm.detach();
-                Err(Error::ConfirmTimeout {
-                    target: self.target(pattern),
-                    timeout: wait,
-                })
+        let confirm_by = started + wait;
+        let timer = tokio::time::sleep_until(deadline.min(confirm_by).into());
+        tokio::pin!(timer);
+        let publish = self.publish_on(&link, pattern, body, properties);
+        tokio::pin!(publish);
+        let mut confirm = loop {
+            tokio::select! {
+                biased;
+                published = &mut publish => break published?,
+                () = &mut timer => {
+                    if link.blocked() {
+                        return Err(Error::Blocked {
+                            waited: started.elapsed(),
+                        });
+                    }
+                    if Instant::now() >= confirm_by {
+                        return Err(self.confirm_timeout(pattern));
+                    }
+                    timer.as_mut().reset(confirm_by.into());
+                }
             }
+        };
+        timer.as_mut().reset(confirm_by.into());
+        tokio::select! {
+            biased;
+            confirmation = &mut confirm => confirmation.map_err(|error| self.name_nack(error, pattern)),
+            () = &mut timer => {
+                confirm.detach();
+                Err(self.confirm_timeout(pattern))
+            }
+        }
+    }
+
+    /// The error of a publish not confirmed within `confirm_timeout`.
+    fn confirm_timeout(&self, pattern: &Pattern) -> Error {
+        Error::ConfirmTimeout {
+            target: self.target(pattern),
+            timeout: self.inner.options.confirm_timeout,
         }
     }
 
@@ -252,9 +285,13 @@ impl ClientProxy {
         let mut properties = self.properties(Some(&id), false);
         properties.reply_to = Some(reply_to);
         // The reply may come before the confirm; an unroutable or refused request fails at once.
-        let mut confirm = self.publish_on(&link, &pattern, &body, &properties).await?;
+        // Handing it over can stall on a blocked connection: the request's deadline bounds it.
         let expired = tokio::time::sleep_until(deadline.into());
         tokio::pin!(expired);
+        let mut confirm = tokio::select! {
+            published = self.publish_on(&link, &pattern, &body, &properties) => published?,
+            () = &mut expired => return Err(timed_out()),
+        };
         let mut confirmed = false;
         let reply = loop {
             tokio::select! {

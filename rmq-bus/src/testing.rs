@@ -34,7 +34,7 @@ use crate::config::{QueueOptions, RmqOptions};
 use crate::delivery::Properties;
 use crate::error::{Error, Result};
 use crate::pattern::Pattern;
-use crate::transport::memory::{MemoryBroker, MemoryError, publish_result};
+use crate::transport::memory::{MemoryBroker, MemoryError, Sender, publish_result};
 
 pub use crate::delivery::Outcome;
 pub use crate::transport::memory::Settled;
@@ -161,9 +161,13 @@ impl TestBroker {
         data: &T,
     ) -> Result<()> {
         let body = encode_event(&Pattern::from(routing_key), data)?;
-        let outcome =
-            self.broker
-                .publish_unrefused(exchange, routing_key, body, Properties::default());
+        let outcome = self.broker.publish(
+            Sender::Test,
+            exchange,
+            routing_key,
+            body,
+            Properties::default(),
+        );
         publish_result(outcome, exchange, routing_key)
     }
 
@@ -176,7 +180,7 @@ impl TestBroker {
     ) -> Result<()> {
         let outcome = self
             .broker
-            .publish_unrefused("", queue, body.into(), properties);
+            .publish(Sender::Test, "", queue, body.into(), properties);
         publish_result(outcome, "", queue)
     }
 

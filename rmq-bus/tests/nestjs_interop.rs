@@ -7,17 +7,12 @@
 mod common;
 mod nest;
 
-use std::time::Duration;
-
-use common::{Broker, options, unique, uri};
-use futures::future::BoxFuture;
+use common::{Broker, options, recv, reporter, unique, uri};
 use nest::NestApp;
 use rmq_bus::context::Settlement;
-use rmq_bus::{ClientProxy, Error, Microservice, Pattern, Payload, RmqContext, RmqOptions};
+use rmq_bus::{ClientProxy, Error, Microservice, Pattern, Payload, RmqOptions};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 /// Data of every JSON kind. Top-level `null` is missing: NestJS's `emit` refuses it ("The invalid
 /// data or message pattern (undefined/null)"). Numbers stay within what JavaScript keeps exact,
@@ -49,49 +44,6 @@ fn payloads() -> Vec<Value> {
         json!(false),
         json!({}),
     ]
-}
-
-/// What a handler saw.
-#[derive(Debug)]
-struct Seen {
-    pattern: String,
-    data: Value,
-    settlement: Option<Settlement>,
-    content_type: Option<String>,
-    delivery_mode: Option<u8>,
-}
-
-async fn recv(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("timed out waiting for the rmq-bus handler")
-        .expect("handler channel open")
-}
-
-/// An rmq-bus handler that acks and reports what it got.
-fn reporter(
-    tx: mpsc::UnboundedSender<Seen>,
-) -> impl Fn(Payload<Value>, RmqContext) -> BoxFuture<'static, rmq_bus::Result<()>>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    move |Payload(data): Payload<Value>, ctx: RmqContext| {
-        let tx = tx.clone();
-        Box::pin(async move {
-            ctx.ack().await?;
-            let properties = ctx.properties();
-            tx.send(Seen {
-                pattern: ctx.pattern().to_owned(),
-                data,
-                settlement: ctx.settlement(),
-                content_type: properties.content_type.clone(),
-                delivery_mode: properties.delivery_mode,
-            })
-            .ok();
-            Ok::<_, Error>(())
-        })
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,13 +27,17 @@ use crate::error::{Error, Result};
 
 /// Opens a connection named `name` (shown in the management UI and `rabbitmqctl list_connections`).
 /// Connects to the first of the broker URIs of `options` that answers, trying them all again
-/// with a growing pause (up to 5 s) until `patience` runs out (`None`: for ever).
+/// with a growing pause (up to 1 s while a caller waits on `patience`, 5 s without one) until
+/// `patience` runs out (`None`: for ever).
 pub(super) async fn connect(
     options: &RmqOptions,
     name: &str,
     patience: Option<Duration>,
 ) -> Result<Connection> {
     let deadline = patience.map(|patience| Instant::now() + patience);
+    // A caller waiting on a bound (an emit through an outage) is served soon after the broker is
+    // back; a microservice reconnecting in the background backs off further.
+    let max_pause = Duration::from_secs(if deadline.is_some() { 1 } else { 5 });
     let mut pause = Duration::from_millis(100);
     loop {
         let mut failure = None;
@@ -61,7 +65,7 @@ pub(super) async fn connect(
         };
         tracing::warn!(%error, retry_in = ?wait, "RabbitMQ unreachable; retrying");
         tokio::time::sleep(wait).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
+        pause = (pause * 2).min(max_pause);
     }
 }
 

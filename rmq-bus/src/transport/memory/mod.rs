@@ -9,7 +9,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 pub use broker::Settled;
-pub(crate) use broker::{MemoryBroker, MemoryError, PublishOutcome};
+pub(crate) use broker::{MemoryBroker, MemoryError, PublishOutcome, Sender};
 
 use crate::codec;
 use crate::config::RmqOptions;
@@ -46,9 +46,13 @@ impl Link {
             content_type: Some(codec::CONTENT_TYPE.to_owned()),
             ..properties.clone()
         };
-        let outcome = self
-            .0
-            .publish(exchange, routing_key, body.to_vec(), properties);
+        let outcome = self.0.publish(
+            Sender::Service,
+            exchange,
+            routing_key,
+            body.to_vec(),
+            properties,
+        );
         publish_result(outcome, exchange, routing_key)
     }
 
@@ -221,7 +225,12 @@ impl Publisher for MemoryPublisher {
             correlation_id: Some(correlation_id.to_owned()),
             ..Properties::default()
         };
-        let result = publish_result(self.0.publish("", reply_to, body, properties), "", reply_to);
+        let result = publish_result(
+            self.0
+                .publish(Sender::Service, "", reply_to, body, properties),
+            "",
+            reply_to,
+        );
         futures::future::ready(result).boxed()
     }
 
@@ -242,7 +251,13 @@ impl Publisher for MemoryPublisher {
                 }),
         };
         let result = declared.and_then(|()| {
-            let outcome = broker.publish("", &target.queue, body.to_vec(), properties.clone());
+            let outcome = broker.publish(
+                Sender::Service,
+                "",
+                &target.queue,
+                body.to_vec(),
+                properties.clone(),
+            );
             publish_result(outcome, "", &target.queue)
         });
         futures::future::ready(result).boxed()

@@ -48,6 +48,15 @@ impl fmt::Display for MemoryError {
 
 impl std::error::Error for MemoryError {}
 
+/// Who publishes to the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sender {
+    /// A client or microservice: the code under test.
+    Service,
+    /// The test itself, setting the scene (`TestBroker::publish`).
+    Test,
+}
+
 /// What became of a publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PublishOutcome {
@@ -185,27 +194,19 @@ impl MemoryBroker {
 
     /// Publishes a message, routed like RabbitMQ does: the default exchange `""` to the queue
     /// named `routing_key`, a direct exchange by exact key, a topic exchange by wildcard, a
-    /// fanout exchange to every bound queue. Each queue gets its own copy.
+    /// fanout exchange to every bound queue. Each queue gets its own copy. Refusals injected with
+    /// [`refuse_publishes`](Self::refuse_publishes) apply to what `sender` the code under test
+    /// publishes, not to a test's own setup.
     pub(crate) fn publish(
         &self,
+        sender: Sender,
         exchange: &str,
         routing_key: &str,
         body: Vec<u8>,
         properties: Properties,
     ) -> Result<PublishOutcome, MemoryError> {
-        self.with(|state| state.publish(exchange, routing_key, body, properties, true))
-    }
-
-    /// Publishes as [`publish`](Self::publish) does, but as a test's own setup: refusals
-    /// injected with [`refuse_publishes`](Self::refuse_publishes) do not apply to it.
-    pub(crate) fn publish_unrefused(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: Vec<u8>,
-        properties: Properties,
-    ) -> Result<PublishOutcome, MemoryError> {
-        self.with(|state| state.publish(exchange, routing_key, body, properties, false))
+        let refusable = sender == Sender::Service;
+        self.with(|state| state.publish(exchange, routing_key, body, properties, refusable))
     }
 
     /// Consumes `queue`, with at most `prefetch` unsettled deliveries at a time (0: no limit;

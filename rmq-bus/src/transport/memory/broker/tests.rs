@@ -1,6 +1,8 @@
 use std::collections::BTreeMap;
+use std::pin::pin;
 use std::time::Duration;
 
+use futures::FutureExt;
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout};
 
@@ -28,6 +30,7 @@ fn broker_with(queues: &[&str]) -> MemoryBroker {
 fn send(broker: &MemoryBroker, exchange: &str, key: &str, body: &str) -> PublishOutcome {
     broker
         .publish(
+            Sender::Service,
             exchange,
             key,
             body.as_bytes().to_vec(),
@@ -44,11 +47,20 @@ async fn next(consumer: &mut MemoryConsumer) -> MemoryDelivery {
         .expect("the consumer still open")
 }
 
-/// Whether a delivery comes within 50 ms.
-async fn nothing_within_50ms(consumer: &mut MemoryConsumer) -> bool {
-    timeout(Duration::from_millis(50), consumer.next())
-        .await
-        .is_err()
+/// Whether the consumer has nothing to deliver now. Deliveries are taken from the broker's state
+/// when polled, so one poll answers: no wait.
+fn nothing_now(consumer: &mut MemoryConsumer) -> bool {
+    consumer.next().now_or_never().is_none()
+}
+
+/// Waits (bounded, in the runtime's time) until `condition` holds on the broker: for TTLs to run
+/// out, which takes time whatever the test does.
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn text(delivery: &MemoryDelivery) -> &str {
@@ -64,7 +76,13 @@ async fn round_trip_on_the_default_exchange() {
         ..Properties::default()
     };
     let outcome = broker
-        .publish("", "q", b"hello".to_vec(), properties.clone())
+        .publish(
+            Sender::Service,
+            "",
+            "q",
+            b"hello".to_vec(),
+            properties.clone(),
+        )
         .unwrap();
     assert_eq!(outcome, PublishOutcome::Routed(1));
     assert_eq!(broker.ready("q"), Some(1));
@@ -83,7 +101,7 @@ async fn round_trip_on_the_default_exchange() {
 
     delivery.acker.settle(Settlement::Ack).unwrap();
     assert_eq!((broker.ready("q"), broker.unacked("q")), (Some(0), Some(0)));
-    assert!(nothing_within_50ms(&mut consumer).await);
+    assert!(nothing_now(&mut consumer));
 }
 
 #[tokio::test]
@@ -97,7 +115,13 @@ async fn unroutable_and_unknown_exchange() {
         send(&broker, "events", "order.created", "x"),
         PublishOutcome::Unroutable
     );
-    let missing = broker.publish("nope", "q", Vec::new(), Properties::default());
+    let missing = broker.publish(
+        Sender::Service,
+        "nope",
+        "q",
+        Vec::new(),
+        Properties::default(),
+    );
     assert!(
         matches!(&missing, Err(MemoryError::NotFound(text)) if text.contains("no exchange 'nope'"))
     );
@@ -184,7 +208,13 @@ async fn topic_direct_and_fanout_routing() {
     broker.delete_exchange("fanout");
     assert!(
         broker
-            .publish("fanout", "", Vec::new(), Properties::default())
+            .publish(
+                Sender::Service,
+                "fanout",
+                "",
+                Vec::new(),
+                Properties::default()
+            )
             .is_err()
     );
 }
@@ -199,7 +229,7 @@ async fn prefetch_window_holds_back_the_third_until_an_ack() {
     let first = next(&mut consumer).await;
     let second = next(&mut consumer).await;
     assert_eq!((text(&first), text(&second)), ("1", "2"));
-    assert!(nothing_within_50ms(&mut consumer).await);
+    assert!(nothing_now(&mut consumer));
     assert_eq!((broker.ready("q"), broker.unacked("q")), (Some(1), Some(2)));
 
     first.acker.settle(Settlement::Ack).unwrap();
@@ -212,10 +242,15 @@ async fn prefetch_window_holds_back_the_third_until_an_ack() {
 async fn prefetch_wakes_a_waiting_consumer() {
     let broker = broker_with(&["q"]);
     let mut consumer = broker.consume("q", 1, false).unwrap();
-    let waiter = tokio::spawn(async move { next(&mut consumer).await.body });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Polled once: waiting, with nothing to deliver.
+    let mut waiting = pin!(consumer.next());
+    assert!((&mut waiting).now_or_never().is_none());
     send(&broker, "", "q", "late");
-    assert_eq!(waiter.await.unwrap(), b"late");
+    let delivery = timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("woken by the publish")
+        .expect("the consumer still open");
+    assert_eq!(delivery.body, b"late");
 }
 
 #[tokio::test]
@@ -247,7 +282,7 @@ async fn round_robin_between_consumers_with_room() {
     assert_eq!(text(&next(&mut full).await), "1");
     assert_eq!(text(&next(&mut open).await), "2");
     assert_eq!(text(&next(&mut open).await), "3");
-    assert!(nothing_within_50ms(&mut full).await);
+    assert!(nothing_now(&mut full));
 }
 
 #[tokio::test]
@@ -291,10 +326,16 @@ async fn reject_dead_letters_with_death_headers() {
         ..Properties::default()
     };
     broker
-        .publish("", "q", b"bad".to_vec(), properties)
+        .publish(Sender::Service, "", "q", b"bad".to_vec(), properties)
         .unwrap();
     broker
-        .publish("", "q", b"worse".to_vec(), Properties::default())
+        .publish(
+            Sender::Service,
+            "",
+            "q",
+            b"worse".to_vec(),
+            Properties::default(),
+        )
         .unwrap();
 
     let mut consumer = broker.consume("q", 0, false).unwrap();
@@ -375,7 +416,7 @@ async fn reject_without_dead_letter_exchange_drops() {
         .settle(Settlement::Reject)
         .unwrap();
     assert_eq!((broker.ready("q"), broker.unacked("q")), (Some(0), Some(0)));
-    assert!(nothing_within_50ms(&mut consumer).await);
+    assert!(nothing_now(&mut consumer));
 }
 
 #[tokio::test]
@@ -423,6 +464,7 @@ async fn ttl_dead_letters_back_into_the_queue_after_the_delay() {
     // Republished with its headers (as rmq-bus retries do), the death is counted again.
     broker
         .publish(
+            Sender::Service,
             "",
             delay,
             delivery.body.clone(),
@@ -448,10 +490,10 @@ async fn ttl_without_dead_letter_exchange_drops_and_spares_delivered_messages() 
     let mut consumer = broker.consume("q", 1, false).unwrap();
     let taken = next(&mut consumer).await;
     send(&broker, "", "q", "expires");
-    tokio::time::sleep(Duration::from_millis(80)).await;
-    assert_eq!((broker.ready("q"), broker.unacked("q")), (Some(0), Some(1)));
+    until("the message expired", || broker.ready("q") == Some(0)).await;
+    assert_eq!(broker.unacked("q"), Some(1), "the delivered one stays");
     taken.acker.settle(Settlement::Ack).unwrap();
-    assert!(nothing_within_50ms(&mut consumer).await);
+    assert!(nothing_now(&mut consumer));
 }
 
 #[tokio::test]
@@ -464,8 +506,11 @@ async fn ttl_dead_letter_cycle_is_broken() {
     ]);
     broker.declare_queue("loop", true, &looping).unwrap();
     send(&broker, "", "loop", "m");
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    assert_eq!(broker.ready("loop"), Some(0));
+    // Dead-lettered back into itself, it would be ready again at once, every 10 ms, for ever.
+    until("the looping message was dropped", || {
+        broker.ready("loop") == Some(0)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -532,19 +577,16 @@ async fn disconnect_requeues_unacked_in_order_and_ends_consumers() {
     let b = next(&mut consumer).await;
     // "c" was sent ahead to the consumer and not taken: unacked as well.
     assert_eq!((broker.ready("q"), broker.unacked("q")), (Some(0), Some(3)));
-    let waiter = tokio::spawn(async move {
-        let _ = consumer.next().await; // "c"
-        consumer.next().await.is_none()
-    });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let c = next(&mut consumer).await;
+    // Polled once: waiting for a fourth.
+    let mut waiting = pin!(consumer.next());
+    assert!((&mut waiting).now_or_never().is_none());
 
     broker.disconnect();
-    assert!(
-        timeout(Duration::from_secs(1), waiter)
-            .await
-            .unwrap()
-            .unwrap()
-    );
+    let ended = timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("the waiting consumer is woken");
+    assert!(ended.is_none(), "and ended");
     assert_eq!((broker.ready("q"), broker.unacked("q")), (Some(3), Some(0)));
     assert_eq!(
         a.acker.settle(Settlement::Ack),
@@ -552,6 +594,10 @@ async fn disconnect_requeues_unacked_in_order_and_ends_consumers() {
     );
     assert_eq!(
         b.acker.settle(Settlement::Nack { requeue: true }),
+        Err(MemoryError::Disconnected)
+    );
+    assert_eq!(
+        c.acker.settle(Settlement::Reject),
         Err(MemoryError::Disconnected)
     );
 
@@ -593,7 +639,9 @@ async fn direct_reply_to_round_trip() {
         reply_to: Some(reply_to.clone()),
         ..Properties::default()
     };
-    broker.publish("", "rpc", b"2+2".to_vec(), request).unwrap();
+    broker
+        .publish(Sender::Service, "", "rpc", b"2+2".to_vec(), request)
+        .unwrap();
 
     let mut server = broker.consume("rpc", 1, false).unwrap();
     assert_eq!(server.reply_to(), None);
@@ -604,7 +652,9 @@ async fn direct_reply_to_round_trip() {
     };
     let target = call.properties.reply_to.clone().unwrap();
     assert_eq!(
-        broker.publish("", &target, b"4".to_vec(), answer).unwrap(),
+        broker
+            .publish(Sender::Service, "", &target, b"4".to_vec(), answer)
+            .unwrap(),
         PublishOutcome::Routed(1)
     );
     call.acker.settle(Settlement::Ack).unwrap();
@@ -659,16 +709,15 @@ async fn delete_queue_ends_its_consumers() {
     send(&broker, "", "q", "taken");
     send(&broker, "", "q", "waiting");
     let taken = next(&mut consumer).await;
-    let waiter = tokio::spawn(async move { consumer.next().await.is_none() });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Polled once: waiting, its prefetch window full.
+    let mut waiting = pin!(consumer.next());
+    assert!((&mut waiting).now_or_never().is_none());
 
     assert_eq!(broker.delete_queue("q"), 1);
-    assert!(
-        timeout(Duration::from_secs(1), waiter)
-            .await
-            .unwrap()
-            .unwrap()
-    );
+    let ended = timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("the waiting consumer is woken");
+    assert!(ended.is_none(), "and ended");
     assert_eq!(broker.ready("q"), None);
     assert_eq!(send(&broker, "x", "", "m"), PublishOutcome::Unroutable);
     assert_eq!(send(&broker, "", "q", "m"), PublishOutcome::Unroutable);
@@ -731,8 +780,12 @@ fn ttl_expires_on_the_next_operation_outside_a_runtime() {
     let broker = broker_with(&["work"]);
     let delay = retry_queue(&broker, "work", 10);
     send(&broker, "", &delay, "m");
-    std::thread::sleep(Duration::from_millis(30));
-    assert_eq!(broker.ready(&delay), Some(0));
+    // No runtime, so no timer: each look at the broker expires what is due.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while broker.ready(&delay) != Some(0) {
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     assert_eq!(broker.ready("work"), Some(1));
 }
 

@@ -1,15 +1,15 @@
-//! Request/reply against the real broker: values, remote errors in NestJS's shapes, unknown
-//! patterns, timeouts, late replies and many concurrent requests over one client.
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
-
-mod common;
+//! Request/reply: values, remote errors in NestJS's shapes, unknown patterns, timeouts, late
+//! replies and many concurrent requests over one client.
 
 use std::time::Duration;
 
-use common::{Broker, options, unique};
+use rmq_bus::microservice::RunningMicroservice;
 use rmq_bus::{ClientProxy, Error, Microservice, Payload, RmqContext, RpcError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::behaviour::harness::Harness;
+use crate::both;
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Order {
@@ -17,8 +17,8 @@ struct Order {
     total: f64,
 }
 
-async fn service(queue: &str) -> rmq_bus::microservice::RunningMicroservice {
-    Microservice::new(options(queue))
+async fn service(h: &Harness, queue: &str) -> RunningMicroservice {
+    Microservice::new(h.options(queue))
         .on_message("sum", |Payload(numbers): Payload<Vec<f64>>| async move {
             Ok::<_, RpcError>(numbers.iter().sum::<f64>())
         })
@@ -38,12 +38,12 @@ async fn service(queue: &str) -> rmq_bus::microservice::RunningMicroservice {
             Err::<(), _>(Error::Config("database password is hunter2".into()))
         })
         .on_message("slow", |Payload(ms): Payload<u64>| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            tokio::time::sleep(Duration::from_millis(ms)).await; // the work
             Ok::<_, RpcError>(ms)
         })
         .on_message("nothing", || async { Ok::<_, RpcError>(()) })
-        .on_message("panics", || async {
-            if true {
+        .on_message("panics", |Payload(n): Payload<u32>| async move {
+            if n > 0 {
                 panic!("bug");
             }
             Ok::<_, RpcError>(())
@@ -54,13 +54,10 @@ async fn service(queue: &str) -> rmq_bus::microservice::RunningMicroservice {
         .expect("start")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn values_and_errors_come_back_in_nestjs_shapes() {
-    let broker = Broker::connect().await;
-    let queue = unique("rpc");
-    broker.forget_later(&queue);
-    let running = service(&queue).await;
-    let client = ClientProxy::new(options(&queue));
+both!(values_and_errors_come_back_in_nestjs_shapes, |h| {
+    let queue = h.queue("b-rpc");
+    let running = service(&h, &queue).await;
+    let client = ClientProxy::new(h.options(&queue));
 
     let total: f64 = client.send("sum", &[1.5, 2.5, 3.0]).await.expect("sum");
     assert_eq!(total, 7.0);
@@ -82,6 +79,7 @@ async fn values_and_errors_come_back_in_nestjs_shapes() {
     {
         Err(Error::Remote { pattern, error }) => {
             assert_eq!(pattern, "get_order");
+            assert_eq!(error.message(), Some("order not found"));
             assert_eq!(
                 error.payload(),
                 &json!({"status": "error", "message": "order not found"})
@@ -99,12 +97,13 @@ async fn values_and_errors_come_back_in_nestjs_shapes() {
         Err(Error::Remote { error, .. }) => {
             assert_eq!(
                 error.payload(),
-                &json!({"status": "error", "message": "Internal server error"})
+                &json!({"status": "error", "message": "Internal server error"}),
+                "the internal error's text stays inside"
             )
         }
         other => panic!("expected Remote, got {other:?}"),
     }
-    match client.send::<_, ()>("panics", &()).await {
+    match client.send::<_, ()>("panics", &1).await {
         Err(Error::Remote { error, .. }) => {
             assert_eq!(error.message(), Some("Internal server error"))
         }
@@ -119,7 +118,7 @@ async fn values_and_errors_come_back_in_nestjs_shapes() {
 
     match client.send::<_, Value>("no_such_pattern", &()).await {
         Err(error @ Error::NoHandler { .. }) => {
-            assert!(error.to_string().contains("no_such_pattern"))
+            assert!(error.to_string().contains("no_such_pattern"), "{error}")
         }
         other => panic!("expected NoHandler, got {other:?}"),
     }
@@ -138,18 +137,14 @@ async fn values_and_errors_come_back_in_nestjs_shapes() {
     }
 
     running.shutdown().await.expect("shutdown");
-    assert_eq!(broker.ready(&queue).await, 0, "every request was settled");
+    assert_eq!(h.ready(&queue).await, 0, "every request was settled");
     client.close().await;
-    broker.cleanup().await;
-}
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timeouts_and_late_replies_are_safe() {
-    let broker = Broker::connect().await;
-    let queue = unique("rpc-timeout");
-    broker.forget_later(&queue);
-    let running = service(&queue).await;
-    let client = ClientProxy::new(options(&queue));
+both!(timeouts_and_late_replies_are_safe, |h| {
+    let queue = h.queue("b-rpc-timeout");
+    let running = service(&h, &queue).await;
+    let client = ClientProxy::new(h.options(&queue));
     match client
         .send_timeout::<_, u64>("slow", &600, Duration::from_millis(100))
         .await
@@ -163,14 +158,13 @@ async fn timeouts_and_late_replies_are_safe() {
         other => panic!("expected RequestTimeout, got {other:?}"),
     }
     // The late reply to the first request arrives while this one waits; it must not be taken for it.
-    let fast: u64 = client.send("slow", &800).await.expect("second request");
-    assert_eq!(fast, 800);
+    let second: u64 = client.send("slow", &800).await.expect("second request");
+    assert_eq!(second, 800);
     running.shutdown().await.expect("shutdown");
 
     // Nobody consumes: the request waits in the queue and the caller times out.
-    let idle = unique("rpc-idle");
-    broker.forget_later(&idle);
-    let lonely = ClientProxy::new(options(&idle));
+    let idle = h.queue("b-rpc-idle");
+    let lonely = ClientProxy::new(h.options(&idle));
     let result = lonely
         .send_timeout::<_, Value>("sum", &[1], Duration::from_millis(300))
         .await;
@@ -178,18 +172,15 @@ async fn timeouts_and_late_replies_are_safe() {
         matches!(result, Err(Error::RequestTimeout { .. })),
         "{result:?}"
     );
+    assert_eq!(h.ready(&idle).await, 1, "the request is still waiting");
     lonely.close().await;
     client.close().await;
-    broker.cleanup().await;
-}
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_concurrent_requests_share_one_client() {
-    let broker = Broker::connect().await;
-    let queue = unique("rpc-many");
-    broker.forget_later(&queue);
-    let running = service(&queue).await;
-    let client = ClientProxy::new(options(&queue));
+both!(many_concurrent_requests_share_one_client, |h| {
+    let queue = h.queue("b-rpc-many");
+    let running = service(&h, &queue).await;
+    let client = ClientProxy::new(h.options(&queue));
     let requests = (0..200).map(|i| {
         let client = client.clone();
         async move { client.send::<_, f64>("sum", &[f64::from(i), 0.5]).await }
@@ -203,6 +194,6 @@ async fn many_concurrent_requests_share_one_client() {
         );
     }
     running.shutdown().await.expect("shutdown");
+    assert_eq!(h.ready(&queue).await, 0);
     client.close().await;
-    broker.cleanup().await;
-}
+});
