@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-rabbitmq.sh
+# Test queues (all named test-*) expire if a failing test leaves them behind, those rmq-bus
+# declares itself (retry and dead-letter queues) included.
+case "${RABBIT_MQ_URI:-amqp://127.0.0.1}" in
+  *@127.0.0.1*|*@localhost*|amqp://127.0.0.1*|amqp://localhost*)
+    rabbitmqctl -q set_policy --apply-to queues rmq-bus-tests '^test-' '{"expires":120000}' >/dev/null
+    export RMQ_BUS_TEST_POLICY=set ;;
+esac
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1 \
   || ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then

@@ -69,6 +69,12 @@ pub(crate) fn derive(kind: ContractKind, input: TokenStream) -> TokenStream {
     };
     let key = LitStr::new(pattern.key(), Span::call_site());
     let object = pattern.is_object();
+    let key_type = pattern.key_type();
+    let pattern_key = quote! {
+        impl #impl_generics ::rmq_bus::__private::PatternKeyOf for #ident #ty_generics #where_clause {
+            type Key = #key_type;
+        }
+    };
     match kind {
         ContractKind::Event => quote! {
             impl #impl_generics ::rmq_bus::contract::Event for #ident #ty_generics #where_clause {
@@ -76,6 +82,7 @@ pub(crate) fn derive(kind: ContractKind, input: TokenStream) -> TokenStream {
                 const OBJECT_PATTERN: bool = #object;
                 const DESCRIPTION: &'static str = #description;
             }
+            #pattern_key
         },
         ContractKind::Request => {
             let Some(reply) = arguments.reply else {
@@ -88,6 +95,7 @@ pub(crate) fn derive(kind: ContractKind, input: TokenStream) -> TokenStream {
                     const DESCRIPTION: &'static str = #description;
                     type Reply = #reply;
                 }
+                #pattern_key
             }
         }
     }

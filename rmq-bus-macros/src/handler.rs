@@ -222,19 +222,18 @@ impl Handler {
             return TokenStream::new();
         };
         let ty = &payload.ty;
-        let key = syn::LitStr::new(pattern.key(), Span::call_site());
-        let by_contract = match self.route_kind {
-            RouteKind::Event => quote!(ByEvent),
-            RouteKind::Message => quote!(ByRequest),
-        };
-        quote_spanned! {ty.span()=>
-            struct __RmqNamed;
-            impl ::rmq_bus::__private::Named for __RmqNamed {
-                const PATTERN: &'static str = #key;
-            }
+        let key = pattern.key_type();
+        let span = key
+            .clone()
+            .into_iter()
+            .next()
+            .map_or_else(Span::call_site, |token| token.span());
+        quote_spanned! {span=>
             #[allow(unused_imports)]
-            use ::rmq_bus::__private::{ByAnything as _, #by_contract as _};
-            (&&::rmq_bus::__private::Probe::<#ty, __RmqNamed>::new()).check();
+            use ::rmq_bus::__private::{ByAnything as _, ByContract as _};
+            ::rmq_bus::__private::same_pattern(
+                (&&::rmq_bus::__private::Probe::<#ty, #key>::new()).check(),
+            );
         }
     }
 
@@ -321,7 +320,7 @@ impl Handler {
         // request whose payload names its pattern).
         let interpret = match (&self.routing, self.route_kind) {
             (Routing::FromPayload(ty), RouteKind::Message) => {
-                quote!(::rmq_bus::__private::typed_reply::<#ty, _>)
+                quote_spanned!(self.output_span=> ::rmq_bus::__private::typed_reply::<#ty, _>)
             }
             _ => self.route_kind.interpret_output(),
         };

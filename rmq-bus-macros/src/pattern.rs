@@ -153,6 +153,25 @@ impl Pattern {
         self.object
     }
 
+    /// `rmq_bus::__private::PatternKey<hash>`: the pattern as a type, a 128-bit FNV-1a hash of
+    /// its normalised key, so that a handler and its payload's contract are compared while the
+    /// program is type-checked. Spanned at where the pattern is written.
+    pub(crate) fn key_type(&self) -> TokenStream {
+        const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+        const PRIME: u128 = 0x0000000001000000000000000000013b;
+        let hash = self.key.bytes().fold(OFFSET, |hash, byte| {
+            (hash ^ u128::from(byte)).wrapping_mul(PRIME)
+        });
+        let hash = proc_macro2::Literal::u128_unsuffixed(hash);
+        let span = self
+            .tokens
+            .clone()
+            .into_iter()
+            .next()
+            .map_or_else(Span::call_site, |token| token.span());
+        quote::quote_spanned!(span=> ::rmq_bus::__private::PatternKey<#hash>)
+    }
+
     /// The pattern as a message shows it: `"order_created"`, or `{"cmd":"sum"}`.
     pub(crate) fn describe(&self) -> String {
         if self.object {

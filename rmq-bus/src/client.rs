@@ -140,35 +140,25 @@ impl ClientProxy {
         if link.blocked() {
             Box::pin(wait_unblocked(&link, deadline)).await?;
         }
-        // One timer bounds both steps. Handing the message over can stall if the broker blocks
-        // the connection after the check above (lapin writes nothing while blocked): that wait
-        // ends at `deadline`, as any wait for a blocked broker does. Then the confirm gets
-        // `confirm_timeout` from the start.
-        let started = Instant::now();
-        let wait = self.inner.options.confirm_timeout;
-        let confirm_by = started + wait;
-        let timer = tokio::time::sleep_until(deadline.min(confirm_by).into());
+        // One timer, `confirm_timeout`, bounds both steps: handing the message over, which stalls
+        // if the broker blocks the connection after the check above (lapin writes nothing while
+        // blocked), and the confirm. One per emit, as before there was a handover to bound.
+        let timer = tokio::time::sleep(self.inner.options.confirm_timeout);
         tokio::pin!(timer);
         let publish = self.publish_on(&link, pattern, body, properties);
-        tokio::pin!(publish);
-        let mut confirm = loop {
-            tokio::select! {
-                biased;
-                published = &mut publish => break published?,
-                () = &mut timer => {
-                    if link.blocked() {
-                        return Err(Error::Blocked {
-                            waited: started.elapsed(),
-                        });
+        let mut confirm = tokio::select! {
+            biased;
+            published = publish => published?,
+            () = &mut timer => {
+                return Err(if link.blocked() {
+                    Error::Blocked {
+                        waited: self.inner.options.confirm_timeout,
                     }
-                    if Instant::now() >= confirm_by {
-                        return Err(self.confirm_timeout(pattern));
-                    }
-                    timer.as_mut().reset(confirm_by.into());
-                }
+                } else {
+                    self.confirm_timeout(pattern)
+                });
             }
         };
-        timer.as_mut().reset(confirm_by.into());
         tokio::select! {
             biased;
             confirmation = &mut confirm => confirmation.map_err(|error| self.name_nack(error, pattern)),
@@ -314,7 +304,9 @@ impl ClientProxy {
         interpret(pattern.key(), reply?)
     }
 
-    /// Closes the connection, after outstanding confirms. Later calls open a new one.
+    /// Closes the connection once the broker has confirmed the emits in flight (at most
+    /// [`confirm_timeout`](RmqOptions::confirm_timeout)), so that none is cut off and published
+    /// again. Later calls open a new connection.
     pub async fn close(&self) {
         let current = self
             .inner
@@ -323,7 +315,7 @@ impl ClientProxy {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some((link, _)) = current {
-            link.close().await;
+            link.close(self.inner.options.confirm_timeout).await;
         }
     }
 

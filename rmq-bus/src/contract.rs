@@ -47,11 +47,13 @@
 
 use crate::pattern::Pattern;
 
-/// Binds a type to its event pattern: `#[derive(Event)]` with `#[event(pattern = "…")]`, or
-/// `#[event(pattern(cmd = "…"))]` for an object pattern.
+/// Derives [`Event`](trait@Event): `#[event(pattern = "order_created")]`, or
+/// `#[event(pattern(cmd = "order_created"))]` for an object pattern. The type's doc comment
+/// becomes its [`DESCRIPTION`](trait@Event).
 pub use rmq_bus_macros::Event;
-/// Binds a type to its request pattern and its reply type: `#[derive(Request)]` with
-/// `#[request(pattern = "…", reply = Reply)]`.
+/// Derives [`Request`](trait@Request): `#[request(pattern = "get_order", reply = Order)]`, or
+/// `pattern(cmd = "get_order")` for an object pattern; `reply = ()` for a request answered with
+/// nothing.
 pub use rmq_bus_macros::Request;
 
 /// An event type: what [`ClientProxy::publish`](crate::ClientProxy::publish) sends and an
@@ -116,99 +118,89 @@ fn pattern_of(key: &'static str, object: bool) -> Pattern {
 pub mod check {
     use std::marker::PhantomData;
 
-    use super::{Event, Request};
     use crate::handler::{HandlerResult, IntoReply};
     use crate::rpc::RpcError;
 
-    /// The pattern a handler's attribute names, as a type (a `&str` cannot be a const generic).
-    pub trait Named {
-        /// The pattern's normalised key.
-        const PATTERN: &'static str;
+    use super::Request;
+
+    /// A pattern as a type: a 128-bit hash of its normalised key, which the macros compute. The
+    /// derives give each contract its own (through [`PatternKeyOf`]); a handler naming a pattern
+    /// checks it against its payload's, while the program is type-checked.
+    pub struct PatternKey<const HASH: u128>;
+
+    /// The pattern of a derived contract, as a type.
+    pub trait PatternKeyOf {
+        /// Its [`PatternKey`].
+        type Key;
     }
 
-    /// Checks `T`, a handler's payload type, against the pattern `N` its attribute names, when
-    /// `T` is a contract: `(&&Probe::<T, N>::new()).check()` picks [`ByEvent`] or [`ByRequest`]
-    /// for a contract, whose pattern must then equal `N`'s (else the build fails), and
-    /// [`ByAnything`] for any other type.
-    pub struct Probe<T, N>(PhantomData<(T, N)>);
+    /// Checks `T`, a handler's payload type, against the pattern key `K` its attribute names:
+    /// `same_pattern((&&Probe::<T, K>::new()).check())`. For a derived contract, [`ByContract`]
+    /// applies and yields its own key beside `K`, which must be the same type; for any other
+    /// type, [`ByAnything`] yields `K` twice.
+    pub struct Probe<T, K>(PhantomData<(T, K)>);
 
-    impl<T, N> Probe<T, N> {
+    impl<T, K> Probe<T, K> {
         /// A probe.
         pub fn new() -> Self {
             Self(PhantomData)
         }
     }
 
-    impl<T, N> Default for Probe<T, N> {
+    impl<T, K> Default for Probe<T, K> {
         fn default() -> Self {
             Self::new()
         }
     }
 
-    const fn same(a: &str, b: &str) -> bool {
-        let (a, b) = (a.as_bytes(), b.as_bytes());
-        if a.len() != b.len() {
-            return false;
-        }
-        let mut i = 0;
-        while i < a.len() {
-            if a[i] != b[i] {
-                return false;
-            }
-            i += 1;
-        }
-        true
+    /// Two pattern keys to compare.
+    pub struct Compare<A, B>(PhantomData<(A, B)>);
+
+    /// The check for a derived contract: its key against the one named.
+    pub trait ByContract {
+        /// The contract's key.
+        type Key;
+        /// The keys to compare.
+        fn check(&self) -> Compare<Self::Key, Self::Named>;
+        /// The key named by the attribute.
+        type Named;
     }
 
-    impl<T: Event, N: Named> Probe<T, N> {
-        const SAME_EVENT: () = assert!(
-            same(T::PATTERN, N::PATTERN),
-            "the pattern named in #[event_pattern(...)] differs from the pattern of the payload's contract type; remove the pattern from the attribute (the type's is used) or fix it"
-        );
-    }
-
-    impl<T: Request, N: Named> Probe<T, N> {
-        const SAME_REQUEST: () = assert!(
-            same(T::PATTERN, N::PATTERN),
-            "the pattern named in #[message_pattern(...)] differs from the pattern of the payload's contract type; remove the pattern from the attribute (the type's is used) or fix it"
-        );
-    }
-
-    /// The check for an event contract.
-    pub trait ByEvent {
-        /// Fails the build if the patterns differ.
-        fn check(&self);
-    }
-
-    impl<T: Event, N: Named> ByEvent for &Probe<T, N> {
-        fn check(&self) {
-            #[allow(clippy::let_unit_value)]
-            let () = Probe::<T, N>::SAME_EVENT;
+    impl<T: PatternKeyOf, K> ByContract for &Probe<T, K> {
+        type Key = T::Key;
+        type Named = K;
+        fn check(&self) -> Compare<T::Key, K> {
+            Compare(PhantomData)
         }
     }
 
-    /// The check for a request contract.
-    pub trait ByRequest {
-        /// Fails the build if the patterns differ.
-        fn check(&self);
-    }
-
-    impl<T: Request, N: Named> ByRequest for &Probe<T, N> {
-        fn check(&self) {
-            #[allow(clippy::let_unit_value)]
-            let () = Probe::<T, N>::SAME_REQUEST;
-        }
-    }
-
-    /// No check: the payload type is not a contract.
+    /// No check: the payload type is not a derived contract.
     pub trait ByAnything {
-        /// Nothing to check.
-        fn check(&self);
+        /// The key named, twice.
+        fn check(&self) -> Compare<Self::Named, Self::Named>;
+        /// The key named by the attribute.
+        type Named;
     }
 
-    impl<T, N> ByAnything for Probe<T, N> {
-        fn check(&self) {}
+    impl<T, K> ByAnything for Probe<T, K> {
+        type Named = K;
+        fn check(&self) -> Compare<K, K> {
+            Compare(PhantomData)
+        }
     }
+
+    /// Two patterns that must be the same.
+    #[diagnostic::on_unimplemented(
+        message = "the pattern named in the handler's attribute differs from the pattern of its payload's contract",
+        label = "this pattern is not the contract's",
+        note = "remove the pattern from the attribute (`#[event_pattern]` or `#[message_pattern]` alone takes the contract's), or fix it"
+    )]
+    pub trait SamePattern<B> {}
+
+    impl<A> SamePattern<A> for A {}
+
+    /// Compiles only if the two keys are the same.
+    pub fn same_pattern<A: SamePattern<B>, B>(_: Compare<A, B>) {}
 
     /// What a request handler for contract `Q` may return: `Result<Q::Reply, E>`.
     #[diagnostic::on_unimplemented(

@@ -94,7 +94,7 @@ pub enum Error {
 
     /// The connection or channel is gone; the operation did not happen.
     #[error(
-        "the connection to RabbitMQ is closed ({context}): {source}; the operation did not take place and may be retried"
+        "the connection to the broker is closed ({context}): {source}; the operation did not take place and may be retried"
     )]
     Disconnected {
         /// What was being done.
@@ -105,7 +105,7 @@ pub enum Error {
     },
 
     /// Any other broker error during an operation.
-    #[error("RabbitMQ refused {operation}: {source}")]
+    #[error("the broker refused {operation}: {source}")]
     Broker {
         /// What was being done.
         operation: &'static str,
@@ -118,7 +118,7 @@ pub enum Error {
     /// not retried: a nack means the broker will not take it now (a queue full with
     /// `x-overflow: reject-publish`, a quorum queue at its limit, an internal error).
     #[error(
-        "RabbitMQ refused the message for {target} (publisher nack): it was not stored. The queue may be full (x-overflow=reject-publish, a quorum queue at its limit) or the broker short of resources; publish it again later"
+        "the broker refused the message for {target} (publisher nack): it was not stored. The queue may be full (x-overflow=reject-publish, a quorum queue at its limit) or the broker short of resources; publish it again later"
     )]
     Nacked {
         /// Where it was published: the queue, or the exchange and routing key.
@@ -146,7 +146,7 @@ pub enum Error {
 
     /// The broker did not confirm a publish in time.
     #[error(
-        "RabbitMQ did not confirm the message for {target} within {timeout:?}; it may or may not be stored"
+        "the broker did not confirm the message for {target} within {timeout:?}; it may or may not be stored"
     )]
     ConfirmTimeout {
         /// Where it was published.

@@ -99,7 +99,8 @@
 //! emitted where, or inject a lost connection or a refused publish:
 //!
 //! ```
-//! use rmq_bus::testing::{Outcome, TestBroker};
+//! use rmq_bus::context::Outcome;
+//! use rmq_bus::testing::TestBroker;
 //! use rmq_bus::{controller, event_pattern, ClientProxy, Microservice, RmqContext};
 //! # use serde::Deserialize;
 //! # #[derive(Deserialize)] struct Order { price: f64 }
@@ -173,14 +174,21 @@ pub use rpc::RpcError;
 /// lapin is a major version of rmq-bus.
 pub use lapin;
 
-/// Marks an impl block as a controller: its `#[event_pattern]` and `#[message_pattern]` methods
-/// become handlers, registered with [`Microservice::controller`]. A pattern routes to one handler.
+/// Marks an inherent impl block as a controller: its `#[event_pattern]` and `#[message_pattern]`
+/// methods become its handlers ([`Controller`](handler::Controller)), registered with
+/// [`Microservice::controller`]. Handler methods are `async fn`s taking `&self`: the controller is
+/// shared by handlers running concurrently, so mutable state goes behind a `Mutex` or an atomic.
+/// A pattern routes to one handler: two methods with the same pattern are an error.
 pub use rmq_bus_macros::controller;
-/// Marks an `async fn` as the handler of an event pattern, as NestJS's `@EventPattern`.
+/// Marks an `async fn` as the handler of an event pattern, as NestJS's `@EventPattern`: a method
+/// of a [`#[controller]`](controller) impl block, or a free function registered with
+/// [`Microservice::handler`] (`.handler::<on_order_created>()`; the function stays callable).
 ///
 /// The pattern is a string, `#[event_pattern("order_created")]`, or an object written as
 /// `key = value` pairs (strings, numbers, booleans): `#[event_pattern(cmd = "order", version = 2)]`
-/// is NestJS's `@EventPattern({ cmd: 'order', version: 2 })`.
+/// is NestJS's `@EventPattern({ cmd: 'order', version: 2 })`, keys sorted as NestJS does. Without
+/// a pattern, `#[event_pattern]` takes the pattern of its `#[payload]` argument's
+/// [contract].
 ///
 /// Arguments take `#[payload]` (the data), `#[payload("key")]` (one key of it, as
 /// `@Payload('key')`) or `#[ctx]` (the [`RmqContext`], by value: clones are cheap); an argument
@@ -203,7 +211,10 @@ pub use rmq_bus_macros::controller;
 /// ```
 pub use rmq_bus_macros::event_pattern;
 /// Marks an `async fn` as the handler of a request pattern, as NestJS's `@MessagePattern`: it
-/// answers what [`ClientProxy::send`] sends.
+/// answers what [`ClientProxy::send`] sends. It goes on a method of a [`#[controller]`](controller)
+/// impl block or on a free function, as [`event_pattern`](macro@event_pattern) does; without a
+/// pattern it takes its `#[payload]` [contract]'s, and must return the contract's reply
+/// type.
 ///
 /// The handler returns `Result<T, E>` ([`IntoReply`](handler::IntoReply)): `Ok(T)` with `T: Serialize` goes back as
 /// the response, `Err(E)` with `E: Into<`[`RpcError`]`>` as the error, in the shapes of NestJS's
@@ -240,7 +251,7 @@ pub use rmq_bus_macros::message_pattern;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::contract::check::{
-        ByAnything, ByEvent, ByRequest, Named, Probe, ReplyOf, typed_reply,
+        ByAnything, ByContract, PatternKey, PatternKeyOf, Probe, ReplyOf, same_pattern, typed_reply,
     };
     pub use crate::handler::glue::{
         context, event_route, extract, finish, message_route, object_pattern, payload,

@@ -36,7 +36,6 @@ use crate::error::{Error, Result};
 use crate::pattern::Pattern;
 use crate::transport::memory::{MemoryBroker, MemoryError, Sender, publish_result};
 
-pub use crate::delivery::Outcome;
 pub use crate::transport::memory::Settled;
 
 /// How long [`TestBroker::settled`] waits before it fails the test.
@@ -185,8 +184,9 @@ impl TestBroker {
     }
 
     /// Waits until a consumer settles a delivery from `queue`, and says which, how and why
-    /// ([`Settled::outcome`]: acked, retried, dead-lettered, requeued or rejected). Each
-    /// settlement (since this `TestBroker` was made) is reported once, in order.
+    /// ([`Settled::outcome`], a [`context::Outcome`](crate::context::Outcome): acked, retried,
+    /// dead-lettered, requeued or rejected). Each settlement (since this `TestBroker` was made)
+    /// is reported once, in order, requests included (a request is settled once answered).
     ///
     /// # Panics
     ///
@@ -243,9 +243,10 @@ impl TestBroker {
         self.broker.disconnect();
     }
 
-    /// Makes the broker refuse (nack) the next `count` publishes of clients and microservices
-    /// (not the test's own [`publish`](Self::publish)es): `emit` then fails with
-    /// [`Error::Nacked`].
+    /// Makes the broker refuse (nack) the next `count` publishes of clients: the next `count`
+    /// `emit`s (and `send`s) fail with [`Error::Nacked`]. Microservices' replies and the copies
+    /// rmq-bus republishes for retries and dead letters are not refused, nor are the test's own
+    /// [`publish`](Self::publish)es.
     pub fn refuse_publishes(&self, count: usize) {
         self.broker.refuse_publishes(count);
     }

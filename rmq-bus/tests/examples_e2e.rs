@@ -1,7 +1,8 @@
 //! End to end: builds the `orders` and `billing` examples, runs them against the RabbitMQ on
 //! `RABBIT_MQ_URI` (default: the local broker, guest/guest) with queues of their own, and drives
 //! the orders HTTP API: orders get billed or canceled as fraud, bad input is refused with JSON
-//! errors, and both processes stop cleanly on SIGTERM.
+//! errors, an order whose event the broker refuses is answered `503` and kept as `FAILED`, and
+//! both processes stop cleanly on SIGTERM.
 
 // clippy.toml allows these in `#[test]` functions only; the helpers here are test code too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -561,4 +562,211 @@ fn bench_figures(text: &str) -> std::collections::HashMap<String, f64> {
             (key.to_owned(), value)
         })
         .collect()
+}
+
+/// Runs `rabbitmqctl` with `args`, failing the test with its output if it fails.
+fn rabbitmqctl(args: &[&str]) -> String {
+    let output = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl (the broker runs as this user)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text
+}
+
+/// The policy applied to `queue` now (empty if none), and its message count; `None` while the
+/// queue does not exist.
+fn queue_state(queue: &str) -> Option<(String, u64)> {
+    rabbitmqctl(&[
+        "-q",
+        "list_queues",
+        "--no-table-headers",
+        "name",
+        "policy",
+        "messages",
+    ])
+    .lines()
+    .find_map(|line| {
+        let mut fields = line.split('\t');
+        (fields.next() == Some(queue)).then(|| {
+            let policy = fields.next().unwrap_or_default().trim().to_owned();
+            let messages = fields.next().and_then(|n| n.trim().parse().ok());
+            (policy, messages.expect("a message count"))
+        })
+    })
+}
+
+/// The orders example while billing refuses its events: a broker policy caps the billing queue
+/// at one message with `overflow: reject-publish`, so once it holds one, the broker nacks every
+/// `order_created`. Orders answers `201` for the first order, then `503` with a JSON error saying
+/// why (at once: a nack is not retried), and keeps the refused order as `FAILED`. (When an outbox
+/// replaces the direct emit, the refused order will stay `PENDING` and go out later: this test
+/// changes with it.)
+fn refused_scenario(
+    orders_exe: &Path,
+    billing_queue: &str,
+    orders_queue: &str,
+    policy: &str,
+    logs: &Path,
+) {
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("find a free port")
+        .port();
+    let port_text = port.to_string();
+    let env = [
+        ("RABBIT_MQ_URI", broker_uri()),
+        ("RABBIT_MQ_BILLING_QUEUE", billing_queue.to_owned()),
+        ("RABBIT_MQ_ORDERS_QUEUE", orders_queue.to_owned()),
+        ("PORT", port_text),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // No billing: nothing takes the one event the billing queue may hold.
+    let mut orders = Service::spawn("orders", orders_exe, &env, logs);
+    let start = Instant::now();
+    while !matches!(http(port, "GET", "/orders", None), Ok((200, _))) {
+        orders.assert_running();
+        assert!(
+            start.elapsed() < STARTUP,
+            "orders did not answer on port {port} within {STARTUP:?}"
+        );
+        sleep(Duration::from_millis(100));
+    }
+    // Orders declared the billing queue at start (durable, no arguments, as NestJS does); the
+    // policy applies to it by name, without changing its declaration. Policies apply
+    // asynchronously: wait until it holds.
+    let start = Instant::now();
+    while queue_state(billing_queue) != Some((policy.to_owned(), 0)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the policy never applied to the empty {billing_queue}: {:?}",
+            queue_state(billing_queue)
+        );
+        sleep(Duration::from_millis(100));
+    }
+
+    // 1. The first order fills the billing queue.
+    let first = post_order(
+        port,
+        &json!({"productName": "lamp", "price": 20, "buyer": "ada"}),
+    );
+    // 2. The second is refused by the broker: 503, a JSON error, FAILED.
+    let body = json!({"productName": "refused-desk", "price": 300, "buyer": "bob"}).to_string();
+    let posting = Instant::now();
+    let (status, text) = http(port, "POST", "/orders", Some(("application/json", &body)))
+        .unwrap_or_else(|e| {
+            panic!(
+                "POST /orders failed after {:?} ({e}): a refused event must be answered at once",
+                posting.elapsed()
+            )
+        });
+    let took = posting.elapsed();
+    let answer: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("POST /orders answered {status} with non-JSON {text:?}: {e}"));
+    assert_eq!(status, 503, "{answer}");
+    let error = answer["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error text in {answer}"));
+    assert!(
+        error.contains("could not be sent to billing")
+            && error.contains(billing_queue)
+            && error.contains("publisher nack"),
+        "the error says the broker refused the event for the billing queue: {error}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "a refusal is answered at once (the reconnect timeout is 30 s), it took {took:?}"
+    );
+    let (status, list) = http_json(port, "GET", "/orders", None);
+    assert_eq!(status, 200, "{list}");
+    let refused: Vec<&Value> = list
+        .as_array()
+        .unwrap_or_else(|| panic!("GET /orders is not a list: {list}"))
+        .iter()
+        .filter(|order| order["productName"] == "refused-desk")
+        .collect();
+    assert_eq!(refused.len(), 1, "the refused order is kept: {list}");
+    let refused_id = refused[0]["orderId"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(refused_id),
+        "the error names the order {refused_id}: {error}"
+    );
+    let (status, order) = http_json(port, "GET", &format!("/orders/{refused_id}"), None);
+    assert_eq!(status, 200, "{order}");
+    assert_eq!(order["status"], "FAILED", "{order}");
+    // The first order is untouched, and still waits for billing.
+    let first_id = first["orderId"].as_str().unwrap_or_default();
+    let (status, order) = http_json(port, "GET", &format!("/orders/{first_id}"), None);
+    assert_eq!(status, 200, "{order}");
+    assert_eq!(order["status"], "PENDING", "{order}");
+    assert_eq!(
+        queue_state(billing_queue),
+        Some((policy.to_owned(), 1)),
+        "the billing queue holds the first order's event only"
+    );
+
+    orders.sigterm();
+    let status = orders.wait_exit(SHUTDOWN);
+    assert!(
+        status.success(),
+        "orders exited with {status} after SIGTERM; log:\n{}",
+        orders.log()
+    );
+}
+
+#[test]
+fn orders_answers_503_and_marks_the_order_failed_when_the_broker_refuses_it() {
+    let (orders_exe, _, _, _) = build_examples();
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos()
+    );
+    let billing_queue = format!("e2e-refusing-billing-{unique}");
+    let orders_queue = format!("e2e-refusing-orders-{unique}");
+    // Both queues expire if the test cannot delete them; the billing one holds one message and
+    // refuses the next.
+    let policy = format!("e2e-refusing-{unique}");
+    rabbitmqctl(&[
+        "set_policy",
+        "--apply-to",
+        "queues",
+        "--priority",
+        "1000",
+        &policy,
+        &format!("^e2e-refusing-(billing|orders)-{unique}$"),
+        r#"{"max-length": 1, "overflow": "reject-publish", "expires": 120000}"#,
+    ]);
+    let logs = std::env::temp_dir().join(format!("rmq-bus-e2e-refusing-{unique}"));
+    std::fs::create_dir_all(&logs).expect("create log directory");
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        refused_scenario(&orders_exe, &billing_queue, &orders_queue, &policy, &logs)
+    }));
+    let _ = std::fs::remove_dir_all(&logs);
+    let cleared = Command::new("rabbitmqctl")
+        .args(["clear_policy", &policy])
+        .output();
+    let (billing_dlq, orders_dlq) = (
+        format!("{billing_queue}.dlq"),
+        format!("{orders_queue}.dlq"),
+    );
+    let deleted = delete_queues(&[&billing_queue, &orders_queue, &billing_dlq, &orders_dlq]);
+    if let Err(panic) = outcome {
+        resume_unwind(panic);
+    }
+    let cleared = cleared.expect("run rabbitmqctl clear_policy");
+    assert!(
+        cleared.status.success(),
+        "clear_policy {policy}: {}",
+        String::from_utf8_lossy(&cleared.stderr)
+    );
+    deleted.expect("delete the test's queues");
 }

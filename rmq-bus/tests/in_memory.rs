@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rmq_bus::config::{Exchange, RetryPolicy};
+use rmq_bus::context::Outcome;
 use rmq_bus::context::Settlement;
-use rmq_bus::testing::{Outcome, TestBroker};
+use rmq_bus::testing::TestBroker;
 use rmq_bus::{
     ClientProxy, Error, Microservice, Payload, RmqContext, RmqOptions, RpcError, controller,
     event_pattern,
@@ -648,5 +649,66 @@ async fn typed_contracts_route_publish_and_request_without_naming_patterns() {
         .await
         .expect("untyped request");
     assert_eq!(untyped, 9);
+    running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn refusals_hit_emits_not_the_retries_rmq_bus_republishes() {
+    let broker = TestBroker::new();
+    let events = ClientProxy::new(broker.options("EVENTS"));
+    events.connect().await.expect("declares EVENTS");
+    let retry = RetryPolicy::exponential(3, Duration::from_millis(10), Duration::from_millis(10));
+    let running = Microservice::new(broker.options("JOBS").retry(retry))
+        .on_event("job", move |ctx: RmqContext| {
+            let events = events.clone();
+            async move {
+                events.emit("done", &()).await?;
+                ctx.ack().await
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    broker.refuse_publishes(3); // every attempt's emit
+    broker.publish("JOBS", "job", &()).expect("publish");
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        outcomes.push(broker.settled("JOBS").await.outcome);
+    }
+    assert!(
+        matches!(
+            &outcomes[..],
+            [
+                Outcome::Retried { attempt: 2, .. },
+                Outcome::Retried { attempt: 3, .. },
+                Outcome::DeadLettered { .. }
+            ]
+        ),
+        "each emit is refused, the retries are not: {outcomes:?}"
+    );
+    assert!(broker.messages("EVENTS").expect("EVENTS").is_empty());
+    running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_handler_returning_bad_input_dead_letters_at_once() {
+    let broker = TestBroker::new();
+    let running = Microservice::new(broker.options("JOBS"))
+        .on_event("job", || async {
+            Err::<(), _>(rmq_bus::handler::HandlerError::BadInput(
+                "no such customer".into(),
+            ))
+        })
+        .start()
+        .await
+        .expect("start");
+    broker.publish("JOBS", "job", &()).expect("publish");
+    match broker.settled("JOBS").await.outcome {
+        Outcome::DeadLettered { reason, .. } => {
+            assert!(reason.contains("no such customer"), "{reason}");
+            assert!(!reason.contains("handler failed"), "{reason}");
+        }
+        other => panic!("bad input is dead-lettered at once, not retried: {other:?}"),
+    }
     running.shutdown().await.expect("shutdown");
 }

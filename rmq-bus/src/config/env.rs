@@ -13,6 +13,7 @@ impl RmqOptions {
     /// | `RABBIT_MQ_<NAME>_QUEUE` | the queue | `<NAME>` |
     /// | `RABBIT_MQ_PREFETCH` | prefetch, 1–65535 | [`DEFAULT_PREFETCH`](super::DEFAULT_PREFETCH) |
     /// | `RABBIT_MQ_QUEUE_TYPE` | `classic` or `quorum` | `classic` |
+    /// | `RABBIT_MQ_RECONNECT_TIMEOUT` | seconds an emit waits through an outage, and a microservice tries to connect at start ([`reconnect_timeout`](Self::reconnect_timeout)) | 30 |
     ///
     /// `RmqOptions::from_env("BILLING")` reads `RABBIT_MQ_BILLING_QUEUE`. A set but unusable
     /// value is an [`Error::InvalidEnv`] naming the variable.
@@ -73,6 +74,20 @@ impl RmqOptions {
                 }
             };
         }
+        if let Some(raw) = lookup("RABBIT_MQ_RECONNECT_TIMEOUT") {
+            options.reconnect_timeout = raw
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(|seconds| std::time::Duration::try_from_secs_f64(seconds).ok())
+                .ok_or_else(|| {
+                    invalid(
+                        "RABBIT_MQ_RECONNECT_TIMEOUT",
+                        &raw,
+                        "expected a number of seconds, such as 30 or 0.5",
+                    )
+                })?;
+        }
         Ok(options)
     }
 }
@@ -108,11 +123,16 @@ mod tests {
             ("RABBIT_MQ_BILLING_QUEUE", "BILLING_Q"),
             ("RABBIT_MQ_URI", "amqp://u:p@broker:5673/vh"),
             ("RABBIT_MQ_PREFETCH", "7"),
+            ("RABBIT_MQ_RECONNECT_TIMEOUT", "2.5"),
         ];
         let options = RmqOptions::from_lookup("BILLING", lookup(&vars))?;
         assert_eq!(options.queue(), "BILLING_Q");
         assert_eq!(options.uri, "amqp://u:p@broker:5673/vh");
         assert_eq!(options.prefetch, 7);
+        assert_eq!(
+            options.reconnect_timeout,
+            std::time::Duration::from_millis(2500)
+        );
         Ok(())
     }
 
@@ -123,6 +143,16 @@ mod tests {
             ("RABBIT_MQ_PREFETCH", "0", "RABBIT_MQ_PREFETCH=\"0\""),
             ("RABBIT_MQ_URI", "http://x", "RABBIT_MQ_URI=\"http://x\""),
             ("RABBIT_MQ_BILLING_QUEUE", " ", "RABBIT_MQ_BILLING_QUEUE"),
+            (
+                "RABBIT_MQ_RECONNECT_TIMEOUT",
+                "soon",
+                "RABBIT_MQ_RECONNECT_TIMEOUT=\"soon\"",
+            ),
+            (
+                "RABBIT_MQ_RECONNECT_TIMEOUT",
+                "-1",
+                "RABBIT_MQ_RECONNECT_TIMEOUT=\"-1\"",
+            ),
         ];
         for (var, value, expected) in cases {
             let vars = [(var, value)];

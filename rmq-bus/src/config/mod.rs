@@ -230,7 +230,9 @@ impl RmqOptions {
         self
     }
 
-    /// Sets how long `emit` waits for the broker's confirm (default 30 s).
+    /// Sets how long `emit` waits for the broker's confirm (default 30 s), handing the message
+    /// over included: a connection the broker blocks in the meantime ends the wait with
+    /// [`Error::Blocked`].
     pub fn confirm_timeout(mut self, timeout: Duration) -> Self {
         self.confirm_timeout = timeout;
         self

@@ -269,9 +269,28 @@ impl FromMessage for RmqContext {
     }
 }
 
+/// `T`'s name without its module paths (`Vec<Order>`, not `alloc::vec::Vec<shop::Order>`): it
+/// goes into the error a request's sender gets, which should not show the service's modules.
+fn short_type_name<T>() -> String {
+    let full = std::any::type_name::<T>();
+    let mut name = String::with_capacity(full.len());
+    let mut segment = String::new();
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            segment.push(c);
+        } else {
+            name.push_str(segment.rsplit("::").next().unwrap_or(&segment));
+            segment.clear();
+            name.push(c);
+        }
+    }
+    name.push_str(segment.rsplit("::").next().unwrap_or(&segment));
+    name
+}
+
 /// Deserializes the whole data as `T`.
 pub(crate) fn payload<T: DeserializeOwned>(message: &Message) -> Result<T, HandlerError> {
-    message.read_data(|| format!("a {}", std::any::type_name::<T>()))
+    message.read_data(|| format!("a {}", short_type_name::<T>()))
 }
 
 /// Deserializes `data[key]` as `T` (NestJS's `@Payload('key')`). A missing key is `null`, so an
@@ -286,7 +305,7 @@ pub(crate) fn payload_field<T: DeserializeOwned>(
     serde_json::from_str(raw).map_err(|e| {
         HandlerError::BadInput(format!(
             "data.{key} is not a {}: {e}",
-            std::any::type_name::<T>()
+            short_type_name::<T>()
         ))
     })
 }
@@ -428,3 +447,18 @@ impl_into_route!(A1);
 impl_into_route!(A1, A2);
 impl_into_route!(A1, A2, A3);
 impl_into_route!(A1, A2, A3, A4);
+
+#[cfg(test)]
+mod tests {
+    use super::short_type_name;
+
+    #[test]
+    fn type_names_lose_their_module_paths() {
+        assert_eq!(short_type_name::<Vec<String>>(), "Vec<String>");
+        assert_eq!(
+            short_type_name::<std::collections::HashMap<u8, Option<f64>>>(),
+            "HashMap<u8, Option<f64>>"
+        );
+        assert_eq!(short_type_name::<(u8, [i32; 2])>(), "(u8, [i32; 2])");
+    }
+}

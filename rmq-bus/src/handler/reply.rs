@@ -49,10 +49,17 @@ impl IntoHandlerResult for () {
     }
 }
 
-impl<E: fmt::Display> IntoHandlerResult for Result<(), E> {
+/// An `Err` fails the handler with the error's text; a [`HandlerError`] is taken as it is, so
+/// that `Err(HandlerError::BadInput(…))` dead-letters the message at once, as from an
+/// interceptor.
+impl<E: fmt::Display + 'static> IntoHandlerResult for Result<(), E> {
     fn into_handler_result(self) -> HandlerResult {
-        self.map(|()| Response::Nothing)
-            .map_err(|e| HandlerError::Failed(e.to_string()))
+        self.map(|()| Response::Nothing).map_err(|error| {
+            match (&error as &dyn std::any::Any).downcast_ref::<HandlerError>() {
+                Some(handler_error) => handler_error.clone(),
+                None => HandlerError::Failed(error.to_string()),
+            }
+        })
     }
 }
 

@@ -113,6 +113,40 @@ pub(crate) struct Link {
     kind: LinkKind,
     /// Where replies come back, once the reply consumer runs.
     reply_to: OnceCell<String>,
+    /// Publishes not confirmed yet, which `close` waits for.
+    in_flight: Arc<InFlight>,
+}
+
+/// A count of publishes waiting for their confirm, and a wake-up for when it reaches zero.
+#[derive(Default)]
+struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One publish waiting for its confirm; counted until dropped.
+pub(crate) struct InFlightGuard(Arc<InFlight>);
+
+impl InFlightGuard {
+    fn new(in_flight: &Arc<InFlight>) -> Self {
+        in_flight
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(in_flight.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 // One per connection, never per message: boxing the large variant buys nothing.
@@ -133,6 +167,7 @@ impl Link {
         Ok(Link {
             kind,
             reply_to: OnceCell::new(),
+            in_flight: Arc::default(),
         })
     }
 
@@ -152,10 +187,15 @@ impl Link {
         }
     }
 
-    /// Hands a JSON message to the broker, as mandatory; the returned future is its confirm.
+    /// Hands a JSON message to the broker, as mandatory; the returned future is its confirm,
+    /// counted as in flight (for [`close`](Self::close)) until it completes or is dropped.
     pub(crate) async fn publish(&self, message: Outgoing<'_>) -> Result<Confirm> {
         match &self.kind {
-            LinkKind::Amqp(link) => link.publish(message).await.map(Confirm::Amqp),
+            LinkKind::Amqp(link) => {
+                let guard = InFlightGuard::new(&self.in_flight);
+                let confirm = link.publish(message).await?;
+                Ok(Confirm::Amqp(confirm, Some(guard)))
+            }
             LinkKind::Memory(link) => Ok(Confirm::Ready(Some(link.publish(message)))),
         }
     }
@@ -178,11 +218,39 @@ impl Link {
             .cloned()
     }
 
-    /// Closes the connection; on RabbitMQ, after outstanding confirms.
-    pub(crate) async fn close(&self) {
-        if let LinkKind::Amqp(link) = &self.kind {
-            link.close().await;
+    /// Closes the connection once the publishes in flight are confirmed (or `patience` ran
+    /// out): closing first would fail their confirms, and their callers would publish them
+    /// again on a new connection.
+    pub(crate) async fn close(&self, patience: Duration) {
+        let LinkKind::Amqp(link) = &self.kind else {
+            return;
+        };
+        let confirmed = async {
+            loop {
+                let idle = self.in_flight.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self
+                    .in_flight
+                    .count
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    == 0
+                {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(patience, confirmed).await.is_err() {
+            tracing::warn!(
+                in_flight = self
+                    .in_flight
+                    .count
+                    .load(std::sync::atomic::Ordering::Acquire),
+                "closing with publishes still unconfirmed; their emits see the connection lost"
+            );
         }
+        link.close().await;
     }
 }
 
@@ -191,7 +259,8 @@ impl Link {
 /// [`Error::Nacked`](crate::Error::Nacked) with an empty `target`: the caller, which knows where
 /// it published, names it.
 pub(crate) enum Confirm {
-    Amqp(amqp::Confirm),
+    /// The confirm, and its place among the link's publishes in flight until it arrives.
+    Amqp(amqp::Confirm, Option<InFlightGuard>),
     Ready(Option<Result<()>>),
 }
 
@@ -199,8 +268,8 @@ impl Confirm {
     /// Lets the confirm arrive in the background, for a caller that stops waiting for it: lapin
     /// keeps an abandoned confirm for the life of the channel, so it is seen through.
     pub(crate) fn detach(self) {
-        if let Confirm::Amqp(confirm) = self {
-            tokio::spawn(confirm);
+        if let Confirm::Amqp(confirm, guard) = self {
+            tokio::spawn(Confirm::Amqp(confirm, guard));
         }
     }
 }
@@ -210,7 +279,13 @@ impl Future for Confirm {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         match self.get_mut() {
-            Confirm::Amqp(confirm) => Pin::new(confirm).poll(cx),
+            Confirm::Amqp(confirm, in_flight) => {
+                let confirmed = Pin::new(confirm).poll(cx);
+                if confirmed.is_ready() {
+                    in_flight.take();
+                }
+                confirmed
+            }
             Confirm::Ready(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
         }
     }

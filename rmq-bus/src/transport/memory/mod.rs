@@ -47,7 +47,7 @@ impl Link {
             ..properties.clone()
         };
         let outcome = self.0.publish(
-            Sender::Service,
+            Sender::Client,
             exchange,
             routing_key,
             body.to_vec(),

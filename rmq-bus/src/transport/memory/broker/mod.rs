@@ -51,7 +51,9 @@ impl std::error::Error for MemoryError {}
 /// Who publishes to the broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Sender {
-    /// A client or microservice: the code under test.
+    /// A client's emit or request: what refusals injected for a test apply to.
+    Client,
+    /// A microservice's reply or republished copy (a retry, a dead letter).
     Service,
     /// The test itself, setting the scene (`TestBroker::publish`).
     Test,
@@ -195,8 +197,7 @@ impl MemoryBroker {
     /// Publishes a message, routed like RabbitMQ does: the default exchange `""` to the queue
     /// named `routing_key`, a direct exchange by exact key, a topic exchange by wildcard, a
     /// fanout exchange to every bound queue. Each queue gets its own copy. Refusals injected with
-    /// [`refuse_publishes`](Self::refuse_publishes) apply to what `sender` the code under test
-    /// publishes, not to a test's own setup.
+    /// [`refuse_publishes`](Self::refuse_publishes) apply to clients' publishes only.
     pub(crate) fn publish(
         &self,
         sender: Sender,
@@ -205,7 +206,7 @@ impl MemoryBroker {
         body: Vec<u8>,
         properties: Properties,
     ) -> Result<PublishOutcome, MemoryError> {
-        let refusable = sender == Sender::Service;
+        let refusable = sender == Sender::Client;
         self.with(|state| state.publish(exchange, routing_key, body, properties, refusable))
     }
 

@@ -30,7 +30,7 @@ fn broker_with(queues: &[&str]) -> MemoryBroker {
 fn send(broker: &MemoryBroker, exchange: &str, key: &str, body: &str) -> PublishOutcome {
     broker
         .publish(
-            Sender::Service,
+            Sender::Client,
             exchange,
             key,
             body.as_bytes().to_vec(),
