@@ -141,7 +141,7 @@ impl ClientProxy {
             Box::pin(wait_unblocked(&link, deadline)).await?;
         }
         // One timer, `confirm_timeout`, bounds both steps: handing the message over, which stalls
-        // if the broker blocks the connection after the check above (lapin writes nothing while
+        // if the broker blocks the connection after the check above (nothing is written while
         // blocked), and the confirm. One per emit, as before there was a handover to bound.
         let timer = tokio::time::sleep(self.inner.options.confirm_timeout);
         tokio::pin!(timer);
