@@ -4,7 +4,9 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Attribute, FnArg, Ident, Item, Path, ReturnType, Signature, Type};
+use syn::{Attribute, FnArg, Ident, Item, LitStr, Path, ReturnType, Signature, Type};
+
+use crate::contract::doc_comment;
 
 use crate::args::{ArgSource, take_arg_source};
 use crate::errors::Errors;
@@ -44,6 +46,8 @@ pub(crate) struct Handler {
     args: Vec<Arg>,
     /// Where a wrong return type is reported.
     output_span: Span,
+    /// Its doc comment, for generated documentation.
+    description: String,
 }
 
 /// Checks a handler's signature, recording every problem in `errors`, and removes the
@@ -143,6 +147,7 @@ pub(crate) fn analyze(
         routing: routing.filter(|_| valid)?,
         args,
         output_span,
+        description: String::new(),
     })
 }
 
@@ -188,6 +193,12 @@ fn is_self(ty: &Type) -> bool {
 }
 
 impl Handler {
+    /// Records the doc comment among `attrs`, for generated documentation.
+    pub(crate) fn documented(mut self, attrs: &[Attribute]) -> Self {
+        self.description = doc_comment(attrs);
+        self
+    }
+
     /// The pattern its attribute names, if it names one.
     pub(crate) fn named_pattern(&self) -> Option<&Pattern> {
         match &self.routing {
@@ -244,6 +255,7 @@ impl Handler {
         let pattern = self.pattern();
         let check = self.contract_check();
         let route = self.route_kind.route_constructor();
+        let doc = self.route_doc();
         let ident = self.spanned_ident();
         let future = self.future(quote!(#ident), None);
         quote! {
@@ -251,6 +263,7 @@ impl Handler {
                 #check
                 #route(
                     #pattern,
+                    #doc,
                     |__rmq_message: ::rmq_bus::__private::Message| #future,
                 )
             }
@@ -262,6 +275,7 @@ impl Handler {
         let pattern = self.pattern();
         let check = self.contract_check();
         let route = self.route_kind.route_constructor();
+        let doc = self.route_doc();
         let ident = self.spanned_ident();
         let future = self.future(
             quote_spanned!(self.output_span=> Self::#ident),
@@ -273,6 +287,7 @@ impl Handler {
                 let __rmq_this = ::core::clone::Clone::clone(&self);
                 #route(
                     #pattern,
+                    #doc,
                     move |__rmq_message: ::rmq_bus::__private::Message| {
                         let __rmq_this = ::core::clone::Clone::clone(&__rmq_this);
                         #future
@@ -280,6 +295,63 @@ impl Handler {
                 )
             }
         }
+    }
+
+    /// What a generated document says of the route: its messages (see
+    /// [`message_doc`](Self::message_doc)) and the handler's doc comment.
+    fn route_doc(&self) -> TokenStream {
+        let message = self.message_doc();
+        let description = LitStr::new(&self.description, Span::call_site());
+        quote!(::rmq_bus::__private::RouteDoc::new(#message, #description))
+    }
+
+    /// What a generated document says of the messages: for a `#[payload]` of a contract type,
+    /// the contract's name, doc comment and schemas; for another type, its schema if it has one;
+    /// for `#[payload("key")]` arguments, an object of their schemas; else nothing. Autoref
+    /// probes pick at compile time, since the macro cannot know the types' traits.
+    fn message_doc(&self) -> TokenStream {
+        let payload = self
+            .args
+            .iter()
+            .find(|arg| matches!(arg.source, ArgSource::Payload));
+        if let Some(Arg { ty, .. }) = payload {
+            let by_contract = match self.route_kind {
+                RouteKind::Event => quote!(EventDoc),
+                RouteKind::Message => quote!(RequestDoc),
+            };
+            return quote! {{
+                #[allow(unused_imports)]
+                use ::rmq_bus::__private::{BySchema as _, NoSchema as _, PlainDoc as _, #by_contract as _};
+                (&&::rmq_bus::__private::DocProbe::<#ty>::new()).doc(
+                    ::rmq_bus::__private::MessageDoc::plain(|schemas| {
+                        (&&::rmq_bus::__private::SchemaProbe::<#ty>::new()).schema(schemas)
+                    }),
+                )
+            }};
+        }
+        let fields: Vec<TokenStream> = self
+            .args
+            .iter()
+            .filter_map(|arg| match &arg.source {
+                ArgSource::PayloadField(key) => {
+                    let ty = &arg.ty;
+                    Some(quote! {
+                        (#key, (&&::rmq_bus::__private::SchemaProbe::<#ty>::new()).schema(schemas))
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        if fields.is_empty() {
+            return quote!(::rmq_bus::__private::MessageDoc::unknown());
+        }
+        quote! {{
+            #[allow(unused_imports)]
+            use ::rmq_bus::__private::{BySchema as _, NoSchema as _};
+            ::rmq_bus::__private::MessageDoc::plain(|schemas| {
+                ::rmq_bus::__private::object_schema(&[#(#fields),*])
+            })
+        }}
     }
 
     /// The function's name, spanned at its return type like the rest of the call.
@@ -425,7 +497,8 @@ pub(crate) fn expand_free(
     };
 
     let is_method = func.sig.receiver().is_some();
-    let handler = analyze(&mut func.sig, route_kind, pattern, Kind::Free, &mut errors);
+    let handler = analyze(&mut func.sig, route_kind, pattern, Kind::Free, &mut errors)
+        .map(|handler| handler.documented(&func.attrs));
     if is_method {
         // Inside an impl block: a struct cannot go there, emit only the method. Further pattern
         // attributes stay, to report the missing `#[controller]` themselves.

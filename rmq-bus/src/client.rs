@@ -44,6 +44,9 @@ struct Inner {
     /// Requests waiting for their reply.
     pending: PendingMap,
     links: AtomicU64,
+    /// The contracts it declares it sends, for AsyncAPI documents; never read when sending.
+    #[cfg(feature = "asyncapi")]
+    sends: SyncMutex<Vec<crate::contract::check::Described>>,
 }
 
 /// Requests waiting for their reply, by correlation id, with the link they were sent on.
@@ -67,8 +70,40 @@ impl ClientProxy {
                 opening: Mutex::new(()),
                 pending: Arc::default(),
                 links: AtomicU64::new(0),
+                #[cfg(feature = "asyncapi")]
+                sends: SyncMutex::default(),
             }),
         }
+    }
+
+    /// Declares that this client sends contract `C` (an [`Event`] or a [`Request`]), so that an
+    /// AsyncAPI document of it ([`AsyncApi::client`](crate::contract::AsyncApi::client)) has a
+    /// `send` operation for it. It changes nothing else: any contract can be sent either way.
+    /// Clones share their declarations.
+    ///
+    /// ```
+    /// # use rmq_bus::contract::Event;
+    /// # #[derive(Event, serde::Serialize)] #[event(pattern = "order_created")] struct OrderCreated { price: f64 }
+    /// use rmq_bus::{ClientProxy, RmqOptions};
+    /// let billing = ClientProxy::new(RmqOptions::new("BILLING")).sends::<OrderCreated>();
+    /// ```
+    #[cfg(feature = "asyncapi")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "asyncapi")))]
+    pub fn sends<C: crate::contract::Contract>(self) -> Self {
+        let described = C::__described();
+        let mut sends = self
+            .inner
+            .sends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let known = sends
+            .iter()
+            .any(|other| other.pattern == described.pattern && other.kind == described.kind);
+        if !known {
+            sends.push(described);
+        }
+        drop(sends);
+        self
     }
 
     /// Connects (and declares the queue) now rather than on the first emit, so that
@@ -455,6 +490,22 @@ impl ClientProxy {
             }
         };
         link.reply_to(on_reply, on_end).await
+    }
+}
+
+#[cfg(feature = "asyncapi")]
+impl crate::contract::asyncapi::sealed::Sealed for ClientProxy {}
+
+#[cfg(feature = "asyncapi")]
+impl crate::contract::asyncapi::Sends for ClientProxy {
+    fn __sent(&self) -> crate::contract::asyncapi::Sent {
+        let sends = self
+            .inner
+            .sends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        crate::contract::asyncapi::Sent::new(&self.inner.options, sends)
     }
 }
 

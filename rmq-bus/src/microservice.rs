@@ -252,6 +252,24 @@ impl Microservice {
     }
 }
 
+#[cfg(feature = "asyncapi")]
+impl crate::contract::asyncapi::sealed::Sealed for Microservice {}
+
+#[cfg(feature = "asyncapi")]
+impl crate::contract::asyncapi::Consumes for Microservice {
+    fn __consumed(&self) -> Vec<crate::contract::asyncapi::Consumed> {
+        let mut consumed: Vec<_> = self
+            .queues
+            .iter()
+            .map(|options| crate::contract::asyncapi::Consumed::new(options, &self.routes))
+            .collect();
+        for merged in &self.merged {
+            consumed.extend(merged.__consumed());
+        }
+        consumed
+    }
+}
+
 /// What every connection of a microservice consumes, each queue with its handlers.
 struct Shared {
     queues: Vec<(RmqOptions, Arc<Router>)>,
