@@ -76,7 +76,7 @@ fn reply_envelope(response: Value) -> Value {
                 "type": "object",
                 "properties": {
                     "err": {
-                        "description": "NestJS's RpcException: `{\"status\": \"error\", \"message\": text}` for a text, any JSON for an object, `\"Internal server error\"` for a handler's failure, or the no-handler message when no handler has the pattern.",
+                        "description": "NestJS's RpcException: `{\"status\": \"error\", \"message\": text}` for a text (the text is `Internal server error` when the handler failed), any JSON for an object, or NestJS's no-handler message when no handler has the pattern.",
                     },
                     "isDisposed": { "type": "boolean" },
                 },
