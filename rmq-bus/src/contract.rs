@@ -47,10 +47,10 @@
 //!
 //! ## AsyncAPI
 //!
-//! With the `asyncapi` feature (on by default), [`AsyncApi`] describes a service in an AsyncAPI
+//! With the `asyncapi` feature (on by default), `AsyncApi` describes a service in an AsyncAPI
 //! 3.0 document: the queues and exchanges its [`Microservice`](crate::Microservice) consumes, a
 //! `receive` operation for each handler, and the contracts its [`ClientProxy`](crate::ClientProxy)
-//! handles declare they send ([`ClientProxy::sends`](crate::ClientProxy::sends)). A contract type
+//! handles declare they send (`ClientProxy::sends`). A contract type
 //! that also derives `schemars::JsonSchema` gets its payload schema (`rmq_bus::contract::schemars`
 //! is the schemars rmq-bus uses, so you need no dependency of your own); its doc comment becomes
 //! the message's description.
@@ -75,7 +75,7 @@
 //!     .microservice(&billing)
 //!     .client(&orders)
 //!     .to_json();
-//! assert!(document.contains(r#""$ref": "#/components/schemas/OrderCreated""#));
+//! assert!(document.contains(r##""$ref": "#/components/schemas/OrderCreated""##));
 //! # }
 //! ```
 
@@ -171,8 +171,8 @@ pub trait Request {
     }
 }
 
-/// An event or a request contract, as a client declares it sends with
-/// [`ClientProxy::sends`](crate::ClientProxy::sends). Implemented by `#[derive(Event)]` and
+/// An event or a request contract, as a client declares it sends with `ClientProxy::sends`
+/// (feature `asyncapi`). Implemented by `#[derive(Event)]` and
 /// `#[derive(Request)]`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a contract",

@@ -145,6 +145,7 @@ fn the_asyncapi_parser_finds_no_error() {
     let validate = validator();
     let dir = std::env::temp_dir().join(format!("rmq-bus-asyncapi-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create a temporary folder");
+    #[cfg_attr(not(feature = "asyncapi"), allow(unused_mut))]
     let mut documents: Vec<(String, String)> = printed()
         .iter()
         .map(|(example, document)| (format!("{example}.json"), document.clone()))
