@@ -85,13 +85,16 @@ use crate::pattern::Pattern;
 use crate::schema::Schemas;
 
 #[cfg(feature = "asyncapi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "asyncapi")))]
 pub mod asyncapi;
 #[cfg(feature = "asyncapi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "asyncapi")))]
 pub use asyncapi::AsyncApi;
 /// schemars, the JSON Schema generator rmq-bus uses for payload schemas: bring it into scope
 /// (`use rmq_bus::contract::schemars;`) and derive `schemars::JsonSchema` on contract types,
 /// with no dependency of your own.
 #[cfg(feature = "asyncapi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "asyncapi")))]
 pub use schemars;
 
 /// Binds a type to its event pattern: `#[derive(Event)]` with `#[event(pattern = "…")]`, or

@@ -29,6 +29,9 @@ use crate::transport;
 /// reconnects (trying every broker URI, with backoff), declares its topology again and resumes
 /// consuming; messages that were in flight are redelivered by the broker.
 ///
+/// Before it runs, it can be described by reference in an AsyncAPI document (feature
+/// `asyncapi`): `contract::AsyncApi::new(title, version).microservice(&service)`.
+///
 /// ```no_run
 /// use rmq_bus::{Microservice, Payload, RmqContext, RmqOptions};
 ///
