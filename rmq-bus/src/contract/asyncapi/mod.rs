@@ -16,6 +16,15 @@
 //!   derive `schemars::JsonSchema`, which the envelopes' `data` refer to. A handler whose payload
 //!   type has no schema (a closure, a type without `JsonSchema`) gets an unconstrained `data`.
 //!
+//! rmq-bus's own extensions:
+//!
+//! | extension | on | says |
+//! |---|---|---|
+//! | `x-rmq-bus-retry` | `receive` of an event handler | `{"maxAttempts", "delaysMs", "via"}`: deliveries in all, the delay before each retry in milliseconds (the first 20 at most), and how: `delay queues` (a [`RetryPolicy`]), `requeue` (no policy: [`FailurePolicy::RequeueOnce`](crate::config::FailurePolicy::RequeueOnce)) or `none`. Absent for requests (answered, never retried) and unacked queues |
+//! | `x-rmq-bus-dead-letter-queue` | `receive` | the queue rmq-bus dead-letters into; absent when it rejects instead (to the queue's own dead-letter exchange) or nothing is acked |
+//! | `x-rmq-bus-routing-key` | `send` to an exchange | the routing key: the pattern |
+//! | `x-rmq-bus-queue-arguments` | a queue's channel | its `x-` arguments (`x-queue-type`, …), which the AMQP binding has no field for |
+//!
 //! ```
 //! use rmq_bus::contract::AsyncApi;
 //! use rmq_bus::{Microservice, Payload, RmqOptions};
