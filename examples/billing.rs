@@ -20,12 +20,17 @@
 //! ```
 //!
 //! Stops cleanly on Ctrl-C or SIGTERM, letting in-flight handlers finish.
+//!
+//! `cargo run --example billing -- --asyncapi` prints the service's AsyncAPI document (JSON) and
+//! exits, without connecting: `examples/asyncapi/billing.json` is that document.
 
 mod contracts;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use contracts::{Order, OrderCreated, OrderProcessed, OrderStatus};
+use rmq_bus::contract::AsyncApi;
 use rmq_bus::{ClientProxy, Microservice, RmqContext, RmqOptions, controller, event_pattern};
 use tracing_subscriber::EnvFilter;
 
@@ -45,8 +50,9 @@ struct BillingController {
 
 #[controller]
 impl BillingController {
-    /// `order_created`, from the pattern of its contract.
-    #[event_pattern]
+    /// Runs the fraud check (a price above 10000 is fraud) and reports the verdict with
+    /// `order_processed`; acks only once the broker confirmed that report.
+    #[event_pattern] // `order_created`, from the pattern of its contract
     async fn on_order_created(
         &self,
         #[payload] created: OrderCreated,
@@ -68,14 +74,39 @@ impl BillingController {
     }
 }
 
+/// The client of the orders queue, which billing sends `order_processed`.
+fn orders_client() -> rmq_bus::Result<ClientProxy> {
+    Ok(ClientProxy::new(RmqOptions::from_env("ORDERS")?).sends::<OrderProcessed>())
+}
+
+/// The microservice on the billing queue, handling `order_created`.
+fn microservice(orders: ClientProxy) -> rmq_bus::Result<Microservice> {
+    Ok(
+        Microservice::new(RmqOptions::from_env("BILLING")?)
+            .controller(BillingController { orders }),
+    )
+}
+
+/// The service's AsyncAPI document, made from the same microservice and client as `run` uses,
+/// without connecting.
+fn asyncapi() -> rmq_bus::Result<String> {
+    let orders = orders_client()?;
+    let document = AsyncApi::new("billing", "1.0.0")
+        .description(
+            "Bills the orders the orders service creates (`order_created`) and reports each \
+             verdict back (`order_processed`), acking only once the report is confirmed.",
+        )
+        .microservice(&microservice(orders.clone())?)
+        .client(&orders)
+        .to_json();
+    Ok(document)
+}
+
 async fn run() -> rmq_bus::Result<()> {
-    let orders = ClientProxy::new(RmqOptions::from_env("ORDERS")?);
+    let orders = orders_client()?;
     // Connect now so that a wrong RABBIT_MQ_URI shows at start-up, not on the first order.
     orders.connect().await?;
-    let ran = Microservice::new(RmqOptions::from_env("BILLING")?)
-        .controller(BillingController {
-            orders: orders.clone(),
-        })
+    let ran = microservice(orders.clone())?
         .run() // until Ctrl-C or SIGTERM
         .await;
     orders.close().await;
@@ -86,6 +117,22 @@ async fn run() -> rmq_bus::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().skip(1).any(|arg| arg == "--asyncapi") {
+        let printed = asyncapi()
+            .map_err(|error| error.to_string())
+            .and_then(|document| {
+                std::io::stdout()
+                    .write_all(document.as_bytes())
+                    .map_err(|error| error.to_string())
+            });
+        return match printed {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("billing: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
     match run().await {

@@ -8,11 +8,11 @@
 
 use std::fmt;
 
-use rmq_bus::contract::{Event, Request};
+use rmq_bus::contract::{Event, Request, schemars};
 use serde::{Deserialize, Serialize};
 
 /// Where an order stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub(crate) enum OrderStatus {
     /// Saved, waiting for billing.
@@ -38,7 +38,7 @@ impl fmt::Display for OrderStatus {
 }
 
 /// An order, as stored, answered over HTTP and carried in events.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Order {
     /// Its id, made by the orders service.
@@ -54,7 +54,7 @@ pub(crate) struct Order {
 }
 
 /// An order was placed and waits to be billed. Sent by orders to the billing queue.
-#[derive(Clone, Debug, Event, Serialize, Deserialize)]
+#[derive(Clone, Debug, Event, Serialize, Deserialize, schemars::JsonSchema)]
 #[event(pattern = "order_created")]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct OrderCreated {
@@ -64,7 +64,7 @@ pub(crate) struct OrderCreated {
 
 /// Billing's verdict on an order: processed, or canceled as fraud. Sent by billing to the
 /// orders queue.
-#[derive(Clone, Debug, Event, Serialize, Deserialize)]
+#[derive(Clone, Debug, Event, Serialize, Deserialize, schemars::JsonSchema)]
 #[event(pattern = "order_processed")]
 pub(crate) struct OrderProcessed {
     /// The order, with its new status.
@@ -73,7 +73,7 @@ pub(crate) struct OrderProcessed {
 
 /// Asks the orders service for an order; answered with the order, or the error
 /// `{"status": "error", "message": "order not found"}`.
-#[derive(Clone, Debug, Request, Serialize, Deserialize)]
+#[derive(Clone, Debug, Request, Serialize, Deserialize, schemars::JsonSchema)]
 #[request(pattern = "get_order", reply = Order)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct GetOrder {

@@ -28,11 +28,15 @@
 //!
 //! Stops cleanly on Ctrl-C or SIGTERM: the HTTP server finishes its requests and the
 //! microservice drains its handlers.
+//!
+//! `cargo run --example orders -- --asyncapi` prints the service's AsyncAPI document (JSON) and
+//! exits, without connecting: `examples/asyncapi/orders.json` is that document.
 
 mod contracts;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -46,6 +50,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use contracts::{GetOrder, Order, OrderCreated, OrderProcessed, OrderStatus};
+use rmq_bus::contract::AsyncApi;
 use rmq_bus::{
     ClientProxy, Microservice, RmqContext, RmqOptions, RpcError, controller, event_pattern,
     message_pattern,
@@ -99,8 +104,9 @@ struct OrdersController {
 
 #[controller]
 impl OrdersController {
-    /// `order_processed`, from the pattern of its contract.
-    #[event_pattern]
+    /// Applies billing's verdict to the stored order. An order it does not know (one from
+    /// before a restart) is rejected, to the dead-letter queue.
+    #[event_pattern] // `order_processed`, from the pattern of its contract
     async fn on_order_processed(
         &self,
         #[payload] processed: OrderProcessed,
@@ -133,9 +139,8 @@ impl OrdersController {
         }
     }
 
-    /// Answers other services' `get_order` requests (NestJS `@MessagePattern`); the reply type
-    /// is `GetOrder`'s.
-    #[message_pattern]
+    /// Answers with the order, or the error `{"status": "error", "message": "order not found"}`.
+    #[message_pattern] // `get_order`, answered with `GetOrder`'s reply type: an `Order`
     async fn get_order(&self, #[payload] query: GetOrder) -> Result<Order, RpcError> {
         let order = self.store.read().await.get(&query.order_id).cloned();
         order.ok_or_else(|| RpcError::new("order not found"))
@@ -248,16 +253,37 @@ fn port() -> Result<u16, BoxError> {
     }
 }
 
+/// The microservice on the orders queue: `order_processed` events and `get_order` requests.
+fn microservice(store: Store) -> rmq_bus::Result<Microservice> {
+    Ok(Microservice::new(RmqOptions::from_env("ORDERS")?).controller(OrdersController { store }))
+}
+
+/// The client of billing's queue, which sends it `order_created`.
+fn billing_client() -> rmq_bus::Result<ClientProxy> {
+    Ok(ClientProxy::new(RmqOptions::from_env("BILLING")?).sends::<OrderCreated>())
+}
+
+/// The service's AsyncAPI document, made from the same microservice and client as `run` uses,
+/// without connecting.
+fn asyncapi() -> rmq_bus::Result<String> {
+    let document = AsyncApi::new("orders", "1.0.0")
+        .description(
+            "Takes orders over HTTP and hands them to billing (`order_created`), applies \
+             billing's verdicts (`order_processed`) and answers `get_order` requests.",
+        )
+        .microservice(&microservice(Store::default())?)
+        .client(&billing_client()?)
+        .to_json();
+    Ok(document)
+}
+
 async fn run() -> Result<(), BoxError> {
     let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port()?));
-    let billing = ClientProxy::new(RmqOptions::from_env("BILLING")?);
+    let billing = billing_client()?;
     // Connect now so that a wrong RABBIT_MQ_URI shows at start-up, not on the first order.
     billing.connect().await?;
     let store = Store::default();
-    let microservice =
-        Microservice::new(RmqOptions::from_env("ORDERS")?).controller(OrdersController {
-            store: store.clone(),
-        });
+    let microservice = microservice(store.clone())?;
     let app = Router::new()
         .route("/orders", get(list_orders).post(create_order))
         .route("/orders/{order_id}", get(get_order))
@@ -305,6 +331,18 @@ async fn run() -> Result<(), BoxError> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().skip(1).any(|arg| arg == "--asyncapi") {
+        let printed = asyncapi()
+            .map_err(BoxError::from)
+            .and_then(|document| Ok(std::io::stdout().write_all(document.as_bytes())?));
+        return match printed {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("orders: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
     match run().await {

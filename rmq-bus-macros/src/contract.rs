@@ -61,7 +61,7 @@ pub(crate) fn derive(kind: ContractKind, input: TokenStream) -> TokenStream {
     };
     let mut errors = Errors::default();
     let arguments = arguments(kind, &input.attrs, &mut errors);
-    let description = description(&input.attrs);
+    let description = doc_comment(&input.attrs);
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     let ident = &input.ident;
     let (Some(pattern), false) = (arguments.pattern, !errors.is_empty()) else {
@@ -75,12 +75,22 @@ pub(crate) fn derive(kind: ContractKind, input: TokenStream) -> TokenStream {
             type Key = #key_type;
         }
     };
+    let name = LitStr::new(&ident.to_string(), ident.span());
+    let payload_schema = schema_fn(quote!(__payload_schema), quote!(Self));
     match kind {
         ContractKind::Event => quote! {
             impl #impl_generics ::rmq_bus::contract::Event for #ident #ty_generics #where_clause {
                 const PATTERN: &'static str = #key;
                 const OBJECT_PATTERN: bool = #object;
                 const DESCRIPTION: &'static str = #description;
+                const NAME: &'static str = #name;
+                #payload_schema
+            }
+
+            impl #impl_generics ::rmq_bus::contract::Contract for #ident #ty_generics #where_clause {
+                fn __described() -> ::rmq_bus::__private::Described {
+                    ::rmq_bus::__private::describe_event::<Self>()
+                }
             }
             #pattern_key
         },
@@ -88,15 +98,40 @@ pub(crate) fn derive(kind: ContractKind, input: TokenStream) -> TokenStream {
             let Some(reply) = arguments.reply else {
                 return errors.into_compile_error();
             };
+            let reply_schema = schema_fn(quote!(__reply_schema), quote!(#reply));
             quote! {
                 impl #impl_generics ::rmq_bus::contract::Request for #ident #ty_generics #where_clause {
                     const PATTERN: &'static str = #key;
                     const OBJECT_PATTERN: bool = #object;
                     const DESCRIPTION: &'static str = #description;
+                    const NAME: &'static str = #name;
                     type Reply = #reply;
+                    #payload_schema
+                    #reply_schema
+                }
+
+                impl #impl_generics ::rmq_bus::contract::Contract for #ident #ty_generics #where_clause {
+                    fn __described() -> ::rmq_bus::__private::Described {
+                        ::rmq_bus::__private::describe_request::<Self>()
+                    }
                 }
                 #pattern_key
             }
+        }
+    }
+}
+
+/// A contract trait's schema function `name`: the JSON Schema of `ty` if it implements
+/// `schemars::JsonSchema` (and rmq-bus has its `asyncapi` feature), else none. The macro cannot
+/// know either, so an autoref probe picks at compile time.
+fn schema_fn(name: TokenStream, ty: TokenStream) -> TokenStream {
+    quote! {
+        fn #name(
+            schemas: &mut ::rmq_bus::__private::Schemas,
+        ) -> ::core::option::Option<::rmq_bus::__private::Value> {
+            #[allow(unused_imports)]
+            use ::rmq_bus::__private::{BySchema as _, NoSchema as _};
+            (&&::rmq_bus::__private::SchemaProbe::<#ty>::new()).schema(schemas)
         }
     }
 }
@@ -188,8 +223,9 @@ fn parse(kind: ContractKind, input: ParseStream) -> syn::Result<Arguments> {
     Ok(arguments)
 }
 
-/// The type's doc comment, its lines trimmed and joined, for generated documentation.
-fn description(attrs: &[Attribute]) -> String {
+/// The doc comment among `attrs` (a type's or a handler's), its lines trimmed and joined, for
+/// generated documentation.
+pub(crate) fn doc_comment(attrs: &[Attribute]) -> String {
     let lines: Vec<String> = attrs
         .iter()
         .filter(|attr| attr.path().is_ident("doc"))

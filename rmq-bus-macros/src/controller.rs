@@ -166,4 +166,5 @@ fn handler(
     markers.extend(patterns.iter().map(|(_, attr)| attr.path().clone()));
     let pattern = errors.check(route_kind.parse_attribute(first));
     analyze(&mut method.sig, *route_kind, pattern, Kind::Method, errors)
+        .map(|handler| handler.documented(&method.attrs))
 }

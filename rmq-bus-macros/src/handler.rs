@@ -6,6 +6,8 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Attribute, FnArg, Ident, Item, Path, ReturnType, Signature, Type};
 
+mod doc;
+
 use crate::args::{ArgSource, take_arg_source};
 use crate::errors::Errors;
 use crate::pattern::{Pattern, RouteKind};
@@ -44,6 +46,8 @@ pub(crate) struct Handler {
     args: Vec<Arg>,
     /// Where a wrong return type is reported.
     output_span: Span,
+    /// Its doc comment, for generated documentation.
+    description: String,
 }
 
 /// Checks a handler's signature, recording every problem in `errors`, and removes the
@@ -143,6 +147,7 @@ pub(crate) fn analyze(
         routing: routing.filter(|_| valid)?,
         args,
         output_span,
+        description: String::new(),
     })
 }
 
@@ -243,6 +248,7 @@ impl Handler {
         let pattern = self.pattern();
         let check = self.contract_check();
         let route = self.route_kind.route_constructor();
+        let doc = self.route_doc();
         let ident = self.spanned_ident();
         let future = self.future(quote!(#ident), None);
         quote! {
@@ -250,6 +256,7 @@ impl Handler {
                 #check
                 #route(
                     #pattern,
+                    #doc,
                     |__rmq_message: ::rmq_bus::__private::Message| #future,
                 )
             }
@@ -261,6 +268,7 @@ impl Handler {
         let pattern = self.pattern();
         let check = self.contract_check();
         let route = self.route_kind.route_constructor();
+        let doc = self.route_doc();
         let ident = self.spanned_ident();
         let future = self.future(
             quote_spanned!(self.output_span=> Self::#ident),
@@ -272,6 +280,7 @@ impl Handler {
                 let __rmq_this = ::core::clone::Clone::clone(&self);
                 #route(
                     #pattern,
+                    #doc,
                     move |__rmq_message: ::rmq_bus::__private::Message| {
                         let __rmq_this = ::core::clone::Clone::clone(&__rmq_this);
                         #future
@@ -424,7 +433,8 @@ pub(crate) fn expand_free(
     };
 
     let is_method = func.sig.receiver().is_some();
-    let handler = analyze(&mut func.sig, route_kind, pattern, Kind::Free, &mut errors);
+    let handler = analyze(&mut func.sig, route_kind, pattern, Kind::Free, &mut errors)
+        .map(|handler| handler.documented(&func.attrs));
     if is_method {
         // Inside an impl block: a struct cannot go there, emit only the method. Further pattern
         // attributes stay, to report the missing `#[controller]` themselves.

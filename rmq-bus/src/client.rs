@@ -1,23 +1,26 @@
 //! [`ClientProxy`]: emits events and sends requests, each publish confirmed by the broker.
 
-use std::collections::HashMap;
+#[cfg(feature = "asyncapi")]
+mod asyncapi;
+mod pending;
+
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as SyncMutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, oneshot};
 
-use crate::codec::{NO_HANDLER, Reply, decode_reply, encode_event, encode_request};
+use self::pending::{Pending, PendingMap, interpret};
+use crate::codec::{decode_reply, encode_event, encode_request};
 use crate::config::{DEFAULT_REQUEST_TIMEOUT, RmqOptions};
 use crate::contract::{Event, Request};
 use crate::correlation;
 use crate::delivery::Properties;
 use crate::error::{Error, Result};
 use crate::pattern::Pattern;
-use crate::rpc::RpcError;
 use crate::transport::{Confirm, Link, OnReply, Outgoing};
 
 /// Sends messages to one queue (or exchange), as NestJS's `ClientProxy`
@@ -44,10 +47,10 @@ struct Inner {
     /// Requests waiting for their reply.
     pending: PendingMap,
     links: AtomicU64,
+    /// The contracts it declares it sends, for AsyncAPI documents; never read when sending.
+    #[cfg(feature = "asyncapi")]
+    sends: std::sync::Mutex<Vec<crate::contract::check::Described>>,
 }
-
-/// Requests waiting for their reply, by correlation id, with the link they were sent on.
-type PendingMap = Arc<SyncMutex<HashMap<String, (u64, oneshot::Sender<Reply>)>>>;
 
 impl fmt::Debug for ClientProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -67,6 +70,8 @@ impl ClientProxy {
                 opening: Mutex::new(()),
                 pending: Arc::default(),
                 links: AtomicU64::new(0),
+                #[cfg(feature = "asyncapi")]
+                sends: std::sync::Mutex::default(),
             }),
         }
     }
@@ -227,7 +232,7 @@ impl ClientProxy {
     /// `client.send(pattern, data)`, within [`DEFAULT_REQUEST_TIMEOUT`].
     ///
     /// The reply comes back through RabbitMQ's direct reply-to. Errors: [`Error::RequestTimeout`],
-    /// [`Error::Remote`] (carrying the remote [`RpcError`]), [`Error::NoHandler`],
+    /// [`Error::Remote`] (carrying the remote [`RpcError`](crate::RpcError)), [`Error::NoHandler`],
     /// [`Error::ReplyLost`] (the connection closed first), [`Error::BadReply`], and the
     /// publishing errors of [`emit`](Self::emit). Requests are published transient: one nobody
     /// waits for after its timeout need not survive a broker restart.
@@ -506,51 +511,4 @@ async fn wait_unblocked(link: &Link, deadline: Instant) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
-}
-
-/// A request's place among the pending ones, removed however the request ends.
-struct Pending {
-    map: PendingMap,
-    id: String,
-}
-
-impl Pending {
-    fn register(map: &PendingMap, id: &str, link: u64, sender: oneshot::Sender<Reply>) -> Self {
-        if let Ok(mut pending) = map.lock() {
-            pending.insert(id.to_owned(), (link, sender));
-        }
-        Self {
-            map: map.clone(),
-            id: id.to_owned(),
-        }
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Ok(mut pending) = self.map.lock() {
-            pending.remove(&self.id);
-        }
-    }
-}
-
-/// Turns a NestJS reply into the response or the error it carries.
-fn interpret<R: DeserializeOwned>(pattern: &str, reply: Reply) -> Result<R> {
-    if let Some(error) = reply.err.filter(|e| !e.is_null()) {
-        return Err(if error.as_str() == Some(NO_HANDLER) {
-            Error::NoHandler {
-                pattern: pattern.to_owned(),
-            }
-        } else {
-            Error::Remote {
-                pattern: pattern.to_owned(),
-                error: RpcError::object(error),
-            }
-        });
-    }
-    let raw = reply.response.as_deref().map_or("null", |r| r.get());
-    serde_json::from_str(raw).map_err(|e| Error::BadReply {
-        pattern: pattern.to_owned(),
-        reason: e.to_string(),
-    })
 }

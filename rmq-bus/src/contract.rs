@@ -44,8 +44,58 @@
 //! ```
 //!
 //! A handler that also names a pattern must name its payload type's: a mismatch fails the build.
+//!
+//! ## AsyncAPI
+//!
+//! With the `asyncapi` feature (on by default), `AsyncApi` describes a service in an AsyncAPI
+//! 3.0 document: the queues and exchanges its [`Microservice`](crate::Microservice) consumes, a
+//! `receive` operation for each handler, and the contracts its [`ClientProxy`](crate::ClientProxy)
+//! handles declare they send (`ClientProxy::sends`). A contract type
+//! that also derives `schemars::JsonSchema` gets its payload schema (`rmq_bus::contract::schemars`
+//! is the schemars rmq-bus uses, so you need no dependency of your own); its doc comment becomes
+//! the message's description.
+//!
+//! ```
+//! # #[cfg(feature = "asyncapi")] {
+//! use rmq_bus::contract::{AsyncApi, Event, schemars};
+//! use rmq_bus::{ClientProxy, Microservice, Payload, RmqOptions, event_pattern};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// An order was placed and waits to be billed.
+//! #[derive(Event, Serialize, Deserialize, schemars::JsonSchema)]
+//! #[event(pattern = "order_created")]
+//! struct OrderCreated { order_id: String, price: f64 }
+//!
+//! #[event_pattern]
+//! async fn bill(#[payload] order: OrderCreated) {}
+//!
+//! let billing = Microservice::new(RmqOptions::new("BILLING")).handler::<bill>();
+//! let orders = ClientProxy::new(RmqOptions::new("BILLING")).sends::<OrderCreated>();
+//! let document = AsyncApi::new("billing", "1.0.0")
+//!     .microservice(&billing)
+//!     .client(&orders)
+//!     .to_json();
+//! assert!(document.contains(r##""$ref": "#/components/schemas/OrderCreated""##));
+//! # }
+//! ```
+
+use serde_json::Value;
 
 use crate::pattern::Pattern;
+use crate::schema::Schemas;
+
+#[cfg(feature = "asyncapi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "asyncapi")))]
+pub mod asyncapi;
+#[cfg(feature = "asyncapi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "asyncapi")))]
+pub use asyncapi::AsyncApi;
+/// schemars, the JSON Schema generator rmq-bus uses for payload schemas: bring it into scope
+/// (`use rmq_bus::contract::schemars;`) and derive `schemars::JsonSchema` on contract types,
+/// with no dependency of your own.
+#[cfg(feature = "asyncapi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "asyncapi")))]
+pub use schemars;
 
 /// Derives [`Event`](trait@Event): `#[event(pattern = "order_created")]`, or
 /// `#[event(pattern(cmd = "order_created"))]` for an object pattern. The type's doc comment
@@ -70,10 +120,19 @@ pub trait Event {
     const OBJECT_PATTERN: bool = false;
     /// The type's doc comment, for generated documentation.
     const DESCRIPTION: &'static str = "";
+    /// The type's name, for generated documentation.
+    const NAME: &'static str = "";
 
     /// The pattern, as rmq-bus sends and routes it.
     fn pattern() -> Pattern {
         pattern_of(Self::PATTERN, Self::OBJECT_PATTERN)
+    }
+
+    /// The payload's JSON Schema, for generated documentation. Written by the derive.
+    #[doc(hidden)]
+    fn __payload_schema(schemas: &mut Schemas) -> Option<Value> {
+        let _ = schemas;
+        None
     }
 }
 
@@ -92,6 +151,8 @@ pub trait Request {
     const OBJECT_PATTERN: bool = false;
     /// The type's doc comment, for generated documentation.
     const DESCRIPTION: &'static str = "";
+    /// The type's name, for generated documentation.
+    const NAME: &'static str = "";
     /// What the handler answers.
     type Reply;
 
@@ -99,6 +160,34 @@ pub trait Request {
     fn pattern() -> Pattern {
         pattern_of(Self::PATTERN, Self::OBJECT_PATTERN)
     }
+
+    /// The payload's JSON Schema, for generated documentation. Written by the derive.
+    #[doc(hidden)]
+    fn __payload_schema(schemas: &mut Schemas) -> Option<Value> {
+        let _ = schemas;
+        None
+    }
+
+    /// The reply's JSON Schema, for generated documentation. Written by the derive.
+    #[doc(hidden)]
+    fn __reply_schema(schemas: &mut Schemas) -> Option<Value> {
+        let _ = schemas;
+        None
+    }
+}
+
+/// An event or a request contract, as a client declares it sends with `ClientProxy::sends`
+/// (feature `asyncapi`). Implemented by `#[derive(Event)]` and
+/// `#[derive(Request)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a contract",
+    label = "not an event or request contract",
+    note = "derive it: `#[derive(rmq_bus::contract::Event)]` or `#[derive(rmq_bus::contract::Request)]`"
+)]
+pub trait Contract {
+    /// What a document says of it. Written by the derive.
+    #[doc(hidden)]
+    fn __described() -> check::Described;
 }
 
 /// The pattern of a contract: borrowed for a string, parsed for an object.
@@ -118,10 +207,11 @@ fn pattern_of(key: &'static str, object: bool) -> Pattern {
 pub mod check {
     use std::marker::PhantomData;
 
-    use crate::handler::{HandlerResult, IntoReply};
+    use super::{Event, Request};
+    use crate::handler::{HandlerResult, IntoReply, RouteKind};
+    use crate::pattern::Pattern;
     use crate::rpc::RpcError;
-
-    use super::Request;
+    use crate::schema::MessageDoc;
 
     /// A pattern as a type: a 128-bit hash of its normalised key, which the macros compute. The
     /// derives give each contract its own (through [`PatternKeyOf`]); a handler naming a pattern
@@ -228,5 +318,101 @@ pub mod check {
     /// it is `Q`'s reply.
     pub fn typed_reply<Q, O: ReplyOf<Q>>(output: O) -> HandlerResult {
         output.into_typed_reply()
+    }
+
+    /// What a document says of a contract: its kind, its pattern and its messages.
+    #[derive(Clone, Debug)]
+    #[cfg_attr(not(feature = "asyncapi"), allow(dead_code))]
+    pub struct Described {
+        pub(crate) kind: RouteKind,
+        pub(crate) pattern: Pattern,
+        pub(crate) message: MessageDoc,
+    }
+
+    /// The messages of event contract `E`.
+    pub fn event_doc<E: Event>() -> MessageDoc {
+        MessageDoc::contract(E::NAME, E::DESCRIPTION, E::__payload_schema, None)
+    }
+
+    /// The messages of request contract `Q`, with its reply's schema.
+    pub fn request_doc<Q: Request>() -> MessageDoc {
+        MessageDoc::contract(
+            Q::NAME,
+            Q::DESCRIPTION,
+            Q::__payload_schema,
+            Some(Q::__reply_schema),
+        )
+    }
+
+    /// Event contract `E`, described.
+    pub fn describe_event<E: Event>() -> Described {
+        Described {
+            kind: RouteKind::Event,
+            pattern: E::pattern(),
+            message: event_doc::<E>(),
+        }
+    }
+
+    /// Request contract `Q`, described.
+    pub fn describe_request<Q: Request>() -> Described {
+        Described {
+            kind: RouteKind::Message,
+            pattern: Q::pattern(),
+            message: request_doc::<Q>(),
+        }
+    }
+
+    /// Picks what a handler's document says of its payload type `T`:
+    /// `(&&DocProbe::<T>::new()).doc(fallback)` picks [`EventDoc`] or [`RequestDoc`] (whichever
+    /// is in scope) for a contract, and [`PlainDoc`], which keeps `fallback`, for any other type.
+    pub struct DocProbe<T>(PhantomData<T>);
+
+    impl<T> DocProbe<T> {
+        /// A probe.
+        pub fn new() -> Self {
+            Self(PhantomData)
+        }
+    }
+
+    impl<T> Default for DocProbe<T> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    /// The document of an event contract.
+    pub trait EventDoc {
+        /// The contract's messages.
+        fn doc(&self, fallback: MessageDoc) -> MessageDoc;
+    }
+
+    impl<T: Event> EventDoc for &DocProbe<T> {
+        fn doc(&self, _: MessageDoc) -> MessageDoc {
+            event_doc::<T>()
+        }
+    }
+
+    /// The document of a request contract.
+    pub trait RequestDoc {
+        /// The contract's messages.
+        fn doc(&self, fallback: MessageDoc) -> MessageDoc;
+    }
+
+    impl<T: Request> RequestDoc for &DocProbe<T> {
+        fn doc(&self, _: MessageDoc) -> MessageDoc {
+            request_doc::<T>()
+        }
+    }
+
+    /// The document of any other type: what the handler's macro knows.
+    pub trait PlainDoc {
+        /// `fallback`.
+        fn doc(&self, fallback: MessageDoc) -> MessageDoc;
+    }
+
+    impl<T> PlainDoc for DocProbe<T> {
+        fn doc(&self, fallback: MessageDoc) -> MessageDoc {
+            fallback
+        }
     }
 }

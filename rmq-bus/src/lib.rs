@@ -135,7 +135,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The modules in layers, lowest first; each imports only from the layers before it:
-//   plain data     delivery, rpc, error, pattern
+//   plain data     delivery, rpc, error, pattern, schema (what a document says of a handler)
 //   wire format    codec (pure: no I/O)
 //   settings       config
 //   the delivery   context (with the port transports settle through), correlation
@@ -157,6 +157,7 @@ pub mod handler;
 pub mod microservice;
 mod pattern;
 mod rpc;
+mod schema;
 pub mod testing;
 mod transport;
 
@@ -251,7 +252,8 @@ pub use rmq_bus_macros::message_pattern;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::contract::check::{
-        ByAnything, ByContract, PatternKey, PatternKeyOf, Probe, ReplyOf, same_pattern, typed_reply,
+        ByAnything, ByContract, Described, DocProbe, EventDoc, PatternKey, PatternKeyOf, PlainDoc,
+        Probe, ReplyOf, RequestDoc, describe_event, describe_request, same_pattern, typed_reply,
     };
     pub use crate::handler::glue::{
         context, event_route, extract, finish, message_route, object_pattern, payload,
@@ -260,10 +262,15 @@ pub mod __private {
     pub use crate::handler::{
         Controller, HandlerError, HandlerFn, IntoHandlerResult, IntoReply, Message, Route,
     };
+    pub use crate::schema::{
+        BySchema, MessageDoc, NoSchema, RouteDoc, SchemaFn, SchemaProbe, Schemas, object_schema,
+    };
     pub use futures::future::BoxFuture;
+    pub use serde_json::Value;
 }
 
-/// Compiles the README's Rust snippets as doctests, so the quick start cannot rot.
+/// Compiles the README's Rust snippets as doctests, so the quick start cannot rot (with the
+/// default features, which the AsyncAPI snippet needs).
 #[doc = include_str!("../../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "asyncapi"))]
 pub struct ReadmeDoctests;

@@ -29,6 +29,9 @@ use crate::transport;
 /// reconnects (trying every broker URI, with backoff), declares its topology again and resumes
 /// consuming; messages that were in flight are redelivered by the broker.
 ///
+/// Before it runs, it can be described by reference in an AsyncAPI document (feature
+/// `asyncapi`): `contract::AsyncApi::new(title, version).microservice(&service)`.
+///
 /// ```no_run
 /// use rmq_bus::{Microservice, Payload, RmqContext, RmqOptions};
 ///
@@ -249,6 +252,24 @@ impl Microservice {
             merged.into_queues(queues)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(feature = "asyncapi")]
+impl crate::contract::asyncapi::sealed::Sealed for Microservice {}
+
+#[cfg(feature = "asyncapi")]
+impl crate::contract::asyncapi::Consumes for Microservice {
+    fn __consumed(&self) -> Vec<crate::contract::asyncapi::Consumed> {
+        let mut consumed: Vec<_> = self
+            .queues
+            .iter()
+            .map(|options| crate::contract::asyncapi::Consumed::new(options, &self.routes))
+            .collect();
+        for merged in &self.merged {
+            consumed.extend(merged.__consumed());
+        }
+        consumed
     }
 }
 

@@ -29,6 +29,7 @@ use crate::config::RetryPolicy;
 use crate::context::RmqContext;
 use crate::pattern::Pattern;
 pub use crate::rpc::RpcError;
+use crate::schema::RouteDoc;
 
 /// A message on its way to a handler: its context (and body) and, when it was decoded apart,
 /// its data.
@@ -150,6 +151,10 @@ pub struct Route {
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) body_check: BodyCheck,
     pub(crate) handler: BoxHandler,
+    /// What a generated document says of it: set by the macros, `None` for closures. Read only
+    /// when a document is made.
+    #[cfg_attr(not(feature = "asyncapi"), allow(dead_code))]
+    pub(crate) doc: Option<RouteDoc>,
 }
 
 impl fmt::Debug for Route {
@@ -208,6 +213,7 @@ impl Route {
             retry: None,
             handler,
             body_check,
+            doc: None,
         }
     }
 
@@ -315,6 +321,7 @@ pub(crate) mod glue {
     use super::{BodyCheck, FromMessage, HandlerError, HandlerResult, Message, Route, RouteKind};
     use crate::context::RmqContext;
     use crate::pattern::Pattern;
+    use crate::schema::RouteDoc;
     use serde::de::DeserializeOwned;
     use std::future::Future;
 
@@ -355,32 +362,40 @@ pub(crate) mod glue {
         message.finish()
     }
 
-    /// The event route of a generated handler, which checks the body itself (see [`finish`]).
-    pub fn event_route<F, Fut>(pattern: impl Into<Pattern>, handler: F) -> Route
+    /// The event route of a generated handler, which checks the body itself (see [`finish`]),
+    /// with what a document says of it.
+    pub fn event_route<F, Fut>(pattern: impl Into<Pattern>, doc: RouteDoc, handler: F) -> Route
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        Route::new(
-            pattern.into(),
-            RouteKind::Event,
-            BodyCheck::Handler,
-            handler,
-        )
+        Route {
+            doc: Some(doc),
+            ..Route::new(
+                pattern.into(),
+                RouteKind::Event,
+                BodyCheck::Handler,
+                handler,
+            )
+        }
     }
 
-    /// The request route of a generated handler, which checks the body itself (see [`finish`]).
-    pub fn message_route<F, Fut>(pattern: impl Into<Pattern>, handler: F) -> Route
+    /// The request route of a generated handler, which checks the body itself (see [`finish`]),
+    /// with what a document says of it.
+    pub fn message_route<F, Fut>(pattern: impl Into<Pattern>, doc: RouteDoc, handler: F) -> Route
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        Route::new(
-            pattern.into(),
-            RouteKind::Message,
-            BodyCheck::Handler,
-            handler,
-        )
+        Route {
+            doc: Some(doc),
+            ..Route::new(
+                pattern.into(),
+                RouteKind::Message,
+                BodyCheck::Handler,
+                handler,
+            )
+        }
     }
 }
 
