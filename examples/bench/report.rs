@@ -162,6 +162,10 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+fn publish(s: &Summary) -> f64 {
+    s.publish_per_s
+}
+
 fn e2e(s: &Summary) -> f64 {
     s.e2e_per_s
 }
@@ -170,30 +174,42 @@ fn cpu(s: &Summary) -> f64 {
     s.cpu_us_per_msg
 }
 
+/// A ratio of rmq-bus to a raw lapin baseline in one scenario: the figure's name in the label,
+/// the figure, the baseline, and a note (a target) printed after the ratio.
+type BaselineRatio = (&'static str, fn(&Summary) -> f64, System, &'static str);
+
+/// Prints `<scenario> <name> ratio (rmq-bus / raw lapin <baseline>): <ratio><note>` for each of
+/// `lines`: one format for every ratio of rmq-bus to a baseline.
+fn print_baseline_ratios(rounds: &Rounds, scenario: Scenario, lines: &[BaselineRatio]) {
+    for &(name, figure, baseline, note) in lines {
+        // `lapin-expert` reads `raw lapin expert` here.
+        let baseline_name = baseline.name().replace("lapin-", "raw lapin ");
+        println!(
+            "{} {name} ratio (rmq-bus / {baseline_name}): {}{note}",
+            scenario.name().to_uppercase(),
+            ratio(
+                rounds.get(scenario, System::RmqBus, figure),
+                rounds.get(scenario, baseline, figure)
+            )
+        );
+    }
+}
+
 /// The ratios of S1 and S2 against the baselines and the targets.
 pub(crate) fn print_ratios(rounds: &Rounds) {
     let get = |scenario, system, f| rounds.get(scenario, system, f);
     let (bus, typical, expert) = (System::RmqBus, System::Typical, System::Expert);
     let (s1, s2) = (Scenario::S1, Scenario::S2);
     println!();
-    println!(
-        "S1 publish ratio (rmq-bus / raw lapin expert): {}",
-        ratio(
-            get(s1, bus, |s| s.publish_per_s),
-            get(s1, expert, |s| s.publish_per_s)
-        )
-    );
-    println!(
-        "S1 end_to_end ratio (rmq-bus / raw lapin typical): {}",
-        ratio(get(s1, bus, e2e), get(s1, typical, e2e))
-    );
-    println!(
-        "S1 CPU per message ratio (rmq-bus / raw lapin expert): {} (target ≤ 1.10)",
-        ratio(get(s1, bus, cpu), get(s1, expert, cpu))
-    );
-    println!(
-        "S1 CPU per message ratio (rmq-bus / raw lapin typical): {}",
-        ratio(get(s1, bus, cpu), get(s1, typical, cpu))
+    print_baseline_ratios(
+        rounds,
+        s1,
+        &[
+            ("publish", publish, expert, ""),
+            ("end_to_end", e2e, typical, ""),
+            ("CPU per message", cpu, expert, " (target ≤ 1.10)"),
+            ("CPU per message", cpu, typical, ""),
+        ],
     );
     let rss = |system| {
         get(s1, system, |s| s.peak_rss_mib).map_or("n/a".to_owned(), |mib| format!("{mib:.1}"))
@@ -211,24 +227,23 @@ pub(crate) fn print_ratios(rounds: &Rounds) {
         Scenario::S2.prefetch(),
         f64::from(Scenario::S2.prefetch()) / SLOW_HANDLER.as_secs_f64()
     );
-    println!(
-        "S2 end_to_end ratio (rmq-bus / raw lapin expert): {}",
-        ratio(get(s2, bus, e2e), get(s2, expert, e2e))
-    );
-    println!(
-        "S2 end_to_end ratio (rmq-bus / raw lapin typical): {}",
-        ratio(get(s2, bus, e2e), get(s2, typical, e2e))
+    print_baseline_ratios(
+        rounds,
+        s2,
+        &[
+            ("end_to_end", e2e, expert, ""),
+            ("end_to_end", e2e, typical, ""),
+        ],
     );
 }
 
-/// The headline, always the last line printed.
+/// The headline, always the last line printed:
+/// `S1 end_to_end ratio (rmq-bus / raw lapin expert): <ratio>`.
 pub(crate) fn print_last_line(rounds: &Rounds) {
-    println!(
-        "S1 end_to_end ratio (rmq-bus / raw lapin expert): {}",
-        ratio(
-            rounds.get(Scenario::S1, System::RmqBus, e2e),
-            rounds.get(Scenario::S1, System::Expert, e2e)
-        )
+    print_baseline_ratios(
+        rounds,
+        Scenario::S1,
+        &[("end_to_end", e2e, System::Expert, "")],
     );
 }
 

@@ -84,11 +84,11 @@ struct Service {
 }
 
 impl Service {
-    fn spawn(name: &'static str, executable: &Path, env: &[(&str, &str)], logs: &Path) -> Self {
+    fn spawn(name: &'static str, executable: &Path, env: &[(&str, String)], logs: &Path) -> Self {
         let log = logs.join(format!("{name}.log"));
         let file = File::create(&log).expect("create log file");
         let child = Command::new(executable)
-            .envs(env.iter().copied())
+            .envs(env.iter().cloned())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -237,6 +237,58 @@ fn await_status(port: u16, order_id: &str, expected: &str) {
     }
 }
 
+/// Starts `examples` on the test's queues and a free HTTP port, and waits until orders answers
+/// there: the set-up every scenario shares. Returns the port and the running services.
+fn start_services(
+    examples: &[(&'static str, &Path)],
+    billing_queue: &str,
+    orders_queue: &str,
+    logs: &Path,
+) -> (u16, Vec<Service>) {
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("find a free port")
+        .port();
+    let env = [
+        ("RABBIT_MQ_URI", broker_uri()),
+        ("RABBIT_MQ_BILLING_QUEUE", billing_queue.to_owned()),
+        ("RABBIT_MQ_ORDERS_QUEUE", orders_queue.to_owned()),
+        ("PORT", port.to_string()),
+    ];
+    let mut services: Vec<Service> = examples
+        .iter()
+        .map(|(name, executable)| Service::spawn(name, executable, &env, logs))
+        .collect();
+    let start = Instant::now();
+    while !matches!(http(port, "GET", "/orders", None), Ok((200, _))) {
+        for service in &mut services {
+            service.assert_running();
+        }
+        assert!(
+            start.elapsed() < STARTUP,
+            "orders did not answer on port {port} within {STARTUP:?}"
+        );
+        sleep(Duration::from_millis(100));
+    }
+    (port, services)
+}
+
+/// Sends SIGTERM to every service, then checks that each exits cleanly: how every scenario ends.
+fn stop_cleanly(mut services: Vec<Service>) {
+    for service in &services {
+        service.sigterm();
+    }
+    for service in &mut services {
+        let status = service.wait_exit(SHUTDOWN);
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM; log:\n{}",
+            service.name,
+            service.log()
+        );
+    }
+}
+
 fn scenario(
     orders_exe: &Path,
     billing_exe: &Path,
@@ -244,31 +296,12 @@ fn scenario(
     orders_queue: &str,
     logs: &Path,
 ) {
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("find a free port")
-        .port();
-    let port_text = port.to_string();
-    let env = [
-        ("RABBIT_MQ_URI", broker_uri()),
-        ("RABBIT_MQ_BILLING_QUEUE", billing_queue.to_owned()),
-        ("RABBIT_MQ_ORDERS_QUEUE", orders_queue.to_owned()),
-        ("PORT", port_text),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut orders = Service::spawn("orders", orders_exe, &env, logs);
-    let mut billing = Service::spawn("billing", billing_exe, &env, logs);
-
-    let start = Instant::now();
-    while !matches!(http(port, "GET", "/orders", None), Ok((200, _))) {
-        orders.assert_running();
-        billing.assert_running();
-        assert!(
-            start.elapsed() < STARTUP,
-            "orders did not answer on port {port} within {STARTUP:?}"
-        );
-        sleep(Duration::from_millis(100));
-    }
+    let (port, services) = start_services(
+        &[("orders", orders_exe), ("billing", billing_exe)],
+        billing_queue,
+        orders_queue,
+        logs,
+    );
 
     // 1. An ordinary order is billed.
     let book = post_order(
@@ -334,17 +367,7 @@ fn scenario(
     get_order_over_the_bus(orders_queue, book_id);
 
     // Both stop cleanly on SIGTERM.
-    orders.sigterm();
-    billing.sigterm();
-    for service in [&mut orders, &mut billing] {
-        let status = service.wait_exit(SHUTDOWN);
-        assert!(
-            status.success(),
-            "{} exited with {status} after SIGTERM; log:\n{}",
-            service.name,
-            service.log()
-        );
-    }
+    stop_cleanly(services);
 }
 
 /// `send("get_order")` to the orders service: the order, or NestJS's error shape.
@@ -377,6 +400,46 @@ fn get_order_over_the_bus(orders_queue: &str, order_id: &str) {
     });
 }
 
+/// A suffix no other test run uses (the process id and the time), for queue and directory names.
+fn unique_suffix() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos()
+    )
+}
+
+/// Runs `scenario` with a fresh log directory (`logs`), removed again whatever happened; returns
+/// the scenario's outcome rather than resuming a panic, so that the test can clean up first.
+fn run_with_logs(logs: &Path, scenario: impl FnOnce(&Path)) -> std::thread::Result<()> {
+    std::fs::create_dir_all(logs).expect("create log directory");
+    let outcome = catch_unwind(AssertUnwindSafe(|| scenario(logs)));
+    let _ = std::fs::remove_dir_all(logs);
+    outcome
+}
+
+/// Deletes the test's queues and their dead-letter queues, then resumes the scenario's panic, if
+/// any: the broker is cleaned up whatever happened. Returns whether the queues were deleted.
+fn delete_queues_then_resume(
+    queues: [&str; 2],
+    outcome: std::thread::Result<()>,
+) -> lapin::Result<()> {
+    let dead_letter_queues = queues.map(|queue| format!("{queue}.dlq"));
+    let deleted = delete_queues(&[
+        queues[0],
+        queues[1],
+        &dead_letter_queues[0],
+        &dead_letter_queues[1],
+    ]);
+    if let Err(panic) = outcome {
+        resume_unwind(panic);
+    }
+    deleted
+}
+
 fn delete_queues(queues: &[&str]) -> lapin::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -398,38 +461,37 @@ fn delete_queues(queues: &[&str]) -> lapin::Result<()> {
 #[test]
 fn orders_and_billing_examples_work_end_to_end() {
     let (orders_exe, billing_exe, _, _) = build_examples();
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos()
-    );
+    let unique = unique_suffix();
     let billing_queue = format!("e2e-billing-{unique}");
     let orders_queue = format!("e2e-orders-{unique}");
     // The services' logs, printed if the test fails.
     let logs = std::env::temp_dir().join(format!("rmq-bus-e2e-{unique}"));
-    std::fs::create_dir_all(&logs).expect("create log directory");
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    let outcome = run_with_logs(&logs, |logs| {
         scenario(
             &orders_exe,
             &billing_exe,
             &billing_queue,
             &orders_queue,
-            &logs,
+            logs,
         )
-    }));
-    let _ = std::fs::remove_dir_all(&logs);
-    let (billing_dlq, orders_dlq) = (
-        format!("{billing_queue}.dlq"),
-        format!("{orders_queue}.dlq"),
+    });
+    delete_queues_then_resume([&billing_queue, &orders_queue], outcome)
+        .expect("delete the test's queues");
+}
+
+/// Runs `command` to its end and returns its stdout: the one place that fails the test with both
+/// outputs when an example or `rabbitmqctl` fails.
+fn run_to_success(command: &mut Command, what: &str) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed: {text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
     );
-    let deleted = delete_queues(&[&billing_queue, &orders_queue, &billing_dlq, &orders_dlq]);
-    if let Err(panic) = outcome {
-        resume_unwind(panic);
-    }
-    deleted.expect("delete the test's queues");
+    text
 }
 
 /// The one-process demo places three orders and follows them to the end, on RabbitMQ when it
@@ -444,15 +506,9 @@ fn the_shop_demo_runs_on_both_transports() {
             "running on the in-memory transport",
         ),
     ] {
-        let output = Command::new(&shop)
-            .env("RABBIT_MQ_URI", &uri)
-            .output()
-            .expect("run the shop example");
-        let text = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "shop failed on {uri}: {text}\n{}",
-            String::from_utf8_lossy(&output.stderr)
+        let text = run_to_success(
+            Command::new(&shop).env("RABBIT_MQ_URI", &uri),
+            &format!("the shop example on {uri}"),
         );
         assert!(text.contains(transport), "{text}");
         assert!(
@@ -477,21 +533,16 @@ fn the_shop_demo_runs_on_both_transports() {
 fn the_benchmark_runs_with_a_small_n() {
     let (_, _, _, bench) = build_examples();
     // CPU time comes in 10 ms ticks: the rounds are sized to take several each.
-    let output = Command::new(&bench)
-        .env("RABBIT_MQ_URI", broker_uri())
-        .envs([
-            ("N", "2000"),
-            ("ROUNDS", "1"),
-            ("S2_N", "1000"),
-            ("S3_N", "100"),
-        ])
-        .output()
-        .expect("run the bench example");
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench failed: {text}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let text = run_to_success(
+        Command::new(&bench)
+            .env("RABBIT_MQ_URI", broker_uri())
+            .envs([
+                ("N", "2000"),
+                ("ROUNDS", "1"),
+                ("S2_N", "1000"),
+                ("S3_N", "100"),
+            ]),
+        "the bench example",
     );
     let last = text.lines().last().unwrap_or_default();
     assert!(
@@ -566,17 +617,10 @@ fn bench_figures(text: &str) -> std::collections::HashMap<String, f64> {
 
 /// Runs `rabbitmqctl` with `args`, failing the test with its output if it fails.
 fn rabbitmqctl(args: &[&str]) -> String {
-    let output = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("run rabbitmqctl (the broker runs as this user)");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?} failed: {text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    text
+    run_to_success(
+        Command::new("rabbitmqctl").args(args),
+        &format!("rabbitmqctl {args:?} (the broker runs as this user)"),
+    )
 }
 
 /// The policy applied to `queue` now (empty if none), and its message count; `None` while the
@@ -614,29 +658,9 @@ fn refused_scenario(
     policy: &str,
     logs: &Path,
 ) {
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("find a free port")
-        .port();
-    let port_text = port.to_string();
-    let env = [
-        ("RABBIT_MQ_URI", broker_uri()),
-        ("RABBIT_MQ_BILLING_QUEUE", billing_queue.to_owned()),
-        ("RABBIT_MQ_ORDERS_QUEUE", orders_queue.to_owned()),
-        ("PORT", port_text),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // No billing: nothing takes the one event the billing queue may hold.
-    let mut orders = Service::spawn("orders", orders_exe, &env, logs);
-    let start = Instant::now();
-    while !matches!(http(port, "GET", "/orders", None), Ok((200, _))) {
-        orders.assert_running();
-        assert!(
-            start.elapsed() < STARTUP,
-            "orders did not answer on port {port} within {STARTUP:?}"
-        );
-        sleep(Duration::from_millis(100));
-    }
+    let (port, services) =
+        start_services(&[("orders", orders_exe)], billing_queue, orders_queue, logs);
     // Orders declared the billing queue at start (durable, no arguments, as NestJS does); the
     // policy applies to it by name, without changing its declaration. Policies apply
     // asynchronously: wait until it holds.
@@ -710,26 +734,13 @@ fn refused_scenario(
         "the billing queue holds the first order's event only"
     );
 
-    orders.sigterm();
-    let status = orders.wait_exit(SHUTDOWN);
-    assert!(
-        status.success(),
-        "orders exited with {status} after SIGTERM; log:\n{}",
-        orders.log()
-    );
+    stop_cleanly(services);
 }
 
 #[test]
 fn orders_answers_503_and_marks_the_order_failed_when_the_broker_refuses_it() {
     let (orders_exe, _, _, _) = build_examples();
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos()
-    );
+    let unique = unique_suffix();
     let billing_queue = format!("e2e-refusing-billing-{unique}");
     let orders_queue = format!("e2e-refusing-orders-{unique}");
     // Both queues expire if the test cannot delete them; the billing one holds one message and
@@ -746,22 +757,13 @@ fn orders_answers_503_and_marks_the_order_failed_when_the_broker_refuses_it() {
         r#"{"max-length": 1, "overflow": "reject-publish", "expires": 120000}"#,
     ]);
     let logs = std::env::temp_dir().join(format!("rmq-bus-e2e-refusing-{unique}"));
-    std::fs::create_dir_all(&logs).expect("create log directory");
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        refused_scenario(&orders_exe, &billing_queue, &orders_queue, &policy, &logs)
-    }));
-    let _ = std::fs::remove_dir_all(&logs);
+    let outcome = run_with_logs(&logs, |logs| {
+        refused_scenario(&orders_exe, &billing_queue, &orders_queue, &policy, logs)
+    });
     let cleared = Command::new("rabbitmqctl")
         .args(["clear_policy", &policy])
         .output();
-    let (billing_dlq, orders_dlq) = (
-        format!("{billing_queue}.dlq"),
-        format!("{orders_queue}.dlq"),
-    );
-    let deleted = delete_queues(&[&billing_queue, &orders_queue, &billing_dlq, &orders_dlq]);
-    if let Err(panic) = outcome {
-        resume_unwind(panic);
-    }
+    let deleted = delete_queues_then_resume([&billing_queue, &orders_queue], outcome);
     let cleared = cleared.expect("run rabbitmqctl clear_policy");
     assert!(
         cleared.status.success(),

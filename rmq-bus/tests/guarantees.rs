@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Broker, EXPIRES_MS, eventually, options, recv, unique, uri};
-use lapin::options::QueueDeclareOptions;
+use futures::future::BoxFuture;
 use lapin::types::{AMQPValue, FieldTable};
 use rmq_bus::config::{Exchange, QueueOptions};
+use rmq_bus::microservice::RunningMicroservice;
 use rmq_bus::{ClientProxy, Error, Microservice, RmqContext, RmqOptions};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -112,6 +113,27 @@ async fn pass(gate: &mut watch::Receiver<bool>) {
     let _ = gate.wait_for(|open| *open).await;
 }
 
+/// A raw connection to the broker and a fresh queue it deletes at cleanup: how most tests here
+/// begin.
+async fn broker_with_queue(prefix: &str) -> (Broker, String) {
+    let broker = Broker::connect().await;
+    let queue = unique(prefix);
+    broker.forget_later(&queue);
+    (broker, queue)
+}
+
+/// Shuts `service` down and checks that it left nothing in `queue` (`why` says what that shows):
+/// how most tests here end.
+async fn shut_down_leaving_queue_empty(
+    service: RunningMicroservice,
+    broker: &Broker,
+    queue: &str,
+    why: &str,
+) {
+    service.shutdown().await.expect("shutdown");
+    assert_eq!(broker.ready(queue).await, 0, "{why}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Concurrency is bounded by the prefetch window.
 
@@ -123,9 +145,7 @@ async fn pass(gate: &mut watch::Receiver<bool>) {
 async fn at_most_prefetch_handlers_run_at_once() {
     const PREFETCH: u16 = 3;
     const N: usize = 10;
-    let broker = Broker::connect().await;
-    let queue = unique("at-most");
-    broker.forget_later(&queue);
+    let (broker, queue) = broker_with_queue("at-most").await;
     let client = ClientProxy::new(options(&queue));
     for n in 0..N {
         client.emit("job", &n).await.expect("emit");
@@ -190,8 +210,7 @@ async fn at_most_prefetch_handlers_run_at_once() {
     open.send(true).expect("open the gate");
     eventually("all ten finish", || finished.load(Ordering::SeqCst) == N).await;
     assert_eq!(most.load(Ordering::SeqCst), prefetch);
-    service.shutdown().await.expect("shutdown");
-    assert_eq!(broker.ready(&queue).await, 0, "all acked");
+    shut_down_leaving_queue_empty(service, &broker, &queue, "all acked").await;
     client.close().await;
     broker.cleanup().await;
 }
@@ -199,34 +218,39 @@ async fn at_most_prefetch_handlers_run_at_once() {
 // ---------------------------------------------------------------------------------------------
 // Routing: exact patterns win over wildcards.
 
+/// Which handler took an event: its label, the pattern it matched and the routing key.
+type Taken = (&'static str, String, String);
+
+/// A handler that reports what it took as `label`, then acks: the exact and the wildcard handler
+/// differ only in their label.
+fn reporting_as(
+    label: &'static str,
+    tx: mpsc::UnboundedSender<Taken>,
+) -> impl Fn(RmqContext) -> BoxFuture<'static, rmq_bus::Result<()>> + Clone + Send + Sync + 'static
+{
+    move |ctx: RmqContext| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let key = ctx.delivery().routing_key.clone();
+            tx.send((label, ctx.pattern().to_owned(), key)).ok();
+            ctx.ack().await
+        })
+    }
+}
+
 /// "Exact patterns win over wildcards", whatever the registration order; a wildcard handler sees
 /// the concrete routing key in `ctx.pattern()`. Each event is handled once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_patterns_win_over_wildcards() {
-    let broker = Broker::connect().await;
-    let (queue, exchange) = (unique("exact"), unique("exact-x"));
-    broker.forget_later(&queue);
+    let (broker, queue) = broker_with_queue("exact").await;
+    let exchange = unique("exact-x");
     broker.forget_exchange_later(&exchange);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (wild, exact) = (tx.clone(), tx);
     let service = Microservice::new(options(&queue).exchange(Exchange::topic(&exchange)))
         // The wildcard first: registration order must not decide.
-        .on_event("order.*", move |ctx: RmqContext| {
-            let tx = wild.clone();
-            async move {
-                let key = ctx.delivery().routing_key.clone();
-                tx.send(("wildcard", ctx.pattern().to_owned(), key)).ok();
-                ctx.ack().await
-            }
-        })
-        .on_event("order.created", move |ctx: RmqContext| {
-            let tx = exact.clone();
-            async move {
-                let key = ctx.delivery().routing_key.clone();
-                tx.send(("exact", ctx.pattern().to_owned(), key)).ok();
-                ctx.ack().await
-            }
-        })
+        .on_event("order.*", reporting_as("wildcard", wild))
+        .on_event("order.created", reporting_as("exact", exact))
         .start()
         .await
         .expect("start");
@@ -251,8 +275,7 @@ async fn exact_patterns_win_over_wildcards() {
         "the wildcard handler sees the concrete key"
     );
 
-    service.shutdown().await.expect("shutdown");
-    assert_eq!(broker.ready(&queue).await, 0);
+    shut_down_leaving_queue_empty(service, &broker, &queue, "both events acked").await;
     assert!(
         rx.try_recv().is_err(),
         "each event is handled once, by one handler"
@@ -272,7 +295,7 @@ async fn keeper(
     options: RmqOptions,
     fail: bool,
 ) -> (
-    rmq_bus::microservice::RunningMicroservice,
+    RunningMicroservice,
     mpsc::UnboundedReceiver<RmqContext>,
     mpsc::UnboundedReceiver<()>,
 ) {
@@ -303,10 +326,16 @@ async fn keeper(
     (service, kept_rx, probe_rx)
 }
 
-/// Waits until the handler that sent the last context kept has returned (see [`keeper`]).
-async fn handler_returned(client: &ClientProxy, probes: &mut mpsc::UnboundedReceiver<()>) {
+/// Waits until the handler that sent the last context kept has returned (see [`keeper`]), and
+/// checks that its message is still unacked: the step every clone test takes before dropping.
+async fn handler_returned_leaving_message_unacked(
+    client: &ClientProxy,
+    probes: &mut mpsc::UnboundedReceiver<()>,
+    queue: &str,
+) {
     client.emit("probe", &()).await.expect("emit probe");
     recv(probes).await;
+    wait_counts(queue, (0, 1), "while a clone lives, its message is unacked").await;
 }
 
 /// A handler returns `Ok` without settling but a clone of its context lives on: the message
@@ -314,31 +343,24 @@ async fn handler_returned(client: &ClientProxy, probes: &mut mpsc::UnboundedRece
 /// unsettled, it is acked (the fallback of a successful handler).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_clone_dropped_acks_for_a_successful_handler() {
-    let broker = Broker::connect().await;
-    let queue = unique("drop-ok");
-    broker.forget_later(&queue);
+    let (broker, queue) = broker_with_queue("drop-ok").await;
     let (service, mut kept, mut probes) = keeper(options(&queue), false).await;
     let client = ClientProxy::new(options(&queue));
 
     client.emit("keep", &json!({"n": 1})).await.expect("emit");
     let ctx = recv(&mut kept).await;
-    handler_returned(&client, &mut probes).await;
-    wait_counts(
-        &queue,
-        (0, 1),
-        "while a clone lives, its message is unacked",
-    )
-    .await;
+    handler_returned_leaving_message_unacked(&client, &mut probes, &queue).await;
     assert_eq!(ctx.settlement(), None, "nobody settled it yet");
 
     drop(ctx);
     wait_counts(&queue, (0, 0), "the last clone dropped acks its message").await;
-    service.shutdown().await.expect("shutdown");
-    assert_eq!(
-        broker.ready(&queue).await,
-        0,
-        "acked, not returned to the queue at shutdown"
-    );
+    shut_down_leaving_queue_empty(
+        service,
+        &broker,
+        &queue,
+        "acked, not returned to the queue at shutdown",
+    )
+    .await;
     assert!(kept.try_recv().is_err(), "delivered once");
     client.close().await;
     broker.cleanup().await;
@@ -349,10 +371,9 @@ async fn the_last_clone_dropped_acks_for_a_successful_handler() {
 /// redelivered), the second time a reject (to the queue's dead-letter exchange).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_clone_dropped_requeues_then_rejects_for_a_failing_handler() {
-    let broker = Broker::connect().await;
-    let (queue, dead) = (unique("drop-fail"), unique("drop-fail-dead"));
+    let (broker, queue) = broker_with_queue("drop-fail").await;
+    let dead = unique("drop-fail-dead");
     broker.declare(&dead).await;
-    broker.forget_later(&queue);
     let (service, mut kept, mut probes) =
         keeper(common::options_with_dlq(&queue, &dead), true).await;
     let client = ClientProxy::new(common::options_with_dlq(&queue, &dead));
@@ -360,13 +381,7 @@ async fn the_last_clone_dropped_requeues_then_rejects_for_a_failing_handler() {
     client.emit("keep", &json!({"n": 2})).await.expect("emit");
     let first = recv(&mut kept).await;
     assert!(!first.redelivered());
-    handler_returned(&client, &mut probes).await;
-    wait_counts(
-        &queue,
-        (0, 1),
-        "while a clone lives, its message is unacked",
-    )
-    .await;
+    handler_returned_leaving_message_unacked(&client, &mut probes, &queue).await;
     drop(first);
 
     let second = recv(&mut kept).await;
@@ -374,13 +389,7 @@ async fn the_last_clone_dropped_requeues_then_rejects_for_a_failing_handler() {
         second.redelivered(),
         "dropping the clone of a failed first delivery requeues it"
     );
-    handler_returned(&client, &mut probes).await;
-    wait_counts(
-        &queue,
-        (0, 1),
-        "while a clone lives, its message is unacked",
-    )
-    .await;
+    handler_returned_leaving_message_unacked(&client, &mut probes, &queue).await;
     assert_eq!(broker.ready(&dead).await, 0);
     drop(second);
 
@@ -396,8 +405,7 @@ async fn the_last_clone_dropped_requeues_then_rejects_for_a_failing_handler() {
         vec![(queue.clone(), "rejected".to_owned(), 1)]
     );
     wait_counts(&queue, (0, 0), "nothing left behind").await;
-    service.shutdown().await.expect("shutdown");
-    assert_eq!(broker.ready(&queue).await, 0);
+    shut_down_leaving_queue_empty(service, &broker, &queue, "nothing returned at shutdown").await;
     assert!(kept.try_recv().is_err(), "delivered twice, no more");
     client.close().await;
     broker.cleanup().await;
@@ -427,19 +435,7 @@ async fn reject_dead_letters_hands_them_to_the_queues_dead_letter_exchange() {
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(dead.as_str().into()),
     );
-    broker
-        .channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await
-        .expect("declare the queue with its DLX");
-    broker.forget_later(&queue);
+    broker.declare_with(&queue, arguments).await;
 
     let service = Microservice::new(
         RmqOptions::new(&queue)
@@ -493,8 +489,7 @@ async fn reject_dead_letters_hands_them_to_the_queues_dead_letter_exchange() {
         None,
         "rmq-bus published no dead letter of its own: there is no {queue}.dlq"
     );
-    service.shutdown().await.expect("shutdown");
-    assert_eq!(broker.ready(&queue).await, 0);
+    shut_down_leaving_queue_empty(service, &broker, &queue, "all rejected, none left").await;
     broker.cleanup().await;
 }
 
@@ -505,9 +500,7 @@ async fn reject_dead_letters_hands_them_to_the_queues_dead_letter_exchange() {
 /// `Error::ReplyLost`, not after its timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_connection_closes_fails_with_reply_lost() {
-    let broker = Broker::connect().await;
-    let queue = unique("reply-lost");
-    broker.forget_later(&queue);
+    let (broker, queue) = broker_with_queue("reply-lost").await;
     let (started, mut starts) = mpsc::unbounded_channel();
     let (open, closed) = gate();
     let service = Microservice::new(options(&queue))
@@ -553,12 +546,13 @@ async fn a_request_whose_connection_closes_fails_with_reply_lost() {
     );
 
     open.send(true).expect("open the gate");
-    service.shutdown().await.expect("shutdown");
-    assert_eq!(
-        broker.ready(&queue).await,
-        0,
-        "the request was answered and acked"
-    );
+    shut_down_leaving_queue_empty(
+        service,
+        &broker,
+        &queue,
+        "the request was answered and acked",
+    )
+    .await;
     broker.cleanup().await;
 }
 
@@ -575,9 +569,7 @@ async fn a_request_whose_connection_closes_fails_with_reply_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_waits_for_outstanding_confirms() {
     const N: usize = 300;
-    let broker = Broker::connect().await;
-    let queue = unique("close");
-    broker.forget_later(&queue);
+    let (broker, queue) = broker_with_queue("close").await;
     let proxy = HoldingProxy::start().await;
     let client = ClientProxy::new(options(&queue).uri(proxy.uri()));
     client.connect().await.expect("connect");
@@ -827,9 +819,7 @@ fn pad(n: usize) -> String {
 /// back in the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_timeout_runs_out_and_returns_the_messages() {
-    let broker = Broker::connect().await;
-    let queue = unique("drain");
-    broker.forget_later(&queue);
+    let (broker, queue) = broker_with_queue("drain").await;
     let (started, mut starts) = mpsc::unbounded_channel();
     let service = Microservice::new(options(&queue))
         .on_event("slow", move |ctx: RmqContext| {
@@ -880,9 +870,7 @@ async fn the_drain_timeout_runs_out_and_returns_the_messages() {
 /// (a nack is not retried), and the queue holds only what it took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_nack_fails_emit_at_once_naming_the_queue() {
-    let broker = Broker::connect().await;
-    let queue = unique("nacked");
-    broker.forget_later(&queue);
+    let (broker, queue) = broker_with_queue("nacked").await;
     let full_at_one = QueueOptions::default()
         .argument("x-expires", EXPIRES_MS)
         .argument("x-max-length", 1)

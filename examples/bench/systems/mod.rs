@@ -47,6 +47,16 @@ impl Publisher {
     }
 }
 
+/// The round a raw baseline's consumer starts for, handed down as one value: the signature of
+/// [`Consumer::start`] is not written out again below it.
+struct Round<'a> {
+    system: System,
+    scenario: Scenario,
+    uri: &'a str,
+    queue: &'a str,
+    recorder: &'a Arc<Recorder>,
+}
+
 /// The consuming side of a system, running.
 pub(crate) enum Consumer {
     Bus(RunningMicroservice),
@@ -65,9 +75,16 @@ impl Consumer {
             System::RmqBus => Ok(Consumer::Bus(
                 bus::start(scenario, uri, queue, recorder).await?,
             )),
-            System::Typical | System::Expert => Ok(Consumer::Raw(
-                raw::RawConsumer::start(system, scenario, uri, queue, recorder).await?,
-            )),
+            System::Typical | System::Expert => {
+                let round = Round {
+                    system,
+                    scenario,
+                    uri,
+                    queue,
+                    recorder,
+                };
+                Ok(Consumer::Raw(raw::RawConsumer::start(&round).await?))
+            }
         }
     }
 

@@ -1,8 +1,6 @@
 //! What both raw lapin baselines share: a confirming publisher that sends what rmq-bus sends, and
 //! a consumer connection whose deliveries the baseline's own loop handles.
 
-use std::sync::Arc;
-
 use futures::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
@@ -11,12 +9,12 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
-use super::{expert, typical};
+use super::{Round, expert, typical};
 use crate::Res;
 use crate::admin::declare_on;
 use crate::measure::Recorder;
 use crate::payload::{OrderEvent, OutgoingPacket, PATTERN, correlation_id, decode};
-use crate::workload::{Scenario, System};
+use crate::workload::System;
 
 /// A channel in confirm mode, publishing to the round's queue.
 pub(crate) struct RawPublisher {
@@ -88,31 +86,25 @@ pub(crate) struct RawConsumer {
 }
 
 impl RawConsumer {
-    pub(super) async fn start(
-        system: System,
-        scenario: Scenario,
-        uri: &str,
-        queue: &str,
-        recorder: &Arc<Recorder>,
-    ) -> Res<Self> {
-        let delay = scenario.handler_delay();
-        let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+    pub(super) async fn start(round: &Round<'_>) -> Res<Self> {
+        let delay = round.scenario.handler_delay();
+        let connection = Connection::connect(round.uri, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         channel
-            .basic_qos(scenario.prefetch(), BasicQosOptions::default())
+            .basic_qos(round.scenario.prefetch(), BasicQosOptions::default())
             .await?;
         // As rmq-bus does (the parent declared it already; this lets a child run alone).
-        declare_on(&channel, queue).await?;
+        declare_on(&channel, round.queue).await?;
         let consumer = channel
             .basic_consume(
-                ShortString::from(queue),
+                ShortString::from(round.queue),
                 ShortString::from(""),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        let recorder = recorder.clone();
-        let task = if system == System::Expert {
+        let recorder = round.recorder.clone();
+        let task = if round.system == System::Expert {
             tokio::spawn(expert::consume(channel.clone(), consumer, recorder, delay))
         } else {
             tokio::spawn(typical::consume(consumer, recorder, delay))

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use lapin::options::QueueDeclareOptions;
@@ -15,7 +14,7 @@ use rmq_bus::context::Properties;
 use rmq_bus::testing::TestBroker;
 use serde_json::Value;
 
-use crate::common::{Broker, EXPIRES_MS, WAIT, amqp_text, unique};
+use crate::common::{Broker, EXPIRES_MS, amqp_text, expect_exists, unique, wait_until_ready};
 
 /// Where a test runs.
 pub enum Harness {
@@ -213,9 +212,7 @@ impl Harness {
     /// Messages ready in `queue` now. A queue that does not exist fails the test: it is not an
     /// empty one.
     pub async fn ready(&self, queue: &str) -> u32 {
-        self.try_ready(queue)
-            .await
-            .unwrap_or_else(|| panic!("queue {queue} does not exist"))
+        expect_exists(queue, self.try_ready(queue).await)
     }
 
     /// Whether `queue` exists (on RabbitMQ, a passive declaration).
@@ -226,14 +223,7 @@ impl Harness {
     /// Messages ready in `queue`, waiting (bounded) until there are `count`; returns the last
     /// count seen. A queue that never exists fails the test: it is not an empty one.
     pub async fn wait_ready(&self, queue: &str, count: u32) -> u32 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let seen = self.try_ready(queue).await;
-            if seen == Some(count) || Instant::now() >= deadline {
-                return seen.unwrap_or_else(|| panic!("queue {queue} does not exist"));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_until_ready(queue, count, || self.try_ready(queue)).await
     }
 
     /// Takes every message from `queue`. A queue that does not exist fails the test.

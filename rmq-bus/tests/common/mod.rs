@@ -150,7 +150,9 @@ impl Broker {
         self.declare_with(queue, FieldTable::default()).await;
     }
 
-    async fn declare_with(&self, queue: &str, args: FieldTable) {
+    /// Declares `queue` durable with `args` (for a test that needs arguments of its own, such as a
+    /// dead-letter exchange) and remembers it for cleanup.
+    pub async fn declare_with(&self, queue: &str, args: FieldTable) {
         self.channel
             .queue_declare(
                 queue.into(),
@@ -200,9 +202,7 @@ impl Broker {
     /// Messages ready in `queue` (not counting unacked ones). A queue that does not exist fails
     /// the test: it is not an empty one.
     pub async fn ready(&self, queue: &str) -> u32 {
-        self.try_ready(queue)
-            .await
-            .unwrap_or_else(|| panic!("queue {queue} does not exist"))
+        expect_exists(queue, self.try_ready(queue).await)
     }
 
     /// Whether `queue` exists (a passive declaration).
@@ -232,14 +232,7 @@ impl Broker {
     /// Waits (bounded by [`WAIT`]) until `queue` exists and has `count` ready messages; returns
     /// the last count seen. A queue that never exists fails the test: it is not an empty one.
     pub async fn wait_ready(&self, queue: &str, count: u32) -> u32 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let seen = self.try_ready(queue).await;
-            if seen == Some(count) || Instant::now() >= deadline {
-                return seen.unwrap_or_else(|| panic!("queue {queue} does not exist"));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_until_ready(queue, count, || self.try_ready(queue)).await
     }
 
     /// Takes every message from `queue` (acking them), as (body, properties). A queue that does
@@ -276,6 +269,29 @@ impl Broker {
                 .await;
         }
         let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+/// `seen`, the ready count of `queue`, which must exist: a missing queue fails the test, for it is
+/// not an empty one. Shared by [`Broker`] and the behaviour harness.
+pub fn expect_exists(queue: &str, seen: Option<u32>) -> u32 {
+    seen.unwrap_or_else(|| panic!("queue {queue} does not exist"))
+}
+
+/// Waits (bounded by [`WAIT`]) until `try_ready` counts `count` ready messages in `queue`; returns
+/// the last count seen. Shared by [`Broker`] and the behaviour harness, which count differently.
+pub async fn wait_until_ready<F: Future<Output = Option<u32>>>(
+    queue: &str,
+    count: u32,
+    mut try_ready: impl FnMut() -> F,
+) -> u32 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = try_ready().await;
+        if seen == Some(count) || Instant::now() >= deadline {
+            return expect_exists(queue, seen);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
