@@ -111,7 +111,7 @@ pub use rmq_bus_macros::Request;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event contract",
     label = "not an event contract",
-    note = "derive it: `#[derive(rmq_bus::contract::Event)]` with `#[event(pattern = \"order_created\")]`, or name the pattern in the handler's attribute: `#[event_pattern(\"order_created\")]`"
+    note = "derive it: `#[derive(rmq_bus::contract::Event)]` with `#[event(pattern = \"order_created\")]`, or go untyped: name the pattern in the handler's attribute (`#[event_pattern(\"order_created\")]`) or in the call (`client.emit(\"order_created\", &data)`)"
 )]
 pub trait Event {
     /// The pattern as routed: the string, or an object pattern's JSON with its keys sorted.
@@ -142,7 +142,7 @@ pub trait Event {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a request contract",
     label = "not a request contract",
-    note = "derive it: `#[derive(rmq_bus::contract::Request)]` with `#[request(pattern = \"get_order\", reply = Order)]`, or name the pattern in the handler's attribute: `#[message_pattern(\"get_order\")]`"
+    note = "derive it: `#[derive(rmq_bus::contract::Request)]` with `#[request(pattern = \"get_order\", reply = Order)]`, or go untyped: name the pattern in the handler's attribute (`#[message_pattern(\"get_order\")]`) or in the call (`client.send(\"get_order\", &data)`)"
 )]
 pub trait Request {
     /// The pattern as routed: the string, or an object pattern's JSON with its keys sorted.
