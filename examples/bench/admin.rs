@@ -27,6 +27,25 @@ pub(crate) async fn declare_on(channel: &Channel, queue: &str) -> Res<()> {
     Ok(())
 }
 
+/// How many messages wait in `queue` (a passive declare: it must exist).
+pub(crate) async fn ready_messages(uri: &str, queue: &str) -> Res<u32> {
+    let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+    let declared = connection
+        .create_channel()
+        .await?
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = connection.close(200, ShortString::from("counted")).await;
+    Ok(declared.message_count())
+}
+
 /// Deletes the round's queue, with whatever is left in it.
 pub(crate) async fn delete_queue(uri: &str, queue: &str) -> Res<()> {
     let connection = Connection::connect(uri, ConnectionProperties::default()).await?;

@@ -10,6 +10,8 @@
 //! | `N` | messages per S1 round | 100000 |
 //! | `S2_N` | messages per S2 round | `N / 5` |
 //! | `S3_N` | S3 round trips, sequential and concurrent | `N / 10`, at most 10000 |
+//! | `S4_N` | events per S4 round | `N / 2` |
+//! | `LATENCY_S` | seconds each latency round publishes | 10 |
 //! | `ROUNDS` | rounds per system and scenario | 3 |
 //! | `RABBIT_MQ_URI` | broker | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `BENCH_TIMEOUT_S` | limit on one round | 300 |
@@ -34,6 +36,14 @@
 //!   exceed 250 / 5 ms = 50 000 msg/s.
 //! - **S3 request/reply**: sequential round trips p50/p99 and the rate of 64 concurrent requesters
 //!   (see the [`s3`] module).
+//! - **S4 billing pipeline**: `S4_N` events wait in the queue; the consumer (default prefetch)
+//!   handles each as the billing example does: one confirmed `order_processed` publish to a second
+//!   queue, then the ack. rmq-bus (a `ClientProxy::publish` awaited in the handler) against
+//!   lapin-expert (handlers as futures publishing on one confirm channel, pipelined, and coalesced
+//!   acks). Rate from the consumer's start to the last forwarded event; CPU without the preload.
+//! - **Latency at 1k/s and 5k/s**: an open loop publishes event `i` at `i / rate` seconds for
+//!   `LATENCY_S` seconds, whatever the confirms do; publish→handler p50, p99 and p99.9 at normal
+//!   load rather than under saturation (S1's latencies are queueing).
 //!
 //! Each (round, scenario, system) runs in a child process (this binary re-executed with
 //! `--child <system> <scenario> <queue> <n>`), so CPU time and peak RSS belong to that system
@@ -48,9 +58,10 @@
 //! Output, for people: a line per round, a table per scenario, ratios, S3. For scripts (and the
 //! smoke test in `rmq-bus/tests/examples_e2e.rs`), the same medians follow as `figure <key>=<value>`
 //! lines, values as Rust prints an `f64`:
-//! - `<scenario>.<system>.<figure>` for S1 and S2 (`s1.rmq-bus.e2e_per_s`), figures `rounds`,
-//!   `publish_per_s`, `e2e_per_s`, `p50_ms`, `p99_ms`, `cpu_s`, `cpu_us_per_msg`, `peak_rss_mib`
-//!   and `duplicates` (summed over rounds); a system without a successful round has none;
+//! - `<scenario>.<system>.<figure>` for `s1`, `s2`, `s4`, `latency1k` and `latency5k`
+//!   (`s1.rmq-bus.e2e_per_s`), figures `rounds`, `publish_per_s`, `e2e_per_s`, `p50_ms`, `p99_ms`,
+//!   `p999_ms`, `cpu_s`, `cpu_us_per_msg`, `peak_rss_mib` and `duplicates` (summed over rounds); a
+//!   system without a successful round has none;
 //! - `s2.prefetch` and `s2.handler_ms`, the bound on S2's rate being `prefetch / handler_ms`;
 //! - `s3.n`, `s3.p50_ms`, `s3.p99_ms`, `s3.concurrent_per_s`, if S3 succeeded.
 //!

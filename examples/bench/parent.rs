@@ -8,21 +8,30 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::admin::{declare_queue, delete_queue};
 use crate::payload::{OutgoingPacket, PATTERN, make_event};
 use crate::report::{self, Report, Rounds};
-use crate::workload::{IN_FLIGHT, PREFETCH, Scenario, System};
+use crate::workload::{IN_FLIGHT, PREFETCH, Scenario, System, forward_queue};
 use crate::{Res, broker_uri, env_number, s3};
 
 const DEFAULT_N: usize = 100_000;
 const DEFAULT_ROUNDS: usize = 3;
+/// How long each latency scenario publishes.
+const DEFAULT_LATENCY_S: f64 = 10.0;
 
 /// Runs the whole benchmark; `Ok(false)` if a round or S3 failed.
 pub(crate) fn parent() -> Res<bool> {
     let n: usize = env_number("N", DEFAULT_N)?;
     let rounds: usize = env_number("ROUNDS", DEFAULT_ROUNDS)?;
     let s2_n: usize = env_number("S2_N", (n / 5).max(1))?;
-    if n == 0 || rounds == 0 || s2_n == 0 {
-        return Err("N, S2_N and ROUNDS must be at least 1".into());
+    let s4_n: usize = env_number("S4_N", (n / 2).max(1))?;
+    let latency_s: f64 = env_number("LATENCY_S", DEFAULT_LATENCY_S)?;
+    if n == 0 || rounds == 0 || s2_n == 0 || s4_n == 0 || latency_s.is_nan() || latency_s <= 0.0 {
+        return Err("N, S2_N, S4_N, LATENCY_S and ROUNDS must be above 0".into());
     }
-    let count_of = |scenario| if scenario == Scenario::S1 { n } else { s2_n };
+    let count_of = |scenario: Scenario| match (scenario, scenario.rate()) {
+        (_, Some(rate)) => ((f64::from(rate) * latency_s) as usize).max(1),
+        (Scenario::S1, None) => n,
+        (Scenario::S4, None) => s4_n,
+        _ => s2_n,
+    };
     let exe = std::env::current_exe()?;
     let uri = broker_uri();
     let admin = tokio::runtime::Builder::new_current_thread()
@@ -41,7 +50,8 @@ pub(crate) fn parent() -> Res<bool> {
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let loadavg: Vec<&str> = loadavg.split_whitespace().take(3).collect();
     println!(
-        "rmq-bus bench: nproc={nproc} loadavg={} N={n} S2_N={s2_n}{} rounds={rounds} unix_time={unix_time} \
+        "rmq-bus bench: nproc={nproc} loadavg={} N={n} S2_N={s2_n}{} S4_N={s4_n} LATENCY_S={latency_s} \
+         rounds={rounds} unix_time={unix_time} \
          body≈{body_bytes} B, persistent, confirmed, ≤{IN_FLIGHT} publishes in flight, \
          prefetch {PREFETCH}, manual acks; one child process per round; medians across rounds",
         loadavg.join(","),
@@ -58,7 +68,7 @@ pub(crate) fn parent() -> Res<bool> {
     for round in 1..=rounds {
         for scenario in Scenario::ALL {
             let count = count_of(scenario);
-            for system in System::ALL {
+            for &system in scenario.systems() {
                 let queue = format!("rmq-bus-bench-{pid}-{unix_time}-r{round}-{scenario}-{system}");
                 match run_round(&exe, &admin, &uri, system, scenario, &queue, count) {
                     Ok(report) => {
@@ -108,17 +118,26 @@ fn run_round(
     queue: &str,
     n: usize,
 ) -> Res<Report> {
-    admin
-        .block_on(declare_queue(uri, queue))
-        .map_err(|e| format!("declaring {queue}: {e}"))?;
+    // S4's handlers send on to a second queue.
+    let queues = match scenario.drains_backlog() {
+        true => vec![queue.to_owned(), forward_queue(queue)],
+        false => vec![queue.to_owned()],
+    };
+    for queue in &queues {
+        admin
+            .block_on(declare_queue(uri, queue))
+            .map_err(|e| format!("declaring {queue}: {e}"))?;
+    }
     let output = Command::new(exe)
         .args(["--child", system.name(), scenario.name(), queue])
         .arg(n.to_string())
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output();
-    if let Err(error) = admin.block_on(delete_queue(uri, queue)) {
-        eprintln!("bench: could not delete queue {queue}: {error}");
+    for queue in &queues {
+        if let Err(error) = admin.block_on(delete_queue(uri, queue)) {
+            eprintln!("bench: could not delete queue {queue}: {error}");
+        }
     }
     let output = output?;
     if !output.status.success() {

@@ -7,6 +7,8 @@ use rmq_bus::contract::Event;
 use serde::{Deserialize, Serialize};
 
 pub(crate) const PATTERN: &str = "order_created";
+/// What S4's billing-shaped handlers send on.
+pub(crate) const PROCESSED_PATTERN: &str = "order_processed";
 
 /// The order inside an `order_created` event, camelCase as a NestJS service sends it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,6 +40,12 @@ impl OrderEvent {
         digits.parse().ok()
     }
 }
+
+/// S4's answer to an `order_created`: the billed order, sent on by every system with the same
+/// body (the event's own data, under another pattern).
+#[derive(Serialize, Event)]
+#[event(pattern = "order_processed")]
+pub(crate) struct OrderProcessed<'a>(pub(crate) &'a OrderEvent);
 
 /// The NestJS packet, as the raw baselines write it.
 #[derive(Serialize)]

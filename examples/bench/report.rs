@@ -18,6 +18,7 @@ pub(crate) struct Report {
     pub(crate) e2e_per_s: f64,
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
+    pub(crate) p999_ms: f64,
     /// utime + stime of the child from its start to the last handled and confirmed message.
     pub(crate) cpu_s: f64,
     pub(crate) peak_rss_kib: u64,
@@ -43,6 +44,7 @@ pub(crate) struct Summary {
     e2e_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    p999_ms: f64,
     cpu_s: f64,
     cpu_us_per_msg: f64,
     peak_rss_mib: f64,
@@ -68,6 +70,7 @@ fn summarize(reports: &[&Report]) -> Option<Summary> {
         e2e_per_s: figure(|r| r.e2e_per_s)?,
         p50_ms: figure(|r| r.p50_ms)?,
         p99_ms: figure(|r| r.p99_ms)?,
+        p999_ms: figure(|r| r.p999_ms)?,
         cpu_s: figure(|r| r.cpu_s)?,
         cpu_us_per_msg: figure(Report::cpu_us_per_msg)?,
         peak_rss_mib: figure(Report::peak_rss_mib)?,
@@ -112,12 +115,13 @@ pub(crate) fn print_round(
 ) {
     println!(
         "round {round}/{rounds} {scenario} {system:<13}: publish {:>7.0}/s  \
-         e2e {:>7.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  CPU {:>5.2} s  \
+         e2e {:>7.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  CPU {:>5.2} s  \
          RSS {:>5.1} MiB{}",
         report.publish_per_s,
         report.e2e_per_s,
         report.p50_ms,
         report.p99_ms,
+        report.p999_ms,
         report.cpu_s,
         report.peak_rss_mib(),
         match report.duplicates {
@@ -132,19 +136,28 @@ pub(crate) fn print_table(rounds: &Rounds, scenario: Scenario, count: usize) {
     println!();
     println!("{} — N={count}", scenario.title());
     println!(
-        "  {:<18} | {:>10} | {:>10} | {:>8} | {:>8} | {:>6} | {:>10} | {:>12}",
-        "system", "publish/s", "e2e/s", "p50 ms", "p99 ms", "CPU s", "CPU µs/msg", "peak RSS MiB"
+        "  {:<18} | {:>10} | {:>10} | {:>8} | {:>8} | {:>8} | {:>6} | {:>10} | {:>12}",
+        "system",
+        "publish/s",
+        "e2e/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "CPU s",
+        "CPU µs/msg",
+        "peak RSS MiB"
     );
-    println!("  {}", "-".repeat(106));
-    for system in System::ALL {
+    println!("  {}", "-".repeat(117));
+    for &system in scenario.systems() {
         match rounds.summary(scenario, system) {
             Some(s) => println!(
-                "  {:<18} | {:>10.0} | {:>10.0} | {:>8.2} | {:>8.2} | {:>6.2} | {:>10.1} | {:>12.1}",
+                "  {:<18} | {:>10.0} | {:>10.0} | {:>8.2} | {:>8.2} | {:>8.2} | {:>6.2} | {:>10.1} | {:>12.1}",
                 format!("{system} ({})", s.rounds),
                 s.publish_per_s,
                 s.e2e_per_s,
                 s.p50_ms,
                 s.p99_ms,
+                s.p999_ms,
                 s.cpu_s,
                 s.cpu_us_per_msg,
                 s.peak_rss_mib
@@ -160,18 +173,6 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "n/a".to_owned(),
     }
-}
-
-fn publish(s: &Summary) -> f64 {
-    s.publish_per_s
-}
-
-fn e2e(s: &Summary) -> f64 {
-    s.e2e_per_s
-}
-
-fn cpu(s: &Summary) -> f64 {
-    s.cpu_us_per_msg
 }
 
 /// A ratio of rmq-bus to a raw lapin baseline in one scenario: the figure's name in the label,
@@ -205,10 +206,15 @@ pub(crate) fn print_ratios(rounds: &Rounds) {
         rounds,
         s1,
         &[
-            ("publish", publish, expert, ""),
-            ("end_to_end", e2e, typical, ""),
-            ("CPU per message", cpu, expert, " (target ≤ 1.10)"),
-            ("CPU per message", cpu, typical, ""),
+            ("publish", |s| s.publish_per_s, expert, ""),
+            ("end_to_end", |s| s.e2e_per_s, typical, ""),
+            (
+                "CPU per message",
+                |s| s.cpu_us_per_msg,
+                expert,
+                " (target ≤ 1.10)",
+            ),
+            ("CPU per message", |s| s.cpu_us_per_msg, typical, ""),
         ],
     );
     let rss = |system| {
@@ -223,7 +229,7 @@ pub(crate) fn print_ratios(rounds: &Rounds) {
     println!(
         "S2 end_to_end ratio (rmq-bus S2 / rmq-bus S1): {} (target ≥ 0.85; S2 cannot exceed \
          prefetch {} / 5 ms = {:.0} msg/s)",
-        ratio(get(s2, bus, e2e), get(s1, bus, e2e)),
+        ratio(get(s2, bus, |s| s.e2e_per_s), get(s1, bus, |s| s.e2e_per_s)),
         Scenario::S2.prefetch(),
         f64::from(Scenario::S2.prefetch()) / SLOW_HANDLER.as_secs_f64()
     );
@@ -231,10 +237,39 @@ pub(crate) fn print_ratios(rounds: &Rounds) {
         rounds,
         s2,
         &[
-            ("end_to_end", e2e, expert, ""),
-            ("end_to_end", e2e, typical, ""),
+            ("end_to_end", |s| s.e2e_per_s, expert, ""),
+            ("end_to_end", |s| s.e2e_per_s, typical, ""),
         ],
     );
+    print_baseline_ratios(
+        rounds,
+        Scenario::S4,
+        &[
+            ("end_to_end", |s| s.e2e_per_s, expert, " (target ≥ 0.95)"),
+            (
+                "CPU per event",
+                |s| s.cpu_us_per_msg,
+                expert,
+                " (target ≤ 1.00)",
+            ),
+        ],
+    );
+    for scenario in [Scenario::LatencyLow, Scenario::LatencyHigh] {
+        let target = match scenario {
+            Scenario::LatencyLow => " (target ≤ 1.20)",
+            _ => "",
+        };
+        print_baseline_ratios(
+            rounds,
+            scenario,
+            &[
+                ("p50", |s| s.p50_ms, typical, ""),
+                ("p99", |s| s.p99_ms, typical, target),
+                ("p99.9", |s| s.p999_ms, typical, ""),
+                ("p99", |s| s.p99_ms, expert, ""),
+            ],
+        );
+    }
 }
 
 /// The headline, always the last line printed:
@@ -243,7 +278,7 @@ pub(crate) fn print_last_line(rounds: &Rounds) {
     print_baseline_ratios(
         rounds,
         Scenario::S1,
-        &[("end_to_end", e2e, System::Expert, "")],
+        &[("end_to_end", |s| s.e2e_per_s, System::Expert, "")],
     );
 }
 
@@ -257,7 +292,7 @@ pub(crate) fn print_figures(rounds: &Rounds, s3: Option<&S3Figures>) {
     println!();
     println!("Figures for scripts (medians across rounds; keys in the bench's docs):");
     for scenario in Scenario::ALL {
-        for system in System::ALL {
+        for &system in scenario.systems() {
             let Some(s) = rounds.summary(scenario, system) else {
                 continue;
             };
@@ -267,6 +302,7 @@ pub(crate) fn print_figures(rounds: &Rounds, s3: Option<&S3Figures>) {
             figure(&key("e2e_per_s"), s.e2e_per_s);
             figure(&key("p50_ms"), s.p50_ms);
             figure(&key("p99_ms"), s.p99_ms);
+            figure(&key("p999_ms"), s.p999_ms);
             figure(&key("cpu_s"), s.cpu_s);
             figure(&key("cpu_us_per_msg"), s.cpu_us_per_msg);
             figure(&key("peak_rss_mib"), s.peak_rss_mib);

@@ -527,8 +527,9 @@ fn the_shop_demo_runs_on_both_transports() {
 }
 
 /// The benchmark runs end to end with a small N and reports sane figures: every rate above 0,
-/// latencies in order, CPU time and memory measured, S2 within what its prefetch allows, S3
-/// answered. (Whether rmq-bus is fast enough is for the bench's own report, not judged here.)
+/// latencies in order, CPU time and memory measured, S2 within what its prefetch allows, S4
+/// drained, the latency scenarios at their rate, S3 answered. (Whether rmq-bus is fast enough is
+/// for the bench's own report, not judged here.)
 #[test]
 fn the_benchmark_runs_with_a_small_n() {
     let (_, _, _, bench) = build_examples();
@@ -541,6 +542,8 @@ fn the_benchmark_runs_with_a_small_n() {
                 ("ROUNDS", "1"),
                 ("S2_N", "1000"),
                 ("S3_N", "100"),
+                ("S4_N", "1000"),
+                ("LATENCY_S", "0.5"),
             ]),
         "the bench example",
     );
@@ -593,6 +596,34 @@ fn the_benchmark_runs_with_a_small_n() {
                     key("e2e_per_s")
                 );
             }
+        }
+    }
+    // S4: every system drained the backlog, each event forwarded once and confirmed.
+    for system in ["rmq-bus", "lapin-expert"] {
+        let key = |figure: &str| format!("s4.{system}.{figure}");
+        assert_eq!(get(&key("rounds")), 1.0, "{}:\n{text}", key("rounds"));
+        positive(&key("e2e_per_s"));
+        positive(&key("cpu_s"));
+        assert_eq!(get(&key("duplicates")), 0.0, "{text}");
+    }
+    // The latency scenarios publish in an open loop: at their rate, not faster (5 % for the
+    // first tick), and every percentile in order.
+    for (scenario, rate) in [("latency1k", 1000.0), ("latency5k", 5000.0)] {
+        for system in ["rmq-bus", "lapin-typical", "lapin-expert"] {
+            let key = |figure: &str| format!("{scenario}.{system}.{figure}");
+            let published = positive(&key("publish_per_s"));
+            assert!(
+                published <= rate * 1.05,
+                "{}={published} is faster than the open loop's {rate}/s:\n{text}",
+                key("publish_per_s")
+            );
+            in_order(&key("p50_ms"), &key("p99_ms"));
+            assert!(
+                get(&key("p99_ms")) <= get(&key("p999_ms")),
+                "{} above {}:\n{text}",
+                key("p99_ms"),
+                key("p999_ms")
+            );
         }
     }
     in_order("s3.p50_ms", "s3.p99_ms");

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use rmq_bus::{ClientProxy, Microservice, Payload, RmqContext, RmqOptions};
 
 use crate::measure::{Recorder, handle};
-use crate::payload::OrderEvent;
-use crate::workload::Scenario;
+use crate::payload::{OrderEvent, OrderProcessed};
+use crate::workload::{Scenario, forward_queue};
 use crate::{Res, RunningMicroservice};
 use rmq_bus::contract::Event;
 
@@ -24,14 +24,21 @@ pub(super) async fn emit(client: &ClientProxy, event: &OrderEvent) -> Result<(),
         .map_err(|e| format!("publish: {e}"))
 }
 
+/// The microservice of a round and, in S4, the client its handler sends `order_processed` with
+/// (a confirmed publish, awaited before the ack, as the billing example does).
 pub(super) async fn start(
     scenario: Scenario,
     uri: &str,
     queue: &str,
     recorder: &Arc<Recorder>,
-) -> Res<RunningMicroservice> {
+) -> Res<(RunningMicroservice, Option<ClientProxy>)> {
     let delay = scenario.handler_delay();
     let recorder = recorder.clone();
+    let forward = match scenario.drains_backlog() {
+        true => Some(connect(uri, &forward_queue(queue)).await?),
+        false => None,
+    };
+    let sender = forward.clone();
     let running = Microservice::new(
         RmqOptions::new(queue)
             .uri(uri)
@@ -40,8 +47,13 @@ pub(super) async fn start(
     .on_event(
         OrderEvent::pattern(),
         move |Payload(event): Payload<OrderEvent>, ctx: RmqContext| {
-            let recorder = recorder.clone();
+            let (recorder, sender) = (recorder.clone(), sender.clone());
             async move {
+                if let Some(client) = &sender
+                    && let Err(error) = client.publish(&OrderProcessed(&event)).await
+                {
+                    recorder.fail(format!("publish order_processed: {error}"));
+                }
                 handle(&recorder, &event, delay).await;
                 ctx.ack().await
             }
@@ -49,5 +61,5 @@ pub(super) async fn start(
     )
     .start()
     .await?;
-    Ok(running)
+    Ok((running, forward))
 }

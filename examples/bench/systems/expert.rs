@@ -10,9 +10,10 @@ use futures::stream::FuturesUnordered;
 use lapin::Channel;
 use lapin::options::BasicAckOptions;
 
+use super::Work;
 use super::raw::next_event;
 use crate::DEFAULT_PREFETCH;
-use crate::measure::{Recorder, handle};
+use crate::measure::Recorder;
 use crate::workload::PREFETCH;
 
 /// lapin-expert acks once per this many in-order handled deliveries…
@@ -77,15 +78,15 @@ async fn ack_upto(channel: Channel, tag: u64) -> Result<(), String> {
         .map_err(|e| format!("basic.ack multiple: {e}"))
 }
 
-/// Handlers run as futures inside the consumer task, and handled deliveries are acked in batches
-/// with one `basic.ack multiple` per [`ACK_BATCH`] in-order deliveries, or [`ACK_FLUSH`] after a
-/// smaller run began, so the prefetch window never starves. Takes `recorder.n` deliveries, as
-/// the typical consumer does.
+/// Handlers run as futures inside the consumer task (inline work right in its loop), and handled
+/// deliveries are acked in batches with one `basic.ack multiple` per [`ACK_BATCH`] in-order
+/// deliveries, or [`ACK_FLUSH`] after a smaller run began, so the prefetch window never starves.
+/// Takes `recorder.n` deliveries, as the typical consumer does.
 pub(super) async fn consume(
     channel: Channel,
     mut consumer: lapin::Consumer,
     recorder: Arc<Recorder>,
-    delay: Option<Duration>,
+    work: Work,
 ) -> Result<(), String> {
     let mut window = AckWindow::new();
     let mut handlers = FuturesUnordered::new();
@@ -100,15 +101,15 @@ pub(super) async fn consume(
                 let (delivery, event) = next?;
                 received += 1;
                 let tag = delivery.delivery_tag;
-                match delay {
-                    None => {
-                        handle(&recorder, &event, None).await;
+                match &work {
+                    Work::Inline => {
+                        work.run(&recorder, &event).await;
                         tag
                     }
-                    Some(delay) => {
-                        let recorder = recorder.clone();
+                    concurrent => {
+                        let (recorder, work) = (recorder.clone(), concurrent.clone());
                         handlers.push(async move {
-                            handle(&recorder, &event, Some(delay)).await;
+                            work.run(&recorder, &event).await;
                             tag
                         });
                         continue;

@@ -7,13 +7,40 @@ mod raw;
 mod typical;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rmq_bus::ClientProxy;
 
-use crate::measure::Recorder;
+pub(crate) use raw::RawPublisher;
+
+use crate::measure::{Recorder, handle};
 use crate::payload::OrderEvent;
 use crate::workload::{Scenario, System};
 use crate::{Res, RunningMicroservice};
+
+/// What a raw baseline's handler does with an event, besides recording it.
+#[derive(Clone)]
+enum Work {
+    /// Nothing more: the consumer's loop handles the event inline.
+    Inline,
+    /// Waits, S2's stand-in for I/O.
+    Sleep(Duration),
+    /// Sends one event on and waits for its confirm, as S4's billing does before it acks.
+    Forward(Arc<RawPublisher>),
+}
+
+impl Work {
+    async fn run(&self, recorder: &Recorder, event: &OrderEvent) {
+        match self {
+            Work::Inline => handle(recorder, event, None).await,
+            Work::Sleep(delay) => handle(recorder, event, Some(*delay)).await,
+            Work::Forward(publisher) => match publisher.publish(event).await {
+                Ok(()) => handle(recorder, event, None).await,
+                Err(error) => recorder.fail(format!("forwarding: {error}")),
+            },
+        }
+    }
+}
 
 /// The publishing side of a system.
 pub(crate) enum Publisher {
@@ -57,9 +84,9 @@ struct Round<'a> {
     recorder: &'a Arc<Recorder>,
 }
 
-/// The consuming side of a system, running.
+/// The consuming side of a system, running (with, in S4, the client its handlers send with).
 pub(crate) enum Consumer {
-    Bus(RunningMicroservice),
+    Bus(RunningMicroservice, Option<ClientProxy>),
     Raw(raw::RawConsumer),
 }
 
@@ -72,9 +99,10 @@ impl Consumer {
         recorder: &Arc<Recorder>,
     ) -> Res<Self> {
         match system {
-            System::RmqBus => Ok(Consumer::Bus(
-                bus::start(scenario, uri, queue, recorder).await?,
-            )),
+            System::RmqBus => {
+                let (running, forward) = bus::start(scenario, uri, queue, recorder).await?;
+                Ok(Consumer::Bus(running, forward))
+            }
             System::Typical | System::Expert => {
                 let round = Round {
                     system,
@@ -91,10 +119,16 @@ impl Consumer {
     /// Lets handlers finish and closes; an error if the consumer itself failed.
     pub(crate) async fn stop(self) -> Result<(), String> {
         match self {
-            Consumer::Bus(running) => running
-                .shutdown()
-                .await
-                .map_err(|e| format!("microservice: {e}")),
+            Consumer::Bus(running, forward) => {
+                let stopped = running
+                    .shutdown()
+                    .await
+                    .map_err(|e| format!("microservice: {e}"));
+                if let Some(client) = forward {
+                    client.close().await;
+                }
+                stopped
+            }
             Consumer::Raw(raw) => raw.stop().await,
         }
     }

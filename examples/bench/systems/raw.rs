@@ -9,22 +9,33 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
-use super::{Round, expert, typical};
+use std::sync::Arc;
+
+use super::{Round, Work, expert, typical};
 use crate::Res;
 use crate::admin::declare_on;
 use crate::measure::Recorder;
-use crate::payload::{OrderEvent, OutgoingPacket, PATTERN, correlation_id, decode};
-use crate::workload::System;
+use crate::payload::{
+    OrderEvent, OutgoingPacket, PATTERN, PROCESSED_PATTERN, correlation_id, decode,
+};
+use crate::workload::{System, forward_queue};
 
-/// A channel in confirm mode, publishing to the round's queue.
+/// A channel in confirm mode, publishing events with one pattern to one queue.
 pub(crate) struct RawPublisher {
     connection: Box<Connection>,
     channel: Channel,
     queue: ShortString,
+    pattern: &'static str,
 }
 
 impl RawPublisher {
-    pub(super) async fn open(uri: &str, queue: &str) -> Res<Self> {
+    /// A publisher of `order_created` events to `queue`.
+    pub(crate) async fn open(uri: &str, queue: &str) -> Res<Self> {
+        Self::open_with(uri, queue, PATTERN).await
+    }
+
+    /// A publisher of events with `pattern` to `queue`.
+    pub(super) async fn open_with(uri: &str, queue: &str, pattern: &'static str) -> Res<Self> {
         let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         channel
@@ -34,13 +45,14 @@ impl RawPublisher {
             connection: Box::new(connection),
             channel,
             queue: ShortString::from(queue),
+            pattern,
         })
     }
 
     /// Publishes one event and waits for its confirm.
-    pub(super) async fn publish(&self, event: &OrderEvent) -> Result<(), String> {
+    pub(crate) async fn publish(&self, event: &OrderEvent) -> Result<(), String> {
         let body = serde_json::to_vec(&OutgoingPacket {
-            pattern: PATTERN,
+            pattern: self.pattern,
             data: event,
         })
         .map_err(|e| format!("encode: {e}"))?;
@@ -72,22 +84,36 @@ impl RawPublisher {
         }
     }
 
-    pub(super) async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.channel.close(200, ShortString::from("done")).await;
         let _ = self.connection.close(200, ShortString::from("done")).await;
     }
 }
 
-/// A consumer on the round's queue, its deliveries handled by the baseline's task.
+/// A consumer on the round's queue, its deliveries handled by the baseline's task (and, in S4,
+/// the publisher its handlers send on with).
 pub(crate) struct RawConsumer {
     connection: Box<Connection>,
     channel: Channel,
     task: tokio::task::JoinHandle<Result<(), String>>,
+    forward: Option<Arc<RawPublisher>>,
 }
 
 impl RawConsumer {
     pub(super) async fn start(round: &Round<'_>) -> Res<Self> {
         let delay = round.scenario.handler_delay();
+        let forward = match round.scenario.drains_backlog() {
+            true => Some(Arc::new(
+                RawPublisher::open_with(round.uri, &forward_queue(round.queue), PROCESSED_PATTERN)
+                    .await?,
+            )),
+            false => None,
+        };
+        let work = match (&forward, delay) {
+            (Some(publisher), _) => Work::Forward(publisher.clone()),
+            (None, Some(delay)) => Work::Sleep(delay),
+            (None, None) => Work::Inline,
+        };
         let connection = Connection::connect(round.uri, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         channel
@@ -105,7 +131,7 @@ impl RawConsumer {
             .await?;
         let recorder = round.recorder.clone();
         let task = if round.system == System::Expert {
-            tokio::spawn(expert::consume(channel.clone(), consumer, recorder, delay))
+            tokio::spawn(expert::consume(channel.clone(), consumer, recorder, work))
         } else {
             tokio::spawn(typical::consume(consumer, recorder, delay))
         };
@@ -113,6 +139,7 @@ impl RawConsumer {
             connection: Box::new(connection),
             channel,
             task,
+            forward,
         })
     }
 
@@ -124,6 +151,9 @@ impl RawConsumer {
         };
         let _ = self.channel.close(200, ShortString::from("done")).await;
         let _ = self.connection.close(200, ShortString::from("done")).await;
+        if let Some(publisher) = self.forward.and_then(Arc::into_inner) {
+            publisher.close().await;
+        }
         ended
     }
 }
