@@ -155,6 +155,7 @@ mod dispatch;
 mod error;
 pub mod handler;
 pub mod microservice;
+pub mod ordering;
 mod pattern;
 mod rpc;
 mod schema;

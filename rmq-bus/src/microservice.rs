@@ -238,7 +238,7 @@ impl Microservice {
             return Err(Error::Config(misuse.to_owned()));
         }
         let router = Arc::new(Router::new(self.routes)?);
-        for options in self.queues {
+        for options in self.queues.iter().flat_map(RmqOptions::consumed_queues) {
             options.validate_consumer()?;
             if queues.iter().any(|(other, _)| other.queue == options.queue) {
                 return Err(Error::Config(format!(
