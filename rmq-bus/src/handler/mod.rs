@@ -362,6 +362,14 @@ pub(crate) mod glue {
         super::payload_field(message, key)
     }
 
+    /// `route`, ordered by `key` if there is one (the attribute's, or the payload contract's).
+    pub fn ordered(route: Route, key: Option<&'static str>) -> Route {
+        match key {
+            Some(key) => route.ordered_by(key),
+            None => route,
+        }
+    }
+
     /// The context.
     pub fn context(message: &Message) -> RmqContext {
         message.ctx.clone()
