@@ -9,7 +9,7 @@ use crate::admin::{declare_queue, delete_queue};
 use crate::payload::{OutgoingPacket, PATTERN, make_event};
 use crate::report::{self, Report, Rounds};
 use crate::workload::{IN_FLIGHT, PREFETCH, Scenario, System};
-use crate::{Res, broker_uri, env_number, s3};
+use crate::{Res, broker_uri, env_number, s3, s4};
 
 const DEFAULT_N: usize = 100_000;
 const DEFAULT_ROUNDS: usize = 3;
@@ -90,7 +90,23 @@ pub(crate) fn parent() -> Res<bool> {
             None
         }
     };
+    let s4_n: usize = env_number("S4_N", (n / 5).clamp(200, 20_000))?;
+    let s4_one_key_n: usize = env_number("S4_ONE_KEY_N", (s4_n / 20).clamp(50, 1_000))?;
+    let s4 = match s4::ordering(&admin, &uri, s4_n, s4_one_key_n, rounds) {
+        Ok(s4) => {
+            s4.print();
+            Some(s4)
+        }
+        Err(error) => {
+            failures += 1;
+            println!("S4: FAILED: {error}");
+            None
+        }
+    };
     report::print_figures(&results, s3.as_ref());
+    if let Some(s4) = &s4 {
+        s4.print_figures();
+    }
     if failures > 0 {
         println!("{failures} round(s) failed");
     }
