@@ -85,7 +85,7 @@ pub(crate) fn ordering(
         .enable_all()
         .build()?;
     let pid = std::process::id();
-    let mut run = |name: String, ordered: bool, n: usize, keys: usize| -> Res<f64> {
+    let run = |name: String, ordered: bool, n: usize, keys: usize| -> Res<f64> {
         let queue = format!("rmq-bus-bench-{pid}-s4-{name}");
         let result = runtime.block_on(measure(&queue, uri, ordered, n, keys));
         let _ = admin.block_on(delete_queue(uri, &queue));

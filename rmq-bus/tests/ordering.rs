@@ -198,26 +198,27 @@ async fn every_key_is_handled_in_order_under_load_while_keys_overlap() {
     running.shutdown().await.expect("shutdown");
 
     tracker.assert_in_order();
-    let state = tracker.state.lock().unwrap();
-    assert_eq!(state.last.len(), keys);
-    assert!(
-        state
-            .last
-            .values()
-            .all(|&last| last == (events / keys) as i64 - 1),
-        "every key handled to its last event"
-    );
-    // Keys overlap: many ran at once (with prefetch 250 and 200 keys, far more than a few).
-    assert!(
-        state.most_running >= 20,
-        "keys did not overlap: at most {} ran at once",
-        state.most_running
-    );
-    eprintln!(
-        "{events} events over {keys} keys in {elapsed:?}; up to {} keys at once",
-        state.most_running
-    );
-    drop(state);
+    {
+        let state = tracker.state.lock().unwrap();
+        assert_eq!(state.last.len(), keys);
+        assert!(
+            state
+                .last
+                .values()
+                .all(|&last| last == (events / keys) as i64 - 1),
+            "every key handled to its last event"
+        );
+        // Keys overlap: many ran at once (with prefetch 250 and 200 keys, far more than a few).
+        assert!(
+            state.most_running >= 20,
+            "keys did not overlap: at most {} ran at once",
+            state.most_running
+        );
+        eprintln!(
+            "{events} events over {keys} keys in {elapsed:?}; up to {} keys at once",
+            state.most_running
+        );
+    }
     broker.cleanup().await;
 }
 
@@ -274,28 +275,29 @@ async fn a_failure_mid_sequence_holds_its_key_only() {
 
     tracker.assert_in_order();
     assert_eq!(*failures.lock().unwrap(), 2, "event 5 failed twice");
-    let state = tracker.state.lock().unwrap();
-    let stuck: Vec<i64> = state
-        .started
-        .iter()
-        .filter(|(key, _)| key == "stuck")
-        .map(|(_, seq)| *seq)
-        .collect();
-    assert_eq!(
-        stuck,
-        [0, 1, 2, 3, 4, 5, 5, 5, 6, 7, 8, 9],
-        "stuck's later events waited for its retries"
-    );
-    // The other keys went on meanwhile: all done before stuck's event 5 succeeded (after its
-    // 300 ms and 600 ms retry delays).
-    let recovered = recovered_at.lock().unwrap().expect("event 5 succeeded");
-    for key in keys.iter().filter(|key| *key != "stuck") {
-        assert!(
-            state.finished_at[key] < recovered,
-            "{key} was held up by stuck's retries"
+    {
+        let state = tracker.state.lock().unwrap();
+        let stuck: Vec<i64> = state
+            .started
+            .iter()
+            .filter(|(key, _)| key == "stuck")
+            .map(|(_, seq)| *seq)
+            .collect();
+        assert_eq!(
+            stuck,
+            [0, 1, 2, 3, 4, 5, 5, 5, 6, 7, 8, 9],
+            "stuck's later events waited for its retries"
         );
+        // The other keys went on meanwhile: all done before stuck's event 5 succeeded (after its
+        // 300 ms and 600 ms retry delays).
+        let recovered = recovered_at.lock().unwrap().expect("event 5 succeeded");
+        for key in keys.iter().filter(|key| *key != "stuck") {
+            assert!(
+                state.finished_at[key] < recovered,
+                "{key} was held up by stuck's retries"
+            );
+        }
     }
-    drop(state);
     let dead = broker.try_ready(&format!("{queue}.dlq")).await;
     assert_eq!(dead.unwrap_or(0), 0, "nothing dead-lettered");
     broker.cleanup().await;
@@ -465,19 +467,20 @@ async fn two_instances_share_partitions_and_the_survivor_takes_over_in_order() {
     client.close().await;
 
     tracker.assert_in_order();
-    let state = tracker.state.lock().unwrap();
-    assert_eq!(state.handled, events, "nothing lost, nothing twice");
-    let all: HashSet<String> = (0..partitions).map(|p| format!("{queue}.{p}")).collect();
-    assert_eq!(
-        state.by_instance.get("second"),
-        Some(&all),
-        "every partition moved to the survivor"
-    );
-    assert!(
-        state.by_instance.contains_key("first"),
-        "the first handled some first"
-    );
-    drop(state);
+    {
+        let state = tracker.state.lock().unwrap();
+        assert_eq!(state.handled, events, "nothing lost, nothing twice");
+        let all: HashSet<String> = (0..partitions).map(|p| format!("{queue}.{p}")).collect();
+        assert_eq!(
+            state.by_instance.get("second"),
+            Some(&all),
+            "every partition moved to the survivor"
+        );
+        assert!(
+            state.by_instance.contains_key("first"),
+            "the first handled some first"
+        );
+    }
     broker.cleanup().await;
 }
 
