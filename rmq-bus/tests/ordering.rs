@@ -419,14 +419,16 @@ async fn two_instances_share_partitions_and_the_survivor_takes_over_in_order() {
     let tracker = Arc::new(Tracker::default());
     let instance = |name: &'static str| {
         let tracker = tracker.clone();
-        Microservice::new(options(&queue).partitions(partitions)).on_ordered_event(
+        // A small window, so that the backlog is not all taken by whoever comes first.
+        let partitioned = options(&queue).partitions(partitions).prefetch(10);
+        Microservice::new(partitioned.max_waiting_per_key(10)).on_ordered_event(
             "order_updated",
             "orderId",
             move |Payload(update): Payload<OrderUpdated>, ctx: RmqContext| {
                 let tracker = tracker.clone();
                 async move {
                     tracker.start(&update.order_id, update.seq);
-                    tokio::time::sleep(delay_of(&update.order_id, update.seq, 2)).await;
+                    tokio::time::sleep(delay_of(&update.order_id, update.seq, 5)).await;
                     {
                         let mut state = tracker.state.lock().unwrap();
                         let queues = state.by_instance.entry(name).or_default();
@@ -438,17 +440,33 @@ async fn two_instances_share_partitions_and_the_survivor_takes_over_in_order() {
             },
         )
     };
-    // First started, first active on every partition; the second waits as standby.
-    let first = instance("first").start().await.expect("start first");
-    let second = instance("second").start().await.expect("start second");
-
-    // Typed publishes: the contract names its key, so the client sends it for the exchange.
+    // Typed publishes: the contract names its key, so the client sends it for the exchange. A
+    // backlog first, so that every partition holds several events of a key at once.
     let client = ClientProxy::new(options(&queue).partitions(partitions));
-    let (events, keys) = (3000_usize, 60_usize);
+    let (events, keys, backlog) = (3000_usize, 60_usize, 1000_usize);
+    let update = |i: usize| OrderUpdated {
+        order_id: format!("o-{}", i % keys),
+        seq: (i / keys) as i64,
+    };
+    // The partitions exist once a microservice declared them.
+    let setup = instance("setup")
+        .start()
+        .await
+        .expect("declare the partitions");
+    setup.shutdown().await.expect("shutdown setup");
+    for i in 0..backlog {
+        client.publish(&update(i)).await.expect("publish");
+    }
+    // First started, first active on every partition; the second waits as standby.
+    let (first, second) = tokio::join!(instance("first").start(), async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        instance("second").start().await
+    });
+    let (first, second) = (first.expect("start first"), second.expect("start second"));
     let publisher = {
         let client = client.clone();
         tokio::spawn(async move {
-            for i in 0..events {
+            for i in backlog..events {
                 let update = OrderUpdated {
                     order_id: format!("o-{}", i % keys),
                     seq: (i / keys) as i64,
