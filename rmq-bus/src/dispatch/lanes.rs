@@ -22,7 +22,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::disposal::{PARKED_HEADER, Policy, dispose};
-use super::{Disposal, Router, dispatch, refuse_with, stop_requested};
+use super::{
+    Disposal, Router, consumer_stopped, dispatch, let_finish, refuse_with, stop_requested,
+};
 use crate::codec::{decode, event_pattern};
 use crate::config::{AckMode, RmqOptions};
 use crate::delivery::{Outcome, Settlement};
@@ -93,20 +95,12 @@ pub(super) async fn serve(
                         running.push(run(job));
                     }
                 }
-                Err(reason) => {
-                    break Err(Error::ConsumerStopped {
-                        queue: consumer.queue().to_owned(),
-                        reason,
-                    });
-                }
+                Err(reason) => break Err(consumer_stopped(&consumer, reason)),
             },
         }
     };
     if ended.is_err() {
-        // The connection is gone: everything unsettled returns to the queue, in order.
-        if !running.is_empty() {
-            tokio::spawn(async move { while running.next().await.is_some() {} });
-        }
+        let_finish(running);
         return ended;
     }
     let drained = tokio::time::timeout(drain, async {

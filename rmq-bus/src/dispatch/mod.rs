@@ -72,20 +72,12 @@ pub(crate) async fn serve(
             Some(()) = handlers.next(), if !handlers.is_empty() => {}
             delivery = consumer.next(), if room => match delivery {
                 Ok(inbound) => handlers.push(dispatch(router.clone(), policy.clone(), inbound)),
-                Err(reason) => {
-                    break Err(Error::ConsumerStopped {
-                        queue: consumer.queue().to_owned(),
-                        reason,
-                    });
-                }
+                Err(reason) => break Err(consumer_stopped(&consumer, reason)),
             },
         }
     };
     if ended.is_err() {
-        // The consumer is gone: its deliveries return to the queue whatever the handlers do.
-        if !handlers.is_empty() {
-            tokio::spawn(async move { while handlers.next().await.is_some() {} });
-        }
+        let_finish(handlers);
         return ended;
     }
     consumer.cancel().await;
@@ -99,6 +91,25 @@ pub(crate) async fn serve(
     match drained {
         Err(_) => Err(Error::DrainTimeout(left)),
         Ok(()) => Ok(()),
+    }
+}
+
+/// The error of a consumer that stopped by itself, for `reason`.
+fn consumer_stopped(consumer: &Consumer, reason: String) -> Error {
+    Error::ConsumerStopped {
+        queue: consumer.queue().to_owned(),
+        reason,
+    }
+}
+
+/// Lets the handlers of a consumer that is gone finish on their own: its deliveries return to
+/// the queue (in order) whatever the handlers do.
+fn let_finish<F: Future + Send + 'static>(mut handlers: FuturesUnordered<F>)
+where
+    F::Output: Send,
+{
+    if !handlers.is_empty() {
+        tokio::spawn(async move { while handlers.next().await.is_some() {} });
     }
 }
 
