@@ -10,9 +10,9 @@
 //! | `N` | messages per S1 round | 100000 |
 //! | `S2_N` | messages per S2 round | `N / 5` |
 //! | `S3_N` | S3 round trips, sequential and concurrent | `N / 10`, at most 10000 |
-//! | `S4_N` | S4 events per run, over 200 keys | `N / 5`, 200 to 20000 |
-//! | `S4_ONE_KEY_N` | S4 events on one key | `S4_N / 20`, 50 to 1000 |
-//! | `ROUNDS` | rounds per system and scenario (and S4 pairs) | 3 |
+//! | `ORDERING_N` | ordering events per run, over 200 keys | `N / 5`, 200 to 20000 |
+//! | `ORDERING_ONE_KEY_N` | ordering events on one key | `ORDERING_N / 20`, 50 to 1000 |
+//! | `ROUNDS` | rounds per system and scenario (and ordering pairs) | 3 |
 //! | `RABBIT_MQ_URI` | broker | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `BENCH_TIMEOUT_S` | limit on one round | 300 |
 //! | `RUST_LOG` | log filter of the child processes | `warn` |
@@ -36,8 +36,8 @@
 //!   exceed 250 / 5 ms = 50 000 msg/s.
 //! - **S3 request/reply**: sequential round trips p50/p99 and the rate of 64 concurrent requesters
 //!   (see the [`s3`] module).
-//! - **S4 per-key ordering**: 5 ms handlers over 200 keys, unordered against ordered by key in
-//!   alternating runs, then one key alone (bounded by 1 / 5 ms) (see the [`s4`] module).
+//! - **Ordering** (per key): 5 ms handlers over 200 keys, unordered against ordered by key in
+//!   alternating runs, then one key alone (bounded by 1 / 5 ms) (see the [`ordering`] module).
 //!
 //! Each (round, scenario, system) runs in a child process (this binary re-executed with
 //! `--child <system> <scenario> <queue> <n>`), so CPU time and peak RSS belong to that system
@@ -57,19 +57,19 @@
 //!   and `duplicates` (summed over rounds); a system without a successful round has none;
 //! - `s2.prefetch` and `s2.handler_ms`, the bound on S2's rate being `prefetch / handler_ms`;
 //! - `s3.n`, `s3.p50_ms`, `s3.p99_ms`, `s3.concurrent_per_s`, if S3 succeeded;
-//! - `s4.n`, `s4.unordered_per_s`, `s4.ordered_per_s`, `s4.ordered_ratio`, `s4.one_key_per_s`,
-//!   if S4 succeeded.
+//! - `ordering.n`, `ordering.unordered_per_s`, `ordering.ordered_per_s`, `ordering.ordered_ratio`,
+//!   `ordering.one_key_per_s`, if the ordering scenario succeeded.
 //!
 //! The last line is always `S1 end_to_end ratio (rmq-bus / raw lapin expert): <ratio or n/a>`.
 
 mod admin;
 mod child;
 mod measure;
+mod ordering;
 mod parent;
 mod payload;
 mod report;
 mod s3;
-mod s4;
 mod systems;
 mod workload;
 

@@ -1,4 +1,4 @@
-//! S4 per-key ordering: 5 ms handlers over 200 keys, the same events handled unordered and
+//! Ordering scenario, per-key ordering: 5 ms handlers over 200 keys, the same events handled unordered and
 //! ordered by key (`on_ordered_event`), alternating, in the same run; then one key alone, whose
 //! rate is bounded by 1 / 5 ms. It runs in the parent process, as S3 does: what it compares is
 //! the rate of the two forms, on the same machine at the same time.
@@ -22,8 +22,8 @@ const HANDLER: Duration = Duration::from_millis(5);
 /// Keys in the many-key runs.
 const KEYS: usize = 200;
 
-/// What S4 measured: events per second of each run, medians over the rounds.
-pub(crate) struct S4Figures {
+/// What the ordering scenario measured: events per second of each run, medians over the rounds.
+pub(crate) struct OrderingFigures {
     pub(crate) n: usize,
     pub(crate) unordered_per_s: f64,
     pub(crate) ordered_per_s: f64,
@@ -31,13 +31,13 @@ pub(crate) struct S4Figures {
     pub(crate) one_key_per_s: f64,
 }
 
-impl S4Figures {
+impl OrderingFigures {
     pub(crate) fn print(&self) {
         let ratio = self.ordered_per_s / self.unordered_per_s;
         let one_key_bound = 1.0 / HANDLER.as_secs_f64();
         println!();
         println!(
-            "S4 per-key ordering (5 ms handlers, prefetch 250) — N={} over {KEYS} keys, {} on one key",
+            "Ordering per key (5 ms handlers, prefetch 250) — N={} over {KEYS} keys, {} on one key",
             self.n, self.one_key_n
         );
         println!("  unordered            {:>9.0}/s", self.unordered_per_s);
@@ -53,18 +53,18 @@ impl S4Figures {
     }
 
     pub(crate) fn print_figures(&self) {
-        println!("figure s4.n={}", self.n as f64);
-        println!("figure s4.unordered_per_s={}", self.unordered_per_s);
-        println!("figure s4.ordered_per_s={}", self.ordered_per_s);
+        println!("figure ordering.n={}", self.n as f64);
+        println!("figure ordering.unordered_per_s={}", self.unordered_per_s);
+        println!("figure ordering.ordered_per_s={}", self.ordered_per_s);
         println!(
-            "figure s4.ordered_ratio={}",
+            "figure ordering.ordered_ratio={}",
             self.ordered_per_s / self.unordered_per_s
         );
-        println!("figure s4.one_key_per_s={}", self.one_key_per_s);
+        println!("figure ordering.one_key_per_s={}", self.one_key_per_s);
     }
 }
 
-/// An event of S4: its key and its place in the key's sequence.
+/// An event of the ordering scenario: its key and its place in the key's sequence.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Update {
@@ -72,25 +72,25 @@ struct Update {
     seq: usize,
 }
 
-/// Runs S4: `rounds` of (unordered, ordered) with `n` events each, then one key with `one_key_n`.
+/// Runs the ordering scenario: `rounds` of (unordered, ordered) with `n` events each, then one key with `one_key_n`.
 pub(crate) fn ordering(
     admin: &tokio::runtime::Runtime,
     uri: &str,
     n: usize,
     one_key_n: usize,
     rounds: usize,
-) -> Res<S4Figures> {
+) -> Res<OrderingFigures> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let pid = std::process::id();
     let run = |name: String, ordered: bool, n: usize, keys: usize| -> Res<f64> {
-        let queue = format!("rmq-bus-bench-{pid}-s4-{name}");
+        let queue = format!("rmq-bus-bench-{pid}-ordering-{name}");
         let result = runtime.block_on(measure(&queue, uri, ordered, n, keys));
         let _ = admin.block_on(delete_queue(uri, &queue));
         let rate = result?;
-        println!("S4 {name}: {rate:.0}/s");
+        println!("ordering {name}: {rate:.0}/s");
         Ok(rate)
     };
     let (mut unordered, mut ordered) = (Vec::new(), Vec::new());
@@ -99,7 +99,7 @@ pub(crate) fn ordering(
         ordered.push(run(format!("r{round}-ordered"), true, n, KEYS)?);
     }
     let one_key_per_s = run("one-key".to_owned(), true, one_key_n, 1)?;
-    Ok(S4Figures {
+    Ok(OrderingFigures {
         n,
         unordered_per_s: median(&mut unordered),
         ordered_per_s: median(&mut ordered),
