@@ -442,6 +442,8 @@ impl ClientProxy {
                     .get(KEY_HEADER)
                     .and_then(|key| key.as_str());
                 let key = key.or(properties.correlation_id.as_deref()).unwrap_or("");
+                // A routing key has at most 255 bytes; RabbitMQ hashes the header anyway.
+                let key = if key.len() > 255 { "" } else { key };
                 (exchange.name.as_str(), key)
             }
             Some(exchange) => (exchange.name.as_str(), pattern.key()),
