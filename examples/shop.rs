@@ -64,7 +64,9 @@ struct Orders {
 
 #[controller]
 impl Orders {
-    #[event_pattern]
+    /// Status updates of one order are applied in the order they arrive, one at a time (a
+    /// later verdict never overwritten by an earlier one); other orders' meanwhile.
+    #[event_pattern(ordered_by = "order.orderId")]
     async fn processed(
         &self,
         #[payload] processed: OrderProcessed,

@@ -11,6 +11,15 @@ esac
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# Partitioned queues (RmqOptions::partitions) need the consistent-hash exchange, a plugin that
+# ships with RabbitMQ but is off by default. Enabling it is online (no restart) and idempotent.
+enable_plugins() {
+  if ! rabbitmq-plugins -q is_enabled rabbitmq_consistent_hash_exchange >/dev/null 2>&1; then
+    echo "ensure-rabbitmq: enabling rabbitmq_consistent_hash_exchange"
+    rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null
+  fi
+}
+
 if ! command -v rabbitmq-server >/dev/null 2>&1; then
   echo "ensure-rabbitmq: installing rabbitmq-server (Debian package)"
   as_root apt-get update -qq
@@ -18,6 +27,7 @@ if ! command -v rabbitmq-server >/dev/null 2>&1; then
 fi
 
 if rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+  enable_plugins
   exit 0
 fi
 
@@ -26,6 +36,7 @@ as_root rabbitmq-server -detached >/dev/null 2>&1 || true
 for _ in $(seq 1 90); do
   if rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1; then
     echo "ensure-rabbitmq: RabbitMQ is up"
+    enable_plugins
     exit 0
   fi
   sleep 1

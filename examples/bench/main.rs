@@ -12,7 +12,9 @@
 //! | `S3_N` | S3 round trips, sequential and concurrent | `N / 10`, at most 10000 |
 //! | `S4_N` | events per S4 round | `N / 2` |
 //! | `LATENCY_S` | seconds each latency round publishes | 10 |
-//! | `ROUNDS` | rounds per system and scenario | 3 |
+//! | `ORDERING_N` | ordering events per run, over 200 keys | `N / 5`, 200 to 20000 |
+//! | `ORDERING_ONE_KEY_N` | ordering events on one key | `ORDERING_N / 20`, 50 to 1000 |
+//! | `ROUNDS` | rounds per system and scenario (and ordering pairs) | 3 |
 //! | `RABBIT_MQ_URI` | broker | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `BENCH_TIMEOUT_S` | limit on one round | 300 |
 //! | `RUST_LOG` | log filter of the child processes | `warn` |
@@ -44,6 +46,8 @@
 //! - **Latency at 1k/s and 5k/s**: an open loop publishes event `i` at `i / rate` seconds for
 //!   `LATENCY_S` seconds, whatever the confirms do; publish→handler p50, p99 and p99.9 at normal
 //!   load rather than under saturation (S1's latencies are queueing).
+//! - **Ordering** (per key): 5 ms handlers over 200 keys, unordered against ordered by key in
+//!   alternating runs, then one key alone (bounded by 1 / 5 ms) (see the [`ordering`] module).
 //!
 //! Each (round, scenario, system) runs in a child process (this binary re-executed with
 //! `--child <system> <scenario> <queue> <n>`), so CPU time and peak RSS belong to that system
@@ -63,13 +67,16 @@
 //!   `p999_ms`, `cpu_s`, `cpu_us_per_msg`, `peak_rss_mib` and `duplicates` (summed over rounds); a
 //!   system without a successful round has none;
 //! - `s2.prefetch` and `s2.handler_ms`, the bound on S2's rate being `prefetch / handler_ms`;
-//! - `s3.n`, `s3.p50_ms`, `s3.p99_ms`, `s3.concurrent_per_s`, if S3 succeeded.
+//! - `s3.n`, `s3.p50_ms`, `s3.p99_ms`, `s3.concurrent_per_s`, if S3 succeeded;
+//! - `ordering.n`, `ordering.unordered_per_s`, `ordering.ordered_per_s`, `ordering.ordered_ratio`,
+//!   `ordering.one_key_per_s`, if the ordering scenario succeeded.
 //!
 //! The last line is always `S1 end_to_end ratio (rmq-bus / raw lapin expert): <ratio or n/a>`.
 
 mod admin;
 mod child;
 mod measure;
+mod ordering;
 mod parent;
 mod payload;
 mod report;

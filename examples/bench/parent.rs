@@ -9,7 +9,7 @@ use crate::admin::{declare_queue, delete_queue};
 use crate::payload::{OutgoingPacket, PATTERN, make_event};
 use crate::report::{self, Report, Rounds};
 use crate::workload::{IN_FLIGHT, PREFETCH, Scenario, System, forward_queue};
-use crate::{Res, broker_uri, env_number, s3};
+use crate::{Res, broker_uri, env_number, ordering, s3};
 
 const DEFAULT_N: usize = 100_000;
 const DEFAULT_ROUNDS: usize = 3;
@@ -100,7 +100,23 @@ pub(crate) fn parent() -> Res<bool> {
             None
         }
     };
+    let ordering_n: usize = env_number("ORDERING_N", (n / 5).clamp(200, 20_000))?;
+    let one_key_n: usize = env_number("ORDERING_ONE_KEY_N", (ordering_n / 20).clamp(50, 1_000))?;
+    let ordered = match ordering::ordering(&admin, &uri, ordering_n, one_key_n, rounds) {
+        Ok(ordered) => {
+            ordered.print();
+            Some(ordered)
+        }
+        Err(error) => {
+            failures += 1;
+            println!("ordering: FAILED: {error}");
+            None
+        }
+    };
     report::print_figures(&results, s3.as_ref());
+    if let Some(ordered) = &ordered {
+        ordered.print_figures();
+    }
     if failures > 0 {
         println!("{failures} round(s) failed");
     }

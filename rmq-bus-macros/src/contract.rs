@@ -51,6 +51,8 @@ impl ContractKind {
 struct Arguments {
     pattern: Option<Pattern>,
     reply: Option<Type>,
+    /// `ordered_by = "path"`, an event's ordering key.
+    ordered_by: Option<LitStr>,
 }
 
 /// Expands the derive: the trait impl, or the errors (spanned at the offending tokens).
@@ -77,6 +79,7 @@ pub(crate) fn derive(kind: ContractKind, input: TokenStream) -> TokenStream {
     };
     let name = LitStr::new(&ident.to_string(), ident.span());
     let payload_schema = schema_fn(quote!(__payload_schema), quote!(Self));
+    let ordered_by = crate::ordering::option_tokens(arguments.ordered_by.as_ref());
     match kind {
         ContractKind::Event => quote! {
             impl #impl_generics ::rmq_bus::contract::Event for #ident #ty_generics #where_clause {
@@ -84,6 +87,7 @@ pub(crate) fn derive(kind: ContractKind, input: TokenStream) -> TokenStream {
                 const OBJECT_PATTERN: bool = #object;
                 const DESCRIPTION: &'static str = #description;
                 const NAME: &'static str = #name;
+                const ORDERED_BY: ::core::option::Option<&'static str> = #ordered_by;
                 #payload_schema
             }
 
@@ -154,7 +158,22 @@ fn arguments(kind: ContractKind, attrs: &[Attribute], errors: &mut Errors) -> Ar
         ));
     }
     let parsed = match &attr.meta {
-        Meta::List(list) => list.parse_args_with(|input: ParseStream| parse(kind, input)),
+        Meta::List(list) => {
+            let what = "a request contract";
+            crate::ordering::split_ordered_by(
+                list.tokens.clone(),
+                kind == ContractKind::Event,
+                what,
+            )
+            .and_then(|(rest, ordered_by)| {
+                let parse = |input: ParseStream| parse(kind, input);
+                let arguments = syn::parse::Parser::parse2(parse, rest)?;
+                Ok(Arguments {
+                    ordered_by,
+                    ..arguments
+                })
+            })
+        }
         _ => Err(syn::Error::new_spanned(
             attr,
             format!("expected arguments: write {}", kind.usage()),

@@ -7,7 +7,9 @@ use syn::{Attribute, FnArg, ImplItem, ImplItemFn, Item, ItemImpl, Path};
 
 use crate::args::is_arg_attribute;
 use crate::errors::Errors;
-use crate::handler::{Handler, Kind, analyze, cfg_attributes, extra_pattern_error, use_marker};
+use crate::handler::{
+    Handler, Kind, analyze, cfg_attributes, extra_pattern_error, split_args, use_marker,
+};
 use crate::pattern::RouteKind;
 
 /// Expands `#[controller]`: the impl block without the rmq attributes, plus the `Controller`
@@ -164,7 +166,11 @@ fn handler(
         ));
     }
     markers.extend(patterns.iter().map(|(_, attr)| attr.path().clone()));
-    let pattern = errors.check(route_kind.parse_attribute(first));
+    let args = match &first.meta {
+        syn::Meta::List(list) => list.tokens.clone(),
+        _ => proc_macro2::TokenStream::new(),
+    };
+    let (pattern, ordered_by) = split_args(*route_kind, args, errors);
     analyze(&mut method.sig, *route_kind, pattern, Kind::Method, errors)
-        .map(|handler| handler.documented(&method.attrs))
+        .map(|handler| handler.documented(&method.attrs).ordered_by(ordered_by))
 }

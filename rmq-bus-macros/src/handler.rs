@@ -4,7 +4,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Attribute, FnArg, Ident, Item, Path, ReturnType, Signature, Type};
+use syn::{Attribute, FnArg, Ident, Item, LitStr, Path, ReturnType, Signature, Type};
 
 mod doc;
 
@@ -48,6 +48,8 @@ pub(crate) struct Handler {
     output_span: Span,
     /// Its doc comment, for generated documentation.
     description: String,
+    /// `ordered_by = "path"` from its attribute.
+    ordered_by: Option<LitStr>,
 }
 
 /// Checks a handler's signature, recording every problem in `errors`, and removes the
@@ -148,6 +150,7 @@ pub(crate) fn analyze(
         args,
         output_span,
         description: String::new(),
+        ordered_by: None,
     })
 }
 
@@ -193,6 +196,25 @@ fn is_self(ty: &Type) -> bool {
 }
 
 impl Handler {
+    /// Orders it by the key its attribute names.
+    pub(crate) fn ordered_by(mut self, path: Option<LitStr>) -> Self {
+        self.ordered_by = path;
+        self
+    }
+
+    /// Its route, `route`, ordered by the key its attribute names, or else by its payload
+    /// contract's (an event contract naming none leaves it unordered).
+    fn ordered(&self, route: TokenStream) -> TokenStream {
+        let key = match (&self.ordered_by, &self.routing, self.route_kind) {
+            (Some(_), _, _) => crate::ordering::option_tokens(self.ordered_by.as_ref()),
+            (None, Routing::FromPayload(ty), RouteKind::Event) => {
+                quote_spanned!(ty.span()=> <#ty as ::rmq_bus::contract::Event>::ORDERED_BY)
+            }
+            _ => return route,
+        };
+        quote!(::rmq_bus::__private::ordered(#route, #key))
+    }
+
     /// The pattern its attribute names, if it names one.
     pub(crate) fn named_pattern(&self) -> Option<&Pattern> {
         match &self.routing {
@@ -251,14 +273,17 @@ impl Handler {
         let doc = self.route_doc();
         let ident = self.spanned_ident();
         let future = self.future(quote!(#ident), None);
+        let route = self.ordered(quote! {
+            #route(
+                #pattern,
+                #doc,
+                |__rmq_message: ::rmq_bus::__private::Message| #future,
+            )
+        });
         quote! {
             {
                 #check
-                #route(
-                    #pattern,
-                    #doc,
-                    |__rmq_message: ::rmq_bus::__private::Message| #future,
-                )
+                #route
             }
         }
     }
@@ -274,18 +299,21 @@ impl Handler {
             quote_spanned!(self.output_span=> Self::#ident),
             Some(quote!(&*__rmq_this)),
         );
+        let route = self.ordered(quote! {
+            #route(
+                #pattern,
+                #doc,
+                move |__rmq_message: ::rmq_bus::__private::Message| {
+                    let __rmq_this = ::core::clone::Clone::clone(&__rmq_this);
+                    #future
+                },
+            )
+        });
         quote! {
             {
                 #check
                 let __rmq_this = ::core::clone::Clone::clone(&self);
-                #route(
-                    #pattern,
-                    #doc,
-                    move |__rmq_message: ::rmq_bus::__private::Message| {
-                        let __rmq_this = ::core::clone::Clone::clone(&__rmq_this);
-                        #future
-                    },
-                )
+                #route
             }
         }
     }
@@ -410,7 +438,7 @@ pub(crate) fn expand_free(
         return TokenStream::new();
     }
     let mut errors = Errors::default();
-    let pattern = errors.check(route_kind.parse_handler_pattern(args));
+    let (pattern, ordered_by) = split_args(route_kind, args, &mut errors);
     let mut func = match syn::parse2::<Item>(item.clone()) {
         Ok(Item::Fn(func)) => func,
         Ok(_) => {
@@ -434,7 +462,7 @@ pub(crate) fn expand_free(
 
     let is_method = func.sig.receiver().is_some();
     let handler = analyze(&mut func.sig, route_kind, pattern, Kind::Free, &mut errors)
-        .map(|handler| handler.documented(&func.attrs));
+        .map(|handler| handler.documented(&func.attrs).ordered_by(ordered_by));
     if is_method {
         // Inside an impl block: a struct cannot go there, emit only the method. Further pattern
         // attributes stay, to report the missing `#[controller]` themselves.
@@ -492,4 +520,25 @@ pub(crate) fn expand_free(
         #(#markers)*
         #errors
     }
+}
+
+/// The pattern and the `ordered_by` key of a handler attribute's arguments, as [`analyze`] takes
+/// the pattern (`None`: wrong, reported in `errors`).
+pub(crate) fn split_args(
+    route_kind: RouteKind,
+    args: TokenStream,
+    errors: &mut Errors,
+) -> (Option<Option<crate::pattern::Pattern>>, Option<LitStr>) {
+    let allowed = route_kind == RouteKind::Event;
+    let Some((rest, ordered_by)) = errors.check(crate::ordering::split_ordered_by(
+        args,
+        allowed,
+        "a request handler",
+    )) else {
+        return (None, None);
+    };
+    (
+        errors.check(route_kind.parse_handler_pattern(rest)),
+        ordered_by,
+    )
 }

@@ -13,6 +13,7 @@ mod contract;
 mod controller;
 mod errors;
 mod handler;
+mod ordering;
 mod pattern;
 
 use proc_macro::TokenStream;

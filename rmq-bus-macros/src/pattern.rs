@@ -7,7 +7,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote};
 use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
-use syn::{Attribute, Ident, Lit, LitStr, Meta, Path, Token};
+use syn::{Ident, Lit, LitStr, Path, Token};
 
 /// Whether a handler answers events (`#[event_pattern]`) or requests (`#[message_pattern]`).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -87,17 +87,6 @@ impl RouteKind {
             return Ok(None);
         }
         self.parse_pattern(args).map(Some)
-    }
-
-    /// Parses `attr`, an attribute of this kind found by `#[controller]` on a method: `None`
-    /// when it names no pattern.
-    pub(crate) fn parse_attribute(self, attr: &Attribute) -> syn::Result<Option<Pattern>> {
-        match &attr.meta {
-            Meta::List(list) if !list.tokens.is_empty() => list
-                .parse_args_with(|input: ParseStream| parse(input, self))
-                .map(Some),
-            _ => Ok(None),
-        }
     }
 
     /// The contract trait a payload type names this kind's pattern through.

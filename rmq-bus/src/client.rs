@@ -15,11 +15,12 @@ use tokio::sync::{Mutex, oneshot};
 
 use self::pending::{Pending, PendingMap, interpret};
 use crate::codec::{decode_reply, encode_event, encode_request};
-use crate::config::{DEFAULT_REQUEST_TIMEOUT, RmqOptions};
+use crate::config::{DEFAULT_REQUEST_TIMEOUT, ExchangeKind, RmqOptions};
 use crate::contract::{Event, Request};
 use crate::correlation;
 use crate::delivery::Properties;
 use crate::error::{Error, Result};
+use crate::ordering::{KEY_HEADER, KeyPath};
 use crate::pattern::Pattern;
 use crate::transport::{Confirm, Link, OnReply, Outgoing};
 
@@ -107,7 +108,37 @@ impl ClientProxy {
     ) -> Result<()> {
         let pattern = pattern.into();
         let body = encode_event(&pattern, data)?;
-        let properties = self.properties(None, self.inner.options.persistent);
+        self.emit_body(pattern, body, None).await
+    }
+
+    /// Emits event `pattern` with its ordering `key` in the [`KEY_HEADER`] header, as
+    /// [`emit`](Self::emit) does otherwise: a [partitioned](RmqOptions::partitions) queue's
+    /// exchange hashes it, so that every event of one key goes to one partition, in order. The
+    /// handler reads its key from the data: `key` should be the same value.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: rmq_bus::ClientProxy) -> rmq_bus::Result<()> {
+    /// let update = serde_json::json!({"orderId": "o-1", "status": "PAID"});
+    /// client.emit_keyed("order_updated", "o-1", &update).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn emit_keyed<T: Serialize + ?Sized>(
+        &self,
+        pattern: impl Into<Pattern>,
+        key: &str,
+        data: &T,
+    ) -> Result<()> {
+        let pattern = pattern.into();
+        let body = encode_event(&pattern, data)?;
+        self.emit_body(pattern, body, Some(key.to_owned())).await
+    }
+
+    /// Emits an encoded event, with its ordering key if it has one.
+    async fn emit_body(&self, pattern: Pattern, body: Vec<u8>, key: Option<String>) -> Result<()> {
+        let mut properties = self.properties(None, self.inner.options.persistent);
+        if let Some(key) = key {
+            properties.headers.insert(KEY_HEADER.to_owned(), key.into());
+        }
         let deadline = self.deadline();
         loop {
             match self
@@ -196,8 +227,25 @@ impl ClientProxy {
     /// client.publish(&OrderCreated { price: 10.0 }).await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// A contract that names its ordering key ([`Event::ORDERED_BY`]) has it read from the
+    /// event and sent in the [`KEY_HEADER`] header, as [`emit_keyed`](Self::emit_keyed) does; an
+    /// event without it is refused ([`Error::OrderingKey`]).
     pub async fn publish<E: Event + Serialize>(&self, event: &E) -> Result<()> {
-        self.emit(E::pattern(), event).await
+        let pattern = E::pattern();
+        let body = encode_event(&pattern, event)?;
+        let key = match E::ORDERED_BY {
+            Some(path) => Some(
+                KeyPath::parse(path)
+                    .and_then(|path| path.read(&body))
+                    .map_err(|reason| Error::OrderingKey {
+                        pattern: pattern.key().to_owned(),
+                        reason,
+                    })?,
+            ),
+            None => None,
+        };
+        self.emit_body(pattern, body, key).await
     }
 
     /// Sends a typed request and waits for its typed reply: [`send`](Self::send) with the
@@ -386,6 +434,18 @@ impl ClientProxy {
             });
         }
         let (exchange, routing_key) = match &options.exchange {
+            // The exchange hashes the key header; the routing key carries it too, for brokers
+            // (the in-memory one) that hash routing keys. Without a key, events spread.
+            Some(exchange) if exchange.kind == ExchangeKind::ConsistentHash => {
+                let key = properties
+                    .headers
+                    .get(KEY_HEADER)
+                    .and_then(|key| key.as_str());
+                let key = key.or(properties.correlation_id.as_deref()).unwrap_or("");
+                // A routing key has at most 255 bytes; RabbitMQ hashes the header anyway.
+                let key = if key.len() > 255 { "" } else { key };
+                (exchange.name.as_str(), key)
+            }
             Some(exchange) => (exchange.name.as_str(), pattern.key()),
             None => ("", options.queue.as_str()),
         };

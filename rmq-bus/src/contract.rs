@@ -122,6 +122,11 @@ pub trait Event {
     const DESCRIPTION: &'static str = "";
     /// The type's name, for generated documentation.
     const NAME: &'static str = "";
+    /// Its ordering key, a path into its data (`#[event(pattern = "order_updated", ordered_by =
+    /// "orderId")]`, the name on the wire): [`ClientProxy::publish`](crate::ClientProxy::publish)
+    /// sends it in the [`KEY_HEADER`](crate::ordering::KEY_HEADER) header, and an
+    /// `#[event_pattern]` handler taking its pattern from the contract is ordered by it.
+    const ORDERED_BY: Option<&'static str> = None;
 
     /// The pattern, as rmq-bus sends and routes it.
     fn pattern() -> Pattern {

@@ -125,6 +125,13 @@ pub enum Outcome {
         /// Why: the bad input, or the last failure.
         reason: String,
     },
+    /// Its key's lane was full behind a stuck message of an ordered handler: a copy was
+    /// republished to the delay queue `<queue>.retry.<ms>ms` to come back after `delay`, in order
+    /// with the key's other parked messages, and the original acked.
+    Parked {
+        /// How long the copy waits on the broker.
+        delay: std::time::Duration,
+    },
     /// Nacked with requeue: it goes back into its queue, to be delivered again.
     Requeued,
     /// Rejected (or nacked without requeue): dead-lettered by the queue's own dead-letter

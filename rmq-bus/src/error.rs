@@ -249,6 +249,17 @@ pub enum Error {
     #[error("pattern {0:?} has two handlers; each pattern routes to exactly one handler")]
     DuplicatePattern(String),
 
+    /// A typed event names its ordering key, and the event to publish has none.
+    #[error(
+        "cannot publish {pattern:?}: {reason}; its contract names this ordering key (ordered_by), so every event needs one"
+    )]
+    OrderingKey {
+        /// The event's pattern.
+        pattern: String,
+        /// What is wrong with its key.
+        reason: String,
+    },
+
     /// In-flight handlers did not finish within the drain timeout at shutdown.
     #[error(
         "{0} handler(s) were still running when the drain timeout passed; their messages were returned to the queue"

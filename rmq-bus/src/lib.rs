@@ -155,6 +155,7 @@ mod dispatch;
 mod error;
 pub mod handler;
 pub mod microservice;
+pub mod ordering;
 mod pattern;
 mod rpc;
 mod schema;
@@ -256,7 +257,7 @@ pub mod __private {
         Probe, ReplyOf, RequestDoc, describe_event, describe_request, same_pattern, typed_reply,
     };
     pub use crate::handler::glue::{
-        context, event_route, extract, finish, message_route, object_pattern, payload,
+        context, event_route, extract, finish, message_route, object_pattern, ordered, payload,
         payload_field,
     };
     pub use crate::handler::{

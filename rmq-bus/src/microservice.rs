@@ -141,6 +141,34 @@ impl Microservice {
         self
     }
 
+    /// Registers a closure or function for event `pattern`, ordered by the key at `key_path`
+    /// in its data (`"orderId"`, dotted for nesting): what `#[event_pattern("…", ordered_by =
+    /// "orderId")]` declares for a function. Events with the same key are handled one at a time,
+    /// in delivery order, retries included; other keys run concurrently (see
+    /// [`Route::ordered_by`]).
+    ///
+    /// ```no_run
+    /// use rmq_bus::{Microservice, Payload, RmqOptions};
+    /// # async fn demo() -> rmq_bus::Result<()> {
+    /// Microservice::new(RmqOptions::from_env("ORDERS")?)
+    ///     .on_ordered_event("order_updated", "orderId", |Payload(update): Payload<serde_json::Value>| async move {
+    ///         // o-1's updates one after another, o-2's meanwhile
+    ///     })
+    ///     .run()
+    ///     .await
+    /// # }
+    /// ```
+    pub fn on_ordered_event<Args, H: IntoRoute<Args>>(
+        mut self,
+        pattern: impl Into<Pattern>,
+        key_path: &str,
+        handler: H,
+    ) -> Self {
+        self.routes
+            .push(handler.into_route(pattern.into()).ordered_by(key_path));
+        self
+    }
+
     /// Registers a closure or function answering requests for `pattern` (NestJS
     /// `@MessagePattern`); it returns `Result<T: Serialize, E: Into<RpcError>>`.
     pub fn on_message<Args, H: IntoMessageRoute<Args>>(
@@ -238,7 +266,7 @@ impl Microservice {
             return Err(Error::Config(misuse.to_owned()));
         }
         let router = Arc::new(Router::new(self.routes)?);
-        for options in self.queues {
+        for options in self.queues.iter().flat_map(RmqOptions::consumed_queues) {
             options.validate_consumer()?;
             if queues.iter().any(|(other, _)| other.queue == options.queue) {
                 return Err(Error::Config(format!(

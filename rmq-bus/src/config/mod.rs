@@ -6,6 +6,7 @@
 //! that emits to the queue and the [`Microservice`](crate::Microservice) that consumes it.
 
 mod env;
+mod partition;
 mod policy;
 mod queue;
 pub(crate) mod uri;
@@ -70,6 +71,10 @@ pub struct RmqOptions {
     pub(crate) reconnect_timeout: Duration,
     pub(crate) retry: Option<RetryPolicy>,
     dead_letters: DeadLetters,
+    /// How many messages of one ordering key may wait in process (`None`: a tenth of prefetch).
+    pub(crate) max_waiting_per_key: Option<usize>,
+    /// Partition queues behind a consistent-hash exchange (see [`partitions`](Self::partitions)).
+    pub(crate) partitions: Option<u16>,
 }
 
 /// Where rmq-bus puts messages it dead-letters.
@@ -99,6 +104,8 @@ impl fmt::Debug for RmqOptions {
             .field("reconnect_timeout", &self.reconnect_timeout)
             .field("retry", &self.retry)
             .field("dead_letters", &self.dead_letters)
+            .field("max_waiting_per_key", &self.max_waiting_per_key)
+            .field("partitions", &self.partitions)
             .finish()
     }
 }
@@ -122,6 +129,8 @@ impl RmqOptions {
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
             retry: None,
             dead_letters: DeadLetters::Default,
+            max_waiting_per_key: None,
+            partitions: None,
         }
     }
 
@@ -245,6 +254,22 @@ impl RmqOptions {
         self
     }
 
+    /// Bounds how many messages of one ordering key wait in process behind the one running
+    /// (default: a tenth of the prefetch window, at least 1), so that a stuck key cannot fill the
+    /// window: beyond it, that key's messages are parked on the broker, in order (see the README's
+    /// *Ordering* section). Only queues with ordered handlers use it.
+    pub fn max_waiting_per_key(mut self, max: usize) -> Self {
+        self.max_waiting_per_key = Some(max.max(1));
+        self
+    }
+
+    /// How many messages of one key may wait in process.
+    pub(crate) fn waiting_per_key(&self) -> usize {
+        self.max_waiting_per_key
+            .unwrap_or(usize::from(self.prefetch) / 10)
+            .max(1)
+    }
+
     /// The queue name (empty for an exchange publisher).
     pub fn queue(&self) -> &str {
         &self.queue
@@ -297,6 +322,7 @@ impl RmqOptions {
                 )),
             };
         }
+        self.validate_partitions()?;
         for name in [Some(self.queue.clone()), self.dead_letters()]
             .into_iter()
             .flatten()

@@ -86,6 +86,10 @@ pub enum ExchangeKind {
     Direct,
     /// Every bound queue gets a copy: publish/subscribe, one queue per subscribing service.
     Fanout,
+    /// RabbitMQ's consistent-hash exchange (`x-consistent-hash`, a plugin shipped with the
+    /// broker), hashing the ordering key header: the exchange of a partitioned queue
+    /// ([`RmqOptions::partitions`](crate::RmqOptions::partitions)).
+    ConsistentHash,
 }
 
 /// An exchange to publish to and bind the queue to, instead of the default exchange.

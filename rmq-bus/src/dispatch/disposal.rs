@@ -20,6 +20,9 @@ use crate::transport::{Publisher, Target};
 /// Header counting deliveries to the handler: 1 on the first, absent means 1.
 pub(super) const ATTEMPT_HEADER: &str = "x-rmq-bus-attempt";
 
+/// Header marking a message parked behind a stuck key (see `lanes`).
+pub(super) const PARKED_HEADER: &str = "x-rmq-bus-parked";
+
 /// How one queue's deliveries are disposed of; from its [`RmqOptions`](crate::RmqOptions).
 #[derive(Clone, Debug)]
 pub(super) struct Policy {
@@ -74,6 +77,18 @@ pub(super) async fn dispose(
             };
             tracing::info!(attempt, ?delay, "scheduling a retry");
             (target, properties, Outcome::Retried { attempt, delay })
+        }
+        Disposal::Park { delay } => {
+            let mut properties = info.properties.clone();
+            properties
+                .headers
+                .insert(PARKED_HEADER.to_owned(), true.into());
+            let target = Target {
+                queue: delay_queue(&info.queue, delay),
+                declare: Some(delay_queue_arguments(&info.queue, delay)),
+            };
+            tracing::info!(?delay, "its key is stuck: parking it");
+            (target, properties, Outcome::Parked { delay })
         }
         Disposal::DeadLetter { reason, attempts } => {
             let Some(queue) = policy.dead_letter_queue.clone() else {

@@ -12,6 +12,7 @@
 //! republishing.
 
 mod disposal;
+mod lanes;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -34,9 +35,10 @@ use crate::correlation;
 use crate::delivery::{DeliveryInfo, Outcome, Properties, Settlement};
 use crate::error::{Error, Result};
 use crate::handler::{
-    BodyCheck, BoxHandler, HandlerError, Message, Response, Route, RouteKind, RpcError,
-    failure_response,
+    BodyCheck, BoxHandler, HandlerError, HandlerResult, Message, Response, Route, RouteKind,
+    RpcError, failure_response,
 };
+use crate::ordering::KeyPath;
 use crate::pattern::{is_wildcard, wildcard_matches};
 use crate::transport::{Consumer, Inbound, Publisher};
 
@@ -54,6 +56,9 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) -> Result<()> {
+    if router.ordered {
+        return lanes::serve(consumer, options, router, stop, drain).await;
+    }
     let policy = Arc::new(Policy::of(options));
     let prefetch = usize::from(options.prefetch);
     let mut handlers = FuturesUnordered::new();
@@ -67,20 +72,12 @@ pub(crate) async fn serve(
             Some(()) = handlers.next(), if !handlers.is_empty() => {}
             delivery = consumer.next(), if room => match delivery {
                 Ok(inbound) => handlers.push(dispatch(router.clone(), policy.clone(), inbound)),
-                Err(reason) => {
-                    break Err(Error::ConsumerStopped {
-                        queue: consumer.queue().to_owned(),
-                        reason,
-                    });
-                }
+                Err(reason) => break Err(consumer_stopped(&consumer, reason)),
             },
         }
     };
     if ended.is_err() {
-        // The consumer is gone: its deliveries return to the queue whatever the handlers do.
-        if !handlers.is_empty() {
-            tokio::spawn(async move { while handlers.next().await.is_some() {} });
-        }
+        let_finish(handlers);
         return ended;
     }
     consumer.cancel().await;
@@ -94,6 +91,25 @@ pub(crate) async fn serve(
     match drained {
         Err(_) => Err(Error::DrainTimeout(left)),
         Ok(()) => Ok(()),
+    }
+}
+
+/// The error of a consumer that stopped by itself, for `reason`.
+fn consumer_stopped(consumer: &Consumer, reason: String) -> Error {
+    Error::ConsumerStopped {
+        queue: consumer.queue().to_owned(),
+        reason,
+    }
+}
+
+/// Lets the handlers of a consumer that is gone finish on their own: its deliveries return to
+/// the queue (in order) whatever the handlers do.
+fn let_finish<F: Future + Send + 'static>(mut handlers: FuturesUnordered<F>)
+where
+    F::Output: Send,
+{
+    if !handlers.is_empty() {
+        tokio::spawn(async move { while handlers.next().await.is_some() {} });
     }
 }
 
@@ -111,6 +127,9 @@ struct Entry {
     body_check: BodyCheck,
     kind: RouteKind,
     retry: Option<RetryPolicy>,
+    /// The key its messages are ordered by: they go through keyed lanes, and its retries are
+    /// made in place, holding the lane.
+    ordered_by: Option<KeyPath>,
     handler: BoxHandler,
 }
 
@@ -127,19 +146,29 @@ impl Entry {
 pub(crate) struct Router {
     exact: HashMap<String, Entry>,
     wildcards: Vec<(String, Entry)>,
+    /// Whether any handler is ordered: its queues then run through keyed lanes.
+    ordered: bool,
 }
 
 impl Router {
     pub(crate) fn new(routes: Vec<Route>) -> Result<Self> {
         let mut exact = HashMap::with_capacity(routes.len());
         let mut wildcards: Vec<(String, Entry)> = Vec::new();
+        let mut ordered = false;
         for route in routes {
             let key = route.pattern.key().to_owned();
+            let ordered_by = route
+                .ordered_by
+                .as_deref()
+                .map(|path| ordered_key(&key, route.kind, path))
+                .transpose()?;
+            ordered |= ordered_by.is_some();
             let entry = Entry {
                 key: (!is_wildcard(&key)).then(|| Arc::from(key.as_str())),
                 body_check: route.body_check,
                 kind: route.kind,
                 retry: route.retry,
+                ordered_by,
                 handler: route.handler,
             };
             let duplicate = if is_wildcard(&key) {
@@ -153,7 +182,11 @@ impl Router {
                 return Err(Error::DuplicatePattern(key));
             }
         }
-        Ok(Self { exact, wildcards })
+        Ok(Self {
+            exact,
+            wildcards,
+            ordered,
+        })
     }
 
     fn get(&self, key: &str) -> Option<&Entry> {
@@ -178,11 +211,32 @@ impl Router {
     }
 }
 
+/// The key path of an ordered route for `pattern`, checked.
+fn ordered_key(pattern: &str, kind: RouteKind, path: &str) -> Result<KeyPath> {
+    if kind == RouteKind::Message {
+        return Err(Error::Config(format!(
+            "the request handler of {pattern:?} is ordered_by {path:?}; only event handlers can be ordered"
+        )));
+    }
+    KeyPath::parse(path)
+        .map_err(|reason| Error::Config(format!("handler of {pattern:?}: {reason}")))
+}
+
 /// What becomes of a delivery once handled.
 enum Disposal {
     Settle(Settlement),
-    Retry { attempt: u32, delay: Duration },
-    DeadLetter { reason: String, attempts: u32 },
+    Retry {
+        attempt: u32,
+        delay: Duration,
+    },
+    DeadLetter {
+        reason: String,
+        attempts: u32,
+    },
+    /// Moved out of the window behind a stuck key (see `lanes`), to come back after `delay`.
+    Park {
+        delay: Duration,
+    },
 }
 
 impl Disposal {
@@ -193,6 +247,7 @@ impl Disposal {
         match self {
             Disposal::Settle(settlement) => *settlement,
             Disposal::Retry { .. } if !redelivered => Settlement::Nack { requeue: true },
+            Disposal::Park { .. } => Settlement::Nack { requeue: true },
             Disposal::Retry { .. } | Disposal::DeadLetter { .. } => Settlement::Reject,
         }
     }
@@ -244,19 +299,25 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound, span: S
     span.record("pattern", &*routed.key);
     ctx.set_pattern(routed.key);
     let reply_to = reply_address(info, routed.request_id);
-    let message = Message::new(routed.data, ctx.clone());
-    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.handler)(message))) {
-        Ok(future) => {
-            correlation::scope(ctx.clone(), AssertUnwindSafe(future).catch_unwind()).await
-        }
-        Err(panic) => Err(panic),
-    };
+    // An ordered handler's retries are made here, holding its key's lane (see `retry_in_place`).
+    let ordered = entry.ordered_by.is_some() && reply_to.is_none();
+    let again = ordered.then(|| routed.data.clone());
+    let mut outcome = invoke(entry, routed.data, &ctx).await;
+    let mut attempt = attempt;
+    if let Some(data) = again {
+        (outcome, attempt) =
+            Box::pin(retry_in_place(entry, policy, data, &ctx, outcome, attempt)).await;
+    }
 
     // A request is answered whatever happened, so that its sender need not wait for a timeout;
     // once answered it is acked, as a redelivery would only answer it again.
     let failed = |reason: String| match (&reply_to, entry.retry.as_ref().or(policy.retry.as_ref()))
     {
         (Some(_), _) => Disposal::Settle(Settlement::Ack),
+        (None, _) if ordered => Disposal::DeadLetter {
+            reason,
+            attempts: attempt,
+        },
         (None, Some(retry)) if attempt < retry.max_attempts() => Disposal::Retry {
             attempt: attempt + 1,
             delay: retry.delay_before(attempt + 1),
@@ -324,6 +385,83 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound, span: S
         Ok(()) => {}
         Err(error) => tracing::warn!(%error, "could not settle"),
     }
+}
+
+/// What a handler run gives: its result, or its panic.
+type Invoked = std::result::Result<HandlerResult, Box<dyn std::any::Any + Send>>;
+
+/// Runs the handler of `entry` on a message of `data` (`None`: still in the body), catching panics.
+async fn invoke(entry: &Entry, data: Option<Box<RawValue>>, ctx: &RmqContext) -> Invoked {
+    let message = Message::new(data, ctx.clone());
+    match std::panic::catch_unwind(AssertUnwindSafe(|| (entry.handler)(message))) {
+        Ok(future) => {
+            correlation::scope(ctx.clone(), AssertUnwindSafe(future).catch_unwind()).await
+        }
+        Err(panic) => Err(panic),
+    }
+}
+
+/// Retries an ordered handler that failed (or panicked) without settling its message, in
+/// place: the message keeps its prefetch slot and its key's lane, so later messages of the key
+/// wait and the order holds (a retry through a delay queue would let them overtake it). Attempts
+/// and delays are the retry policy's; without one, `FailurePolicy::RequeueOnce` is one more
+/// attempt at once. Returns the last outcome and its attempt number; the caller dead-letters a
+/// failure.
+async fn retry_in_place(
+    entry: &Entry,
+    policy: &Policy,
+    data: Option<Box<RawValue>>,
+    ctx: &RmqContext,
+    mut outcome: Invoked,
+    mut attempt: u32,
+) -> (Invoked, u32) {
+    let retry = entry.retry.as_ref().or(policy.retry.as_ref());
+    loop {
+        let failed = match &outcome {
+            Ok(Err(HandlerError::BadInput(_))) | Ok(Ok(_)) => false,
+            Ok(Err(_)) | Err(_) => true,
+        };
+        if !failed || ctx.settlement().is_some() {
+            return (outcome, attempt);
+        }
+        let delay = match retry {
+            Some(retry) if attempt < retry.max_attempts() => retry.delay_before(attempt + 1),
+            None if policy.on_failure == FailurePolicy::RequeueOnce && attempt < 2 => {
+                Duration::ZERO
+            }
+            _ => return (outcome, attempt),
+        };
+        match &outcome {
+            Ok(Err(error)) => {
+                tracing::warn!(%error, attempt, ?delay, "ordered handler failed; retrying in place, holding its key")
+            }
+            _ => tracing::warn!(
+                attempt,
+                ?delay,
+                "ordered handler panicked; retrying in place, holding its key"
+            ),
+        }
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+        outcome = invoke(entry, data.clone(), ctx).await;
+    }
+}
+
+/// Dead-letters a delivery for `reason` without reaching a handler.
+async fn refuse_with(publisher: &dyn Publisher, policy: &Policy, ctx: &RmqContext, reason: String) {
+    let refusal = Refusal {
+        reason,
+        pattern: None,
+        request_id: None,
+    };
+    refuse(
+        publisher,
+        policy,
+        ctx,
+        refusal,
+        attempt_of(&ctx.delivery().properties),
+    )
+    .await;
 }
 
 /// Disposes of a delivery that reaches no handler: tells a request's sender, then dead-letters it

@@ -149,6 +149,9 @@ pub struct Route {
     pub(crate) pattern: Pattern,
     pub(crate) kind: RouteKind,
     pub(crate) retry: Option<RetryPolicy>,
+    /// The path into the data of the key its messages are ordered by, checked when the
+    /// microservice starts.
+    pub(crate) ordered_by: Option<String>,
     pub(crate) body_check: BodyCheck,
     pub(crate) handler: BoxHandler,
     /// What a generated document says of it: set by the macros, `None` for closures. Read only
@@ -162,6 +165,7 @@ impl fmt::Debug for Route {
         f.debug_struct("Route")
             .field("pattern", &self.pattern)
             .field("kind", &self.kind)
+            .field("ordered_by", &self.ordered_by)
             .finish_non_exhaustive()
     }
 }
@@ -211,6 +215,7 @@ impl Route {
             pattern,
             kind,
             retry: None,
+            ordered_by: None,
             handler,
             body_check,
             doc: None,
@@ -220,6 +225,16 @@ impl Route {
     /// Retries this handler's failures with `policy`, over its queue's.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
+        self
+    }
+
+    /// Orders this event handler's messages by the key at `path` in their data (`"orderId"`,
+    /// dotted for nesting: `"order.id"`): messages with the same key are handled one at a time,
+    /// in delivery order, retries included; other keys run concurrently. A message without the
+    /// key is dead-lettered. A path that is not a dotted path, or a request route, is refused at
+    /// start. The README's *Ordering* section says what is guaranteed.
+    pub fn ordered_by(mut self, path: impl Into<String>) -> Self {
+        self.ordered_by = Some(path.into());
         self
     }
 
@@ -345,6 +360,14 @@ pub(crate) mod glue {
         key: &str,
     ) -> Result<T, HandlerError> {
         super::payload_field(message, key)
+    }
+
+    /// `route`, ordered by `key` if there is one (the attribute's, or the payload contract's).
+    pub fn ordered(route: Route, key: Option<&'static str>) -> Route {
+        match key {
+            Some(key) => route.ordered_by(key),
+            None => route,
+        }
     }
 
     /// The context.

@@ -92,6 +92,8 @@ pub(crate) trait Publisher: Send + Sync + 'static {
 pub(crate) fn binding_keys<'a>(exchange: &Exchange, patterns: &'a [&'a str]) -> &'a [&'a str] {
     match exchange.kind {
         ExchangeKind::Fanout => &[""],
+        // The binding key of a consistent-hash exchange is the queue's weight: all equal.
+        ExchangeKind::ConsistentHash => &["1"],
         _ => patterns,
     }
 }

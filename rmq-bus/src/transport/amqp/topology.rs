@@ -56,6 +56,14 @@ pub(super) async fn declare_exchange(channel: &Channel, exchange: &Exchange) -> 
         ExchangeKind::Topic => LapinKind::Topic,
         ExchangeKind::Direct => LapinKind::Direct,
         ExchangeKind::Fanout => LapinKind::Fanout,
+        ExchangeKind::ConsistentHash => LapinKind::Custom("x-consistent-hash".into()),
+    };
+    let arguments = match exchange.kind {
+        ExchangeKind::ConsistentHash => field_table(&BTreeMap::from([(
+            "hash-header".to_owned(),
+            Value::from(crate::ordering::KEY_HEADER),
+        )]))?,
+        _ => FieldTable::default(),
     };
     let flags = ExchangeDeclareOptions {
         durable: exchange.durable,
@@ -66,7 +74,7 @@ pub(super) async fn declare_exchange(channel: &Channel, exchange: &Exchange) -> 
             short("exchange name", &exchange.name)?,
             kind,
             flags,
-            FieldTable::default(),
+            arguments,
         )
         .await
         .map_err(|source| Error::DeclareExchange {

@@ -146,6 +146,7 @@ pub(super) fn kind_name(kind: ExchangeKind) -> &'static str {
         ExchangeKind::Topic => "topic",
         ExchangeKind::Direct => "direct",
         ExchangeKind::Fanout => "fanout",
+        ExchangeKind::ConsistentHash => "x-consistent-hash",
     }
 }
 

@@ -421,11 +421,26 @@ impl State {
             .get(exchange)
             .ok_or_else(|| no_exchange(exchange))?;
         let mut targets: Vec<String> = Vec::new();
+        if exchange_state.kind == ExchangeKind::ConsistentHash {
+            // rmq-bus clients put the ordering key in the routing key too: hashed here (FNV-1a)
+            // over the bound queues, one key always to one queue.
+            let mut queues: Vec<&String> = exchange_state.bindings.iter().map(|(q, _)| q).collect();
+            queues.sort_unstable();
+            queues.dedup();
+            let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+            let pick = usize::try_from(hash % queues.len().max(1) as u64).unwrap_or(0);
+            return Ok(queues
+                .get(pick)
+                .map(|q| vec![(*q).clone()])
+                .unwrap_or_default());
+        }
         for (queue, binding) in &exchange_state.bindings {
             let hit = match exchange_state.kind {
                 ExchangeKind::Direct => binding == key,
                 ExchangeKind::Topic => wildcard_matches(binding, key),
-                ExchangeKind::Fanout => true,
+                ExchangeKind::Fanout | ExchangeKind::ConsistentHash => true,
             };
             if hit && !targets.contains(queue) {
                 targets.push(queue.clone());
