@@ -602,8 +602,10 @@ fn the_benchmark_runs_with_a_small_n() {
     positive("ordering.ordered_per_s");
     for key in ["ordering.one_key_per_s", "ordering.one_key_unparked_per_s"] {
         let rate = positive(key);
-        assert!(rate <= 200.0 * 1.05, "{key}={rate} exceeds 1 / 5 ms:
-{text}");
+        assert!(
+            rate <= 200.0 * 1.05,
+            "{key}={rate} exceeds 1 / 5 ms:\n{text}"
+        );
     }
 }
 
