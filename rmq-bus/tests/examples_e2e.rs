@@ -628,6 +628,16 @@ fn the_benchmark_runs_with_a_small_n() {
     }
     in_order("s3.p50_ms", "s3.p99_ms");
     positive("s3.concurrent_per_s");
+    // The ordering scenario ran both forms; one key is bounded by its 5 ms handler.
+    positive("ordering.unordered_per_s");
+    positive("ordering.ordered_per_s");
+    for key in ["ordering.one_key_per_s", "ordering.one_key_unparked_per_s"] {
+        let rate = positive(key);
+        assert!(
+            rate <= 200.0 * 1.05,
+            "{key}={rate} exceeds 1 / 5 ms:\n{text}"
+        );
+    }
 }
 
 /// The bench's `figure <key>=<value>` lines, by key (the format is in `examples/bench/main.rs`).

@@ -518,3 +518,52 @@ async fn two_instances_share_partitions_and_the_survivor_takes_over_in_order() {
 fn contracts_name_their_ordering_key() {
     assert_eq!(OrderUpdated::ORDERED_BY, Some("orderId"));
 }
+
+/// The in-memory transport keeps order the same way, and reports a parked event's outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_broker_keeps_order_and_reports_parked_events() {
+    use rmq_bus::context::Outcome;
+    use rmq_bus::testing::TestBroker;
+
+    let broker = TestBroker::new();
+    let tracker = Arc::new(Tracker::default());
+    let (release, released) = tokio::sync::watch::channel(false);
+    let handler = {
+        let tracker = tracker.clone();
+        move |Payload(update): Payload<OrderUpdated>, ctx: RmqContext| {
+            let (tracker, mut released) = (tracker.clone(), released.clone());
+            async move {
+                tracker.start(&update.order_id, update.seq);
+                if update.seq == 0 {
+                    let _ = released.wait_for(|released| *released).await;
+                }
+                tracker.end(&update.order_id, update.seq, true);
+                ctx.ack().await
+            }
+        }
+    };
+    let running = Microservice::new(broker.options("ORDERS").max_waiting_per_key(1))
+        .on_ordered_event("order_updated", "orderId", handler)
+        .start()
+        .await
+        .expect("start");
+    for seq in 0..4 {
+        let update = json!({"orderId": "o-1", "seq": seq});
+        broker
+            .publish("ORDERS", "order_updated", &update)
+            .expect("publish");
+    }
+    // 0 runs (held), 1 waits, 2 and 3 are parked.
+    for _ in 0..2 {
+        let settled = broker.settled("ORDERS").await;
+        assert!(
+            matches!(settled.outcome, Outcome::Parked { .. }),
+            "{:?}",
+            settled.outcome
+        );
+    }
+    release.send(true).unwrap();
+    tracker.wait_handled(4, Duration::from_secs(10)).await;
+    running.shutdown().await.expect("shutdown");
+    tracker.assert_in_order();
+}

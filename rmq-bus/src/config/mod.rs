@@ -71,7 +71,7 @@ pub struct RmqOptions {
     pub(crate) reconnect_timeout: Duration,
     pub(crate) retry: Option<RetryPolicy>,
     dead_letters: DeadLetters,
-    /// How many messages of one ordering key may wait in process (`None`: a tenth of prefetch).
+    /// How many messages of one ordering key may wait in process (`None`: half the prefetch window).
     pub(crate) max_waiting_per_key: Option<usize>,
     /// Partition queues behind a consistent-hash exchange (see [`partitions`](Self::partitions)).
     pub(crate) partitions: Option<u16>,
@@ -255,7 +255,7 @@ impl RmqOptions {
     }
 
     /// Bounds how many messages of one ordering key wait in process behind the one running
-    /// (default: a tenth of the prefetch window, at least 1), so that a stuck key cannot fill the
+    /// (default: half the prefetch window, at least 1), so that a stuck key cannot fill the
     /// window: beyond it, that key's messages are parked on the broker, in order (see the README's
     /// *Ordering* section). Only queues with ordered handlers use it.
     pub fn max_waiting_per_key(mut self, max: usize) -> Self {
@@ -266,7 +266,7 @@ impl RmqOptions {
     /// How many messages of one key may wait in process.
     pub(crate) fn waiting_per_key(&self) -> usize {
         self.max_waiting_per_key
-            .unwrap_or(usize::from(self.prefetch) / 10)
+            .unwrap_or(usize::from(self.prefetch) / 2)
             .max(1)
     }
 

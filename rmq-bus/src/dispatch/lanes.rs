@@ -11,6 +11,9 @@
 //! `<queue>.retry.<PARK_DELAY>ms` (the original acked), whose TTL sends them back in order. Until
 //! every parked message of the key is back, later messages of the key are parked behind them, so
 //! the key's order holds while its messages leave the window to the other keys.
+//!
+//! An ordered handler's failures are retried here too, in place ([`retry_in_place`]), so that a
+//! retry keeps its key's lane.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,13 +25,18 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::disposal::{PARKED_HEADER, Policy, dispose};
+use serde_json::value::RawValue;
+
 use super::{
-    Disposal, Router, consumer_stopped, dispatch, let_finish, refuse_with, stop_requested,
+    Disposal, Entry, Invoked, Router, consumer_stopped, dispatch, invoke, let_finish, refuse_with,
+    stop_requested,
 };
 use crate::codec::{decode, event_pattern};
-use crate::config::{AckMode, RmqOptions};
+use crate::config::{AckMode, FailurePolicy, RmqOptions};
+use crate::context::RmqContext;
 use crate::delivery::{Outcome, Settlement};
 use crate::error::{Error, Result};
+use crate::handler::HandlerError;
 use crate::transport::{Consumer, Inbound};
 
 /// How long a parked message waits on the broker before it comes back.
@@ -151,6 +159,52 @@ async fn run_job(router: Arc<Router>, policy: Arc<Policy>, job: Job) -> Done {
 fn delivery_span(inbound: &Inbound) -> tracing::Span {
     let info = inbound.ctx.delivery();
     tracing::info_span!("rmq.delivery", queue = %info.queue, delivery_tag = info.delivery_tag)
+}
+
+/// Retries an ordered handler that failed (or panicked) without settling its message, in
+/// place: the message keeps its prefetch slot and its key's lane, so later messages of the key
+/// wait and the order holds (a retry through a delay queue would let them overtake it). Attempts
+/// and delays are the retry policy's; without one, `FailurePolicy::RequeueOnce` is one more
+/// attempt at once. Returns the last outcome and its attempt number; the caller dead-letters a
+/// failure.
+pub(super) async fn retry_in_place(
+    entry: &Entry,
+    policy: &Policy,
+    data: Option<Box<RawValue>>,
+    ctx: &RmqContext,
+    mut outcome: Invoked,
+    mut attempt: u32,
+) -> (Invoked, u32) {
+    let retry = entry.retry.as_ref().or(policy.retry.as_ref());
+    loop {
+        let failed = match &outcome {
+            Ok(Err(HandlerError::BadInput(_))) | Ok(Ok(_)) => false,
+            Ok(Err(_)) | Err(_) => true,
+        };
+        if !failed || ctx.settlement().is_some() {
+            return (outcome, attempt);
+        }
+        let delay = match retry {
+            Some(retry) if attempt < retry.max_attempts() => retry.delay_before(attempt + 1),
+            None if policy.on_failure == FailurePolicy::RequeueOnce && attempt < 2 => {
+                Duration::ZERO
+            }
+            _ => return (outcome, attempt),
+        };
+        match &outcome {
+            Ok(Err(error)) => {
+                tracing::warn!(%error, attempt, ?delay, "ordered handler failed; retrying in place, holding its key")
+            }
+            _ => tracing::warn!(
+                attempt,
+                ?delay,
+                "ordered handler panicked; retrying in place, holding its key"
+            ),
+        }
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+        outcome = invoke(entry, data.clone(), ctx).await;
+    }
 }
 
 /// Republishes a message to the park queue and acks it; `false` if it was requeued instead.

@@ -305,8 +305,10 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound, span: S
     let mut outcome = invoke(entry, routed.data, &ctx).await;
     let mut attempt = attempt;
     if let Some(data) = again {
-        (outcome, attempt) =
-            Box::pin(retry_in_place(entry, policy, data, &ctx, outcome, attempt)).await;
+        (outcome, attempt) = Box::pin(lanes::retry_in_place(
+            entry, policy, data, &ctx, outcome, attempt,
+        ))
+        .await;
     }
 
     // A request is answered whatever happened, so that its sender need not wait for a timeout;
@@ -398,52 +400,6 @@ async fn invoke(entry: &Entry, data: Option<Box<RawValue>>, ctx: &RmqContext) ->
             correlation::scope(ctx.clone(), AssertUnwindSafe(future).catch_unwind()).await
         }
         Err(panic) => Err(panic),
-    }
-}
-
-/// Retries an ordered handler that failed (or panicked) without settling its message, in
-/// place: the message keeps its prefetch slot and its key's lane, so later messages of the key
-/// wait and the order holds (a retry through a delay queue would let them overtake it). Attempts
-/// and delays are the retry policy's; without one, `FailurePolicy::RequeueOnce` is one more
-/// attempt at once. Returns the last outcome and its attempt number; the caller dead-letters a
-/// failure.
-async fn retry_in_place(
-    entry: &Entry,
-    policy: &Policy,
-    data: Option<Box<RawValue>>,
-    ctx: &RmqContext,
-    mut outcome: Invoked,
-    mut attempt: u32,
-) -> (Invoked, u32) {
-    let retry = entry.retry.as_ref().or(policy.retry.as_ref());
-    loop {
-        let failed = match &outcome {
-            Ok(Err(HandlerError::BadInput(_))) | Ok(Ok(_)) => false,
-            Ok(Err(_)) | Err(_) => true,
-        };
-        if !failed || ctx.settlement().is_some() {
-            return (outcome, attempt);
-        }
-        let delay = match retry {
-            Some(retry) if attempt < retry.max_attempts() => retry.delay_before(attempt + 1),
-            None if policy.on_failure == FailurePolicy::RequeueOnce && attempt < 2 => {
-                Duration::ZERO
-            }
-            _ => return (outcome, attempt),
-        };
-        match &outcome {
-            Ok(Err(error)) => {
-                tracing::warn!(%error, attempt, ?delay, "ordered handler failed; retrying in place, holding its key")
-            }
-            _ => tracing::warn!(
-                attempt,
-                ?delay,
-                "ordered handler panicked; retrying in place, holding its key"
-            ),
-        }
-        tokio::time::sleep(delay).await;
-        attempt += 1;
-        outcome = invoke(entry, data.clone(), ctx).await;
     }
 }
 

@@ -77,9 +77,16 @@ pub(super) async fn declare_exchange(channel: &Channel, exchange: &Exchange) -> 
             arguments,
         )
         .await
-        .map_err(|source| Error::DeclareExchange {
-            exchange: exchange.name.clone(),
-            source: Box::new(source),
+        .map_err(|source| match exchange.kind {
+            // The usual cause: the plugin is off (RabbitMQ answers "unknown exchange type").
+            ExchangeKind::ConsistentHash => Error::Config(format!(
+                "cannot declare the consistent-hash exchange {:?} of a partitioned queue: {source}; it needs RabbitMQ's plugin: rabbitmq-plugins enable rabbitmq_consistent_hash_exchange",
+                exchange.name
+            )),
+            _ => Error::DeclareExchange {
+                exchange: exchange.name.clone(),
+                source: Box::new(source),
+            },
         })
 }
 
