@@ -3,6 +3,7 @@
 //! ([`Health::is_ready`]); from [`RunningMicroservice::health`](crate::microservice::RunningMicroservice::health)
 //! and [`ClientProxy::health`](crate::ClientProxy::health).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// The state of a connection to the broker.
@@ -85,6 +86,18 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         self.connection == ConnectionState::Connected
             && self.consumers.iter().all(|consumer| consumer.consuming)
+    }
+}
+
+/// A handle on a running microservice's health, to give to whoever answers health checks (an
+/// HTTP route, say) while the microservice itself is kept for its shutdown. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct HealthProbe(pub(crate) Arc<Tracker>);
+
+impl HealthProbe {
+    /// The microservice's health now.
+    pub fn health(&self) -> Health {
+        self.0.report()
     }
 }
 

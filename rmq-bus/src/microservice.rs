@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::handler::{
     Controller, HandlerFn, Interceptor, IntoMessageRoute, IntoRoute, Route, wrap,
 };
-use crate::health::{ConnectionState, Health, Tracker};
+use crate::health::{ConnectionState, Health, HealthProbe, Tracker};
 use crate::pattern::Pattern;
 use crate::telemetry::{self, Role, Started};
 use crate::transport;
@@ -310,6 +310,12 @@ impl RunningMicroservice {
     /// answers 200 when [`Health::is_ready`], 503 otherwise. Cheap: a few atomic loads.
     pub fn health(&self) -> Health {
         self.health.report()
+    }
+
+    /// A handle reporting [`health`](Self::health), which outlives a move of the microservice
+    /// into [`shutdown_on`](Self::shutdown_on).
+    pub fn health_probe(&self) -> HealthProbe {
+        HealthProbe(self.health.clone())
     }
 
     /// Stops consuming, lets in-flight handlers finish (up to the drain timeout), settles what
