@@ -136,7 +136,7 @@ pub(crate) fn print_table(rounds: &Rounds, scenario: Scenario, count: usize) {
         "system", "publish/s", "e2e/s", "p50 ms", "p99 ms", "CPU s", "CPU µs/msg", "peak RSS MiB"
     );
     println!("  {}", "-".repeat(106));
-    for system in System::ALL {
+    for system in System::ALL.into_iter().filter(|s| s.runs(scenario)) {
         match rounds.summary(scenario, system) {
             Some(s) => println!(
                 "  {:<18} | {:>10.0} | {:>10.0} | {:>8.2} | {:>8.2} | {:>6.2} | {:>10.1} | {:>12.1}",
@@ -210,6 +210,13 @@ pub(crate) fn print_ratios(rounds: &Rounds) {
             ("CPU per message", cpu, expert, " (target ≤ 1.10)"),
             ("CPU per message", cpu, typical, ""),
         ],
+    );
+    let exported = System::RmqBusPrometheus;
+    println!(
+        "S1 end_to_end ratio (rmq-bus with a Prometheus exporter / rmq-bus): {} (target ≥ 0.95); \
+         CPU per message {}",
+        ratio(get(s1, exported, e2e), get(s1, bus, e2e)),
+        ratio(get(s1, exported, cpu), get(s1, bus, cpu)),
     );
     let rss = |system| {
         get(s1, system, |s| s.peak_rss_mib).map_or("n/a".to_owned(), |mib| format!("{mib:.1}"))

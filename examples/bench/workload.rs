@@ -15,16 +15,24 @@ pub(crate) const SLOW_HANDLER: Duration = Duration::from_millis(5);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum System {
     RmqBus,
+    /// rmq-bus with a Prometheus exporter installed: what its metrics cost (S1 only).
+    RmqBusPrometheus,
     Typical,
     Expert,
 }
 
 impl System {
-    pub(crate) const ALL: [System; 3] = [System::RmqBus, System::Typical, System::Expert];
+    pub(crate) const ALL: [System; 4] = [
+        System::RmqBus,
+        System::RmqBusPrometheus,
+        System::Typical,
+        System::Expert,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             System::RmqBus => "rmq-bus",
+            System::RmqBusPrometheus => "rmq-bus-prometheus",
             System::Typical => "lapin-typical",
             System::Expert => "lapin-expert",
         }
@@ -32,6 +40,11 @@ impl System {
 
     pub(crate) fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|system| system.name() == s)
+    }
+
+    /// Whether the system takes part in `scenario`: the exporter's cost is measured in S1.
+    pub(crate) fn runs(self, scenario: Scenario) -> bool {
+        self != System::RmqBusPrometheus || scenario == Scenario::S1
     }
 }
 

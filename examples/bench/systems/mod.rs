@@ -24,7 +24,9 @@ pub(crate) enum Publisher {
 impl Publisher {
     pub(crate) async fn open(system: System, uri: &str, queue: &str) -> Res<Self> {
         match system {
-            System::RmqBus => Ok(Publisher::Bus(bus::connect(uri, queue).await?)),
+            System::RmqBus | System::RmqBusPrometheus => {
+                Ok(Publisher::Bus(bus::connect(uri, queue).await?))
+            }
             System::Typical | System::Expert => {
                 Ok(Publisher::Raw(raw::RawPublisher::open(uri, queue).await?))
             }
@@ -72,7 +74,7 @@ impl Consumer {
         recorder: &Arc<Recorder>,
     ) -> Res<Self> {
         match system {
-            System::RmqBus => Ok(Consumer::Bus(
+            System::RmqBus | System::RmqBusPrometheus => Ok(Consumer::Bus(
                 bus::start(scenario, uri, queue, recorder).await?,
             )),
             System::Typical | System::Expert => {
