@@ -51,7 +51,9 @@ pub(crate) fn child(args: &[String]) -> Res<()> {
     let report = runtime.block_on(run_child(system, scenario, &uri, queue, n, timeout))?;
     runtime.shutdown_timeout(Duration::from_secs(5));
     if let Some(exporter) = exporter
-        && !exporter.render().contains("messaging_client_sent_messages_total")
+        && !exporter
+            .render()
+            .contains("messaging_client_sent_messages_total")
     {
         return Err("the Prometheus exporter recorded nothing (feature `metrics` off?)".into());
     }

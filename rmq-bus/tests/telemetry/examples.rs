@@ -319,6 +319,10 @@ pub fn metrics_and_health(buckets: &[f64]) {
         1.0
     );
 
+    let mut seen = scrape(port);
+    seen.extend(at_billing);
+    dashboard_queries_name_what_is_exported(&seen);
+
     orders.stop();
     billing.stop();
     runtime.block_on(async {
@@ -327,4 +331,38 @@ pub fn metrics_and_health(buckets: &[f64]) {
         broker.forget_later(&orders_queue);
         broker.cleanup().await;
     });
+}
+
+/// Every metric the Grafana dashboard (`examples/grafana/rmq-bus.json`) queries is one the
+/// services export, so that the dashboard cannot drift from the names.
+fn dashboard_queries_name_what_is_exported(samples: &[Sample]) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/grafana/rmq-bus.json"
+    );
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard")).expect("JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("messaging_") || word.starts_with("rmq_bus_"))
+                .filter(|word| !word.ends_with("_name") && !word.ends_with("_type"))
+                .filter(|word| {
+                    !["rmq_bus_pattern", "rmq_bus_settlement", "rmq_bus_reason"].contains(word)
+                        && !word.starts_with("rmq_bus_connection_role")
+                        && !word.starts_with("messaging_rabbitmq_destination")
+                });
+            for name in names {
+                assert!(
+                    samples.iter().any(|sample| sample.name == name),
+                    "panel {:?} queries {name}, which no service exports",
+                    panel["title"]
+                );
+            }
+        }
+    }
 }

@@ -67,7 +67,7 @@ pub fn exactly<'s>(samples: &'s [Sample], name: &str, labels: &[(&str, &str)]) -
                 .iter()
                 .filter(|(key, _)| !matches!(key.as_str(), "le" | "quantile"));
             own.map(|(key, value)| (key.as_str(), value.as_str()))
-                .eq(sorted(labels).into_iter())
+                .eq(sorted(labels))
         })
         .collect()
 }
