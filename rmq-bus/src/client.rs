@@ -150,23 +150,27 @@ impl ClientProxy {
             pattern = pattern.key(),
         );
         let sent = self.inner.sent.to(exchange, routing_key);
-        let started = Started::now();
-        let result = self
-            .emit_encoded(&pattern, &body)
-            .instrument(span.clone())
-            .await;
-        sent.published(started, result.as_ref().err());
+        // One clock reading for both the outage bound and the publish's duration.
+        let now = Instant::now();
+        let deadline = now + self.inner.options.reconnect_timeout;
+        let emitted = self.emit_encoded(&pattern, &body, deadline);
+        // Without a subscriber for it, the span is not entered on every poll.
+        let result = if span.is_disabled() {
+            emitted.await
+        } else {
+            emitted.instrument(span.clone()).await
+        };
+        sent.published(Started::at(now), result.as_ref().err());
         if let Err(error) = &result {
             span.record("error.type", telemetry::error_type(error));
         }
         result
     }
 
-    /// [`emit`](Self::emit) of an encoded event, inside its publish span (which the outgoing
-    /// `traceparent` names as the parent, with the feature `opentelemetry`).
-    async fn emit_encoded(&self, pattern: &Pattern, body: &[u8]) -> Result<()> {
+    /// [`emit`](Self::emit) of an encoded event until `deadline`, inside its publish span (which
+    /// the outgoing `traceparent` names as the parent, with the feature `opentelemetry`).
+    async fn emit_encoded(&self, pattern: &Pattern, body: &[u8], deadline: Instant) -> Result<()> {
         let properties = self.properties(None, self.inner.options.persistent);
-        let deadline = self.deadline();
         loop {
             match self
                 .publish_confirmed(pattern, body, &properties, deadline)

@@ -34,6 +34,11 @@ impl Started {
         Started(TIMED.then(Instant::now))
     }
 
+    /// Timing from `at`, a clock reading the caller took anyway.
+    pub(crate) fn at(at: Instant) -> Self {
+        Started(TIMED.then_some(at))
+    }
+
     /// Seconds since, for a histogram.
     fn seconds(self) -> f64 {
         self.0.map_or(0.0, |at| at.elapsed().as_secs_f64())
