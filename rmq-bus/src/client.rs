@@ -133,22 +133,7 @@ impl ClientProxy {
         let pattern = pattern.into();
         let body = encode_event(&pattern, data)?;
         let (exchange, routing_key) = self.address(&pattern);
-        // OpenTelemetry's messaging attributes; computed only when a subscriber wants the span.
-        let span = tracing::info_span!(
-            "rmq.publish",
-            "otel.name" = format!(
-                "send {}",
-                telemetry::producer_destination(exchange, routing_key)
-            ),
-            "otel.kind" = "producer",
-            "messaging.system" = "rabbitmq",
-            "messaging.operation.name" = "send",
-            "messaging.operation.type" = "send",
-            "messaging.destination.name" = telemetry::producer_destination(exchange, routing_key),
-            "messaging.rabbitmq.destination.routing_key" = routing_key,
-            "error.type" = tracing::field::Empty,
-            pattern = pattern.key(),
-        );
+        let span = telemetry::trace::publish_span(exchange, routing_key, pattern.key());
         let sent = self.inner.sent.to(exchange, routing_key);
         // One clock reading for both the outage bound and the publish's duration.
         let now = Instant::now();

@@ -24,7 +24,7 @@ use futures::stream::FuturesUnordered;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
-use tracing::{Instrument, Span, field};
+use tracing::{Instrument, Span};
 
 use self::disposal::{ATTEMPT_HEADER, Policy, dispose};
 use crate::codec::{decode, encode_no_handler, encode_reply, event_pattern};
@@ -245,41 +245,8 @@ fn dispatch(
     inbound: Inbound,
 ) -> impl Future<Output = ()> + Send + 'static {
     let info = inbound.ctx.delivery();
-    // The attributes of OpenTelemetry's messaging conventions, and rmq-bus's short names. Their
-    // values are only computed when a subscriber wants the span.
-    let span = tracing::info_span!(
-        "rmq.delivery",
-        "otel.name" = format!("process {}", delivery_destination(info)),
-        "otel.kind" = "consumer",
-        "messaging.system" = "rabbitmq",
-        "messaging.operation.name" = "process",
-        "messaging.operation.type" = "process",
-        "messaging.destination.name" = delivery_destination(info),
-        "messaging.rabbitmq.destination.routing_key" = info.routing_key.as_str(),
-        "messaging.rabbitmq.message.delivery_tag" = info.delivery_tag,
-        "messaging.message.conversation_id" = info.properties.correlation_id.as_deref(),
-        "error.type" = field::Empty,
-        queue = %info.queue,
-        delivery_tag = info.delivery_tag,
-        redelivered = info.redelivered,
-        correlation_id = info.properties.correlation_id.as_deref().unwrap_or(""),
-        pattern = field::Empty,
-    );
-    telemetry::trace::continue_trace(&span, traceparent(&info.properties));
+    let span = telemetry::trace::delivery_span(info);
     run(router, policy, metrics, inbound, span.clone()).instrument(span)
-}
-
-/// The delivery's `messaging.destination.name`.
-fn delivery_destination(info: &DeliveryInfo) -> String {
-    telemetry::consumer_destination(&info.exchange, &info.routing_key, &info.queue)
-}
-
-/// The W3C trace context the sender put in the message's headers.
-fn traceparent(properties: &Properties) -> Option<&str> {
-    properties
-        .headers
-        .get("traceparent")
-        .and_then(Value::as_str)
 }
 
 /// `span`: the delivery's own, to record the pattern in once known.

@@ -3,12 +3,69 @@
 //! publish carries the context of the span it is made in. Without the feature both are no-ops,
 //! and rmq-bus still carries `traceparent` forward from handler to emit (see `correlation`).
 
-use tracing::Span;
+use serde_json::Value;
+use tracing::{Span, field};
+
+use crate::delivery::DeliveryInfo;
+
+/// The span a delivery is handled in (`rmq.delivery`, target `rmq_bus::dispatch`): the
+/// attributes of OpenTelemetry's messaging conventions and rmq-bus's short names, computed only
+/// when a subscriber wants the span, continuing the sender's trace (feature `opentelemetry`).
+/// `pattern` and `error.type` are recorded once known.
+pub(crate) fn delivery_span(info: &DeliveryInfo) -> Span {
+    let destination =
+        || super::consumer_destination(&info.exchange, &info.routing_key, &info.queue);
+    let span = tracing::info_span!(
+        target: "rmq_bus::dispatch",
+        "rmq.delivery",
+        "otel.name" = format!("process {}", destination()),
+        "otel.kind" = "consumer",
+        "messaging.system" = "rabbitmq",
+        "messaging.operation.name" = "process",
+        "messaging.operation.type" = "process",
+        "messaging.destination.name" = destination(),
+        "messaging.rabbitmq.destination.routing_key" = info.routing_key.as_str(),
+        "messaging.rabbitmq.message.delivery_tag" = info.delivery_tag,
+        "messaging.message.conversation_id" = info.properties.correlation_id.as_deref(),
+        "error.type" = field::Empty,
+        queue = %info.queue,
+        delivery_tag = info.delivery_tag,
+        redelivered = info.redelivered,
+        correlation_id = info.properties.correlation_id.as_deref().unwrap_or(""),
+        pattern = field::Empty,
+    );
+    let traceparent = info
+        .properties
+        .headers
+        .get("traceparent")
+        .and_then(Value::as_str);
+    continue_trace(&span, traceparent);
+    span
+}
+
+/// The span an `emit` publishes in (`rmq.publish`, target `rmq_bus::client`), with the same
+/// attributes; `error.type` is recorded on failure.
+pub(crate) fn publish_span(exchange: &str, routing_key: &str, pattern: &str) -> Span {
+    let destination = || super::producer_destination(exchange, routing_key);
+    tracing::info_span!(
+        target: "rmq_bus::client",
+        "rmq.publish",
+        "otel.name" = format!("send {}", destination()),
+        "otel.kind" = "producer",
+        "messaging.system" = "rabbitmq",
+        "messaging.operation.name" = "send",
+        "messaging.operation.type" = "send",
+        "messaging.destination.name" = destination(),
+        "messaging.rabbitmq.destination.routing_key" = routing_key,
+        "error.type" = field::Empty,
+        pattern = pattern,
+    )
+}
 
 /// Makes `span` continue the trace of `traceparent`, the incoming message's header. Called
 /// before the span is first entered; a missing or malformed header leaves it a root.
 #[cfg(feature = "opentelemetry")]
-pub(crate) fn continue_trace(span: &Span, traceparent: Option<&str>) {
+fn continue_trace(span: &Span, traceparent: Option<&str>) {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -24,7 +81,7 @@ pub(crate) fn continue_trace(span: &Span, traceparent: Option<&str>) {
 }
 
 #[cfg(not(feature = "opentelemetry"))]
-pub(crate) fn continue_trace(_: &Span, _: Option<&str>) {}
+fn continue_trace(_: &Span, _: Option<&str>) {}
 
 /// The `traceparent` of the current span's OpenTelemetry context, for a message published in
 /// it; `None` outside a traced span.
