@@ -13,6 +13,7 @@
 //! | `RABBIT_MQ_URI` | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `RABBIT_MQ_BILLING_QUEUE` | `BILLING` |
 //! | `RABBIT_MQ_ORDERS_QUEUE` | `ORDERS` |
+//! | `METRICS_PORT` (Prometheus `/metrics` and `/health`) | `9464` |
 //! | `RUST_LOG` | `info` |
 //!
 //! ```text
@@ -25,6 +26,8 @@
 //! exits, without connecting: `examples/asyncapi/billing.json` is that document.
 
 mod contracts;
+#[path = "support/observability.rs"]
+mod observability;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -102,12 +105,17 @@ fn asyncapi() -> rmq_bus::Result<String> {
     Ok(document)
 }
 
-async fn run() -> rmq_bus::Result<()> {
+async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let metrics = observability::install_metrics()?;
     let orders = orders_client()?;
     // Connect now so that a wrong RABBIT_MQ_URI shows at start-up, not on the first order.
     orders.connect().await?;
-    let ran = microservice(orders.clone())?
-        .run() // until Ctrl-C or SIGTERM
+    let running = microservice(orders.clone())?.start().await?;
+    let clients = vec![("orders", orders.clone())];
+    let routes = observability::routes(metrics, running.health_probe(), clients);
+    observability::serve_on_metrics_port(routes).await?;
+    let ran = running
+        .shutdown_on(rmq_bus::microservice::shutdown_signal()) // until Ctrl-C or SIGTERM
         .await;
     orders.close().await;
     ran?;

@@ -4,6 +4,7 @@
 //!   `order_created` `{"orderPayload": order}` to the billing queue and, once the broker has
 //!   confirmed the event, answers `201` with the order.
 //! - `GET /orders/{orderId}` and `GET /orders` show orders and their status.
+//! - `GET /metrics` (Prometheus) and `GET /health` (200 when connected and consuming, else 503).
 //! - A microservice on the orders queue applies `order_processed` `{"order": order}` events
 //!   (sent by the `billing` example) to the stored orders, and answers `get_order`
 //!   `{"orderId"}` requests with the order, or the error
@@ -33,6 +34,8 @@
 //! exits, without connecting: `examples/asyncapi/orders.json` is that document.
 
 mod contracts;
+#[path = "support/observability.rs"]
+mod observability;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -279,18 +282,22 @@ fn asyncapi() -> rmq_bus::Result<String> {
 
 async fn run() -> Result<(), BoxError> {
     let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port()?));
+    let metrics = observability::install_metrics()?;
     let billing = billing_client()?;
     // Connect now so that a wrong RABBIT_MQ_URI shows at start-up, not on the first order.
     billing.connect().await?;
     let store = Store::default();
-    let microservice = microservice(store.clone())?;
-    let app = Router::new()
-        .route("/orders", get(list_orders).post(create_order))
-        .route("/orders/{order_id}", get(get_order))
-        .with_state(App {
-            store,
-            billing: billing.clone(),
-        });
+    let microservice = microservice(store.clone())?.start().await?;
+    let probe = microservice.health_probe();
+    let app = observability::routes(metrics, probe, vec![("billing", billing.clone())]).merge(
+        Router::new()
+            .route("/orders", get(list_orders).post(create_order))
+            .route("/orders/{order_id}", get(get_order))
+            .with_state(App {
+                store,
+                billing: billing.clone(),
+            }),
+    );
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| format!("cannot listen on {address} (set PORT to a free port): {e}"))?;
@@ -318,7 +325,7 @@ async fn run() -> Result<(), BoxError> {
         served.map_err(|e| BoxError::from(format!("HTTP server failed: {e}")))
     };
     let bus = async {
-        let ran = microservice.run_until(wait(stopped.clone())).await;
+        let ran = microservice.shutdown_on(wait(stopped.clone())).await;
         let _ = stop.send(true);
         ran.map_err(BoxError::from)
     };

@@ -20,5 +20,10 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1 \
 fi
 npm ci --no-audit --no-fund --loglevel=error --prefix interop/nestjs >/dev/null
 npm ci --no-audit --no-fund --loglevel=error --prefix interop/asyncapi >/dev/null
+# The observability tests read the metrics with Prometheus's Python parser.
+python3 -c 'import prometheus_client' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check prometheus-client
 cargo test --workspace --all-targets --locked
+# Trace continuation across services needs the feature `opentelemetry` (off by default).
+cargo test -p rmq-bus --features opentelemetry --test observability --locked -- one_trace
 cargo test --workspace --doc --locked

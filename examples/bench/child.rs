@@ -38,6 +38,15 @@ pub(crate) fn child(args: &[String]) -> Res<()> {
         .with_writer(std::io::stderr)
         .init();
     let timeout = Duration::from_secs(env_number("BENCH_TIMEOUT_S", DEFAULT_TIMEOUT_S)?);
+    // The exporter as an application installs it, before rmq-bus starts; scraped once at the end.
+    let exporter = match system {
+        System::RmqBusPrometheus => Some(
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_recommended_naming(true)
+                .install_recorder()?,
+        ),
+        _ => None,
+    };
     let uri = broker_uri();
     // Two workers on this 2-core machine; the same runtime for every system.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -45,6 +54,13 @@ pub(crate) fn child(args: &[String]) -> Res<()> {
         .build()?;
     let report = runtime.block_on(run_child(system, scenario, &uri, queue, n, timeout))?;
     runtime.shutdown_timeout(Duration::from_secs(5));
+    if let Some(exporter) = exporter
+        && !exporter
+            .render()
+            .contains("messaging_client_sent_messages_total")
+    {
+        return Err("the Prometheus exporter recorded nothing (feature `metrics` off?)".into());
+    }
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -22,6 +22,9 @@
 //! Systems:
 //! - **rmq-bus**: `ClientProxy::publish` of a typed contract (up to 1000 in flight) and a
 //!   `Microservice` with prefetch 100 and manual acks, whose `on_event` handler calls `ctx.ack()`.
+//! - **rmq-bus-prometheus** (S1 only): rmq-bus again, with a Prometheus exporter
+//!   (`metrics-exporter-prometheus`) installed as an application would, so that every metric is
+//!   recorded: what observability costs. The round fails if the exporter recorded nothing.
 //! - **lapin-typical**: raw lapin, the same concurrent confirmed publishes of a typed payload with
 //!   the same properties (JSON content type, persistent, a correlation id, as rmq-bus sends), and
 //!   a `consumer.next()` loop that deserializes each delivery and acks it (`basic.ack` each).

@@ -20,16 +20,24 @@ pub(crate) fn forward_queue(queue: &str) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum System {
     RmqBus,
+    /// rmq-bus with a Prometheus exporter installed: what its metrics cost (S1 only).
+    RmqBusPrometheus,
     Typical,
     Expert,
 }
 
 impl System {
-    pub(crate) const ALL: [System; 3] = [System::RmqBus, System::Typical, System::Expert];
+    pub(crate) const ALL: [System; 4] = [
+        System::RmqBus,
+        System::RmqBusPrometheus,
+        System::Typical,
+        System::Expert,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             System::RmqBus => "rmq-bus",
+            System::RmqBusPrometheus => "rmq-bus-prometheus",
             System::Typical => "lapin-typical",
             System::Expert => "lapin-expert",
         }
@@ -80,8 +88,10 @@ impl Scenario {
     /// latency scenarios against the lapin code most people write and the expert one.
     pub(crate) fn systems(self) -> &'static [System] {
         match self {
+            // rmq-bus with a Prometheus exporter: what a recorder costs, in S1 only.
+            Scenario::S1 => &System::ALL,
             Scenario::S4 => &[System::RmqBus, System::Expert],
-            _ => &System::ALL,
+            _ => &[System::RmqBus, System::Typical, System::Expert],
         }
     }
 

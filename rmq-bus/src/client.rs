@@ -5,13 +5,14 @@ mod asyncapi;
 mod pending;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, oneshot};
+use tracing::Instrument;
 
 use self::pending::{Pending, PendingMap, interpret};
 use crate::codec::{decode_reply, encode_event, encode_request};
@@ -20,8 +21,10 @@ use crate::contract::{Event, Request};
 use crate::correlation;
 use crate::delivery::Properties;
 use crate::error::{Error, Result};
+use crate::health::{ConnectionState, Health};
 use crate::ordering::{KEY_HEADER, KeyPath};
 use crate::pattern::Pattern;
+use crate::telemetry::{self, Role, SendMetrics, Started};
 use crate::transport::{Confirm, Link, OnReply, Outgoing};
 
 /// Sends messages to one queue (or exchange), as NestJS's `ClientProxy`
@@ -48,6 +51,9 @@ struct Inner {
     /// Requests waiting for their reply.
     pending: PendingMap,
     links: AtomicU64,
+    /// Whether a link was lost and none opened since, for [`ClientProxy::health`].
+    lost: AtomicBool,
+    sent: SendMetrics,
     /// The contracts it declares it sends, for AsyncAPI documents; never read when sending.
     #[cfg(feature = "asyncapi")]
     sends: std::sync::Mutex<Vec<crate::contract::check::Described>>,
@@ -71,9 +77,28 @@ impl ClientProxy {
                 opening: Mutex::new(()),
                 pending: Arc::default(),
                 links: AtomicU64::new(0),
+                lost: AtomicBool::new(false),
+                sent: SendMetrics::default(),
                 #[cfg(feature = "asyncapi")]
                 sends: std::sync::Mutex::default(),
             }),
+        }
+    }
+
+    /// Its connection: [`Idle`](ConnectionState::Idle) before the first call (and after
+    /// [`close`](Self::close)), [`Connected`](ConnectionState::Connected), or
+    /// [`Disconnected`](ConnectionState::Disconnected) once the connection was lost (the next
+    /// call connects again). A client has no consumers.
+    pub fn health(&self) -> Health {
+        let connection = match self.current_link() {
+            Some((link, _)) if link.alive() => ConnectionState::Connected,
+            Some(_) => ConnectionState::Disconnected,
+            None if self.inner.lost.load(Ordering::Acquire) => ConnectionState::Disconnected,
+            None => ConnectionState::Idle,
+        };
+        Health {
+            connection,
+            consumers: Vec::new(),
         }
     }
 
@@ -135,14 +160,42 @@ impl ClientProxy {
 
     /// Emits an encoded event, with its ordering key if it has one.
     async fn emit_body(&self, pattern: Pattern, body: Vec<u8>, key: Option<String>) -> Result<()> {
+        let (exchange, routing_key) = self.address(&pattern);
+        let span = telemetry::trace::publish_span(exchange, routing_key, pattern.key());
+        let sent = self.inner.sent.to(exchange, routing_key);
+        // One clock reading for both the outage bound and the publish's duration.
+        let now = Instant::now();
+        let deadline = now + self.inner.options.reconnect_timeout;
+        let emitted = self.emit_encoded(&pattern, &body, key, deadline);
+        // Without a subscriber for it, the span is not entered on every poll.
+        let result = if span.is_disabled() {
+            emitted.await
+        } else {
+            emitted.instrument(span.clone()).await
+        };
+        sent.published(Started::at(now), result.as_ref().err());
+        if let Err(error) = &result {
+            span.record("error.type", telemetry::error_type(error));
+        }
+        result
+    }
+
+    /// [`emit`](Self::emit) of an encoded event until `deadline`, inside its publish span (which
+    /// the outgoing `traceparent` names as the parent, with the feature `opentelemetry`).
+    async fn emit_encoded(
+        &self,
+        pattern: &Pattern,
+        body: &[u8],
+        key: Option<String>,
+        deadline: Instant,
+    ) -> Result<()> {
         let mut properties = self.properties(None, self.inner.options.persistent);
         if let Some(key) = key {
             properties.headers.insert(KEY_HEADER.to_owned(), key.into());
         }
-        let deadline = self.deadline();
         loop {
             match self
-                .publish_confirmed(&pattern, &body, &properties, deadline)
+                .publish_confirmed(pattern, body, &properties, deadline)
                 .await
             {
                 Err(error) if is_transient(&error) => {
@@ -368,8 +421,10 @@ impl ClientProxy {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some((link, _)) = current {
+            telemetry::disconnected(Role::Client);
             link.close(self.inner.options.confirm_timeout).await;
         }
+        self.inner.lost.store(false, Ordering::Release);
     }
 
     /// Where messages go: the exchange and routing key, or the queue.
@@ -407,9 +462,13 @@ impl ClientProxy {
             correlation_id: Some(correlation_id),
             ..Properties::default()
         };
-        let traceparent = current
-            .and_then(|t| t.traceparent)
-            .and_then(|p| correlation::child_traceparent(&p));
+        // The current span's context when OpenTelemetry traces it (feature `opentelemetry`),
+        // else the incoming message's trace, continued with a fresh parent id.
+        let traceparent = telemetry::trace::current_traceparent().or_else(|| {
+            current
+                .and_then(|t| t.traceparent)
+                .and_then(|p| correlation::child_traceparent(&p))
+        });
         if let Some(traceparent) = traceparent {
             properties
                 .headers
@@ -446,8 +505,7 @@ impl ClientProxy {
                 let key = if key.len() > 255 { "" } else { key };
                 (exchange.name.as_str(), key)
             }
-            Some(exchange) => (exchange.name.as_str(), pattern.key()),
-            None => ("", options.queue.as_str()),
+            _ => self.address(pattern),
         };
         link.publish(Outgoing {
             exchange,
@@ -456,6 +514,18 @@ impl ClientProxy {
             properties,
         })
         .await
+    }
+
+    /// The exchange and routing key of a message of `pattern`: the pattern through the
+    /// configured exchange, or the queue's name through the default exchange. (A consistent-hash
+    /// exchange is sent the ordering key instead, in [`publish_on`](Self::publish_on); metrics and
+    /// spans keep the pattern, never a key.)
+    fn address<'a>(&'a self, pattern: &'a Pattern) -> (&'a str, &'a str) {
+        let options = &self.inner.options;
+        match &options.exchange {
+            Some(exchange) => (exchange.name.as_str(), pattern.key()),
+            None => ("", options.queue.as_str()),
+        }
     }
 
     /// The queue, or the exchange, this client publishes to, for logs.
@@ -483,9 +553,15 @@ impl ClientProxy {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if lost.is_some() {
+            telemetry::disconnected(Role::Client);
+            self.inner.lost.store(true, Ordering::Release);
             tracing::info!(target = %self.describe(), "client connection lost; reconnecting");
         }
         let link = Arc::new(Link::open(&self.inner.options, deadline).await?);
+        telemetry::connected(Role::Client);
+        if self.inner.lost.swap(false, Ordering::AcqRel) {
+            telemetry::reconnected(Role::Client, None);
+        }
         let id = self.inner.links.fetch_add(1, Ordering::Relaxed);
         *self
             .inner
@@ -518,6 +594,8 @@ impl ClientProxy {
             .unwrap_or_else(PoisonError::into_inner);
         if current.as_ref().is_some_and(|(link, _)| !link.alive()) {
             *current = None;
+            telemetry::disconnected(Role::Client);
+            self.inner.lost.store(true, Ordering::Release);
             tracing::info!(target = %self.describe(), "client connection lost; reconnecting");
         }
     }

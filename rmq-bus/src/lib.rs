@@ -15,8 +15,9 @@
 //! [`config`] (settings, ack modes, retry policies, queue and exchange declarations),
 //! [`contract`] (typed events and requests),
 //! [`context`] (the delivery and its settlement), [`handler`] (routes, extractors, replies,
-//! interceptors), [`microservice`] (the running service, shutdown) and [`testing`] (an in-memory
-//! broker for tests).
+//! interceptors), [`health`] (connection and consumer state, for readiness probes),
+//! [`microservice`] (the running service, shutdown) and [`testing`] (an in-memory broker for
+//! tests).
 //!
 //! ```no_run
 //! use rmq_bus::{controller, event_pattern, ClientProxy, Microservice, RmqContext, RmqOptions};
@@ -135,9 +136,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The modules in layers, lowest first; each imports only from the layers before it:
-//   plain data     delivery, rpc, error, pattern, schema (what a document says of a handler)
+//   plain data     delivery, rpc, error, pattern, schema (what a document says of a handler),
+//                  health (what a service reports of itself)
 //   wire format    codec (pure: no I/O)
 //   settings       config
+//   instruments    telemetry (metrics through the `metrics` facade, trace context)
 //   the delivery   context (with the port transports settle through), correlation
 //   brokers        transport: the port, and its RabbitMQ and in-memory adapters (the only code
 //                  naming lapin)
@@ -154,11 +157,13 @@ mod delivery;
 mod dispatch;
 mod error;
 pub mod handler;
+pub mod health;
 pub mod microservice;
 pub mod ordering;
 mod pattern;
 mod rpc;
 mod schema;
+mod telemetry;
 pub mod testing;
 mod transport;
 

@@ -16,7 +16,9 @@ use crate::error::{Error, Result};
 use crate::handler::{
     Controller, HandlerFn, Interceptor, IntoMessageRoute, IntoRoute, Route, wrap,
 };
+use crate::health::{ConnectionState, Health, HealthProbe, Tracker};
 use crate::pattern::Pattern;
+use crate::telemetry::{self, Role, Started};
 use crate::transport;
 
 /// A service that consumes one or more queues and routes each message by pattern to its handler,
@@ -250,11 +252,25 @@ impl Microservice {
             .first()
             .ok_or_else(|| Error::Config("a microservice needs a queue".into()))?;
         let patience = first.reconnect_timeout;
-        let shared = Arc::new(Shared { queues, drain });
+        let health = Arc::new(Tracker::new(
+            queues
+                .iter()
+                .map(|(options, _)| options.queue.clone())
+                .collect(),
+        ));
+        let shared = Arc::new(Shared {
+            queues,
+            drain,
+            health: health.clone(),
+        });
         let consumers = ConsumerSet::open(&shared, Some(patience)).await?;
         let (stop, stopping) = watch::channel(false);
         let supervisor = tokio::spawn(supervise(shared, consumers, stopping));
-        Ok(RunningMicroservice { stop, supervisor })
+        Ok(RunningMicroservice {
+            stop,
+            supervisor,
+            health,
+        })
     }
 }
 
@@ -305,6 +321,7 @@ impl crate::contract::asyncapi::Consumes for Microservice {
 struct Shared {
     queues: Vec<(RmqOptions, Arc<Router>)>,
     drain: Duration,
+    health: Arc<Tracker>,
 }
 
 /// A started [`Microservice`]; shut it down with [`shutdown`](Self::shutdown).
@@ -313,9 +330,22 @@ struct Shared {
 pub struct RunningMicroservice {
     stop: watch::Sender<bool>,
     supervisor: JoinHandle<Result<()>>,
+    health: Arc<Tracker>,
 }
 
 impl RunningMicroservice {
+    /// Its connection, and whether each of its queues is being consumed: a readiness probe
+    /// answers 200 when [`Health::is_ready`], 503 otherwise. Cheap: a few atomic loads.
+    pub fn health(&self) -> Health {
+        self.health.report()
+    }
+
+    /// A handle reporting [`health`](Self::health), which outlives a move of the microservice
+    /// into [`shutdown_on`](Self::shutdown_on).
+    pub fn health_probe(&self) -> HealthProbe {
+        HealthProbe(self.health.clone())
+    }
+
     /// Stops consuming, lets in-flight handlers finish (up to the drain timeout), settles what
     /// they left, and closes the connection. Unsettled messages go back to their queues.
     pub async fn shutdown(self) -> Result<()> {
@@ -348,13 +378,18 @@ async fn supervise(
 ) -> Result<()> {
     loop {
         tokio::select! {
-            () = stop_requested(&mut stopping) => return consumers.close().await,
+            () = stop_requested(&mut stopping) => {
+                shared.health.connection(ConnectionState::Closed);
+                return consumers.close().await;
+            }
             ended = consumers.tasks.join_next() => match ended {
                 Some(Ok(Err(error))) => tracing::error!(%error, "reconnecting"),
                 Some(Err(join)) => tracing::error!(error = %join, "a consumer task ended abnormally; reconnecting"),
                 _ => {}
             },
         }
+        let lost = Started::now();
+        shared.health.connection(ConnectionState::Disconnected);
         // The others' deliveries return to their queues when the connection goes: cut them
         // short rather than drain, so that recovery does not wait for the drain timeout.
         consumers.abandon().await;
@@ -367,6 +402,7 @@ async fn supervise(
                 Ok(consumers) => break consumers,
                 // Not an outage (connecting retries for ever) but, say, a declaration refused.
                 Err(error) => {
+                    shared.health.connection(ConnectionState::Disconnected);
                     tracing::error!(%error, "could not restore the consumers; retrying in 5 s");
                     tokio::select! {
                         () = stop_requested(&mut stopping) => return Ok(()),
@@ -375,6 +411,7 @@ async fn supervise(
                 }
             }
         };
+        telemetry::reconnected(Role::Microservice, Some(lost));
         tracing::info!("consumers restored");
     }
 }
@@ -393,11 +430,21 @@ impl ConsumerSet {
             .queues
             .first()
             .ok_or_else(|| Error::Config("a microservice needs a queue".into()))?;
+        shared.health.connection(ConnectionState::Connecting);
         let session = transport::Session::connect(first, patience).await?;
+        telemetry::connected(Role::Microservice);
+        shared.health.connection(ConnectionState::Connected);
         let (stop, stopping) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        for (options, router) in &shared.queues {
-            let consumer = session.consume(options, &router.keys()).await?;
+        for (index, (options, router)) in shared.queues.iter().enumerate() {
+            let consumer = match session.consume(options, &router.keys()).await {
+                Ok(consumer) => consumer,
+                Err(error) => {
+                    telemetry::disconnected(Role::Microservice);
+                    return Err(error);
+                }
+            };
+            shared.health.consuming(index);
             tracing::info!(queue = %options.queue, prefetch = options.prefetch, "consuming");
             let (options, router, stopping) = (options.clone(), router.clone(), stopping.clone());
             let drain = shared.drain;
@@ -416,6 +463,7 @@ impl ConsumerSet {
         if let Some(session) = self.session.take() {
             session.close().await;
         }
+        telemetry::disconnected(Role::Microservice);
     }
 
     /// Stops the consumers (draining in-flight handlers) and closes the connection.
@@ -430,6 +478,7 @@ impl ConsumerSet {
         if let Some(session) = self.session.take() {
             session.close().await;
         }
+        telemetry::disconnected(Role::Microservice);
         tracing::info!("consumers stopped");
         result
     }

@@ -51,7 +51,9 @@ pub(crate) enum Publisher {
 impl Publisher {
     pub(crate) async fn open(system: System, uri: &str, queue: &str) -> Res<Self> {
         match system {
-            System::RmqBus => Ok(Publisher::Bus(bus::connect(uri, queue).await?)),
+            System::RmqBus | System::RmqBusPrometheus => {
+                Ok(Publisher::Bus(bus::connect(uri, queue).await?))
+            }
             System::Typical | System::Expert => {
                 Ok(Publisher::Raw(raw::RawPublisher::open(uri, queue).await?))
             }
@@ -99,7 +101,7 @@ impl Consumer {
         recorder: &Arc<Recorder>,
     ) -> Res<Self> {
         match system {
-            System::RmqBus => {
+            System::RmqBus | System::RmqBusPrometheus => {
                 let (running, forward) = bus::start(scenario, uri, queue, recorder).await?;
                 Ok(Consumer::Bus(running, forward))
             }

@@ -37,6 +37,7 @@ use crate::context::RmqContext;
 use crate::delivery::{Outcome, Settlement};
 use crate::error::{Error, Result};
 use crate::handler::HandlerError;
+use crate::telemetry::{self, QueueMetrics};
 use crate::transport::{Consumer, Inbound};
 
 /// How long a parked message waits on the broker before it comes back.
@@ -72,6 +73,7 @@ pub(super) async fn serve(
     mut consumer: Consumer,
     options: &RmqOptions,
     router: Arc<Router>,
+    metrics: Arc<QueueMetrics>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) -> Result<()> {
@@ -84,7 +86,7 @@ pub(super) async fn serve(
     };
     let mut lanes = Lanes::new(per_key);
     let mut running = FuturesUnordered::new();
-    let run = |job| run_job(router.clone(), policy.clone(), job);
+    let run = |job| run_job(router.clone(), policy.clone(), metrics.clone(), job);
     let stopped = stop_requested(&mut stop);
     tokio::pin!(stopped);
     let ended = loop {
@@ -96,11 +98,13 @@ pub(super) async fn serve(
                 if let Some(job) = lanes.finished(done) {
                     running.push(run(job));
                 }
+                metrics.in_flight(running.len());
             }
             delivery = consumer.next(), if room => match delivery {
                 Ok(inbound) => {
                     if let Some(job) = lanes.admit(&router, &policy, inbound) {
                         running.push(run(job));
+                        metrics.in_flight(running.len());
                     }
                 }
                 Err(reason) => break Err(consumer_stopped(&consumer, reason)),
@@ -132,17 +136,23 @@ pub(super) async fn serve(
 }
 
 /// Runs one job.
-async fn run_job(router: Arc<Router>, policy: Arc<Policy>, job: Job) -> Done {
+async fn run_job(
+    router: Arc<Router>,
+    policy: Arc<Policy>,
+    metrics: Arc<QueueMetrics>,
+    job: Job,
+) -> Done {
     match job {
         Job::Handle(inbound, key) => {
-            dispatch(router, policy, inbound).await;
+            dispatch(router, policy, metrics, inbound).await;
             key.map_or(Done::Nothing, Done::Handled)
         }
         Job::Refuse(inbound, reason) => {
             let span = delivery_span(&inbound);
             async {
                 tracing::warn!(%reason, "no ordering key: dead-lettering");
-                refuse_with(inbound.publisher.as_ref(), &policy, &inbound.ctx, reason).await;
+                let publisher = inbound.publisher.as_ref();
+                refuse_with(publisher, &policy, &metrics, &inbound.ctx, reason).await;
             }
             .instrument(span)
             .await;
@@ -157,8 +167,7 @@ async fn run_job(router: Arc<Router>, policy: Arc<Policy>, job: Job) -> Done {
 }
 
 fn delivery_span(inbound: &Inbound) -> tracing::Span {
-    let info = inbound.ctx.delivery();
-    tracing::info_span!("rmq.delivery", queue = %info.queue, delivery_tag = info.delivery_tag)
+    telemetry::trace::delivery_span(inbound.ctx.delivery())
 }
 
 /// Retries an ordered handler that failed (or panicked) without settling its message, in

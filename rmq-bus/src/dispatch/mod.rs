@@ -25,7 +25,7 @@ use futures::stream::FuturesUnordered;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
-use tracing::{Instrument, Span, field};
+use tracing::{Instrument, Span};
 
 use self::disposal::{ATTEMPT_HEADER, Policy, dispose};
 use crate::codec::{decode, encode_no_handler, encode_reply, event_pattern};
@@ -40,6 +40,7 @@ use crate::handler::{
 };
 use crate::ordering::KeyPath;
 use crate::pattern::{is_wildcard, wildcard_matches};
+use crate::telemetry::{self, Binding, Failure, QueueMetrics, Settled, Started};
 use crate::transport::{Consumer, Inbound, Publisher};
 
 /// Runs the handlers of `consumer`'s deliveries, at most its queue's prefetch at once, until
@@ -56,8 +57,13 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) -> Result<()> {
+    let metrics = Arc::new(QueueMetrics::new(
+        &Binding::of(options),
+        &router.patterns(),
+        options.prefetch,
+    ));
     if router.ordered {
-        return lanes::serve(consumer, options, router, stop, drain).await;
+        return lanes::serve(consumer, options, router, metrics, stop, drain).await;
     }
     let policy = Arc::new(Policy::of(options));
     let prefetch = usize::from(options.prefetch);
@@ -69,9 +75,12 @@ pub(crate) async fn serve(
         tokio::select! {
             biased;
             () = &mut stopped => break Ok(()),
-            Some(()) = handlers.next(), if !handlers.is_empty() => {}
+            Some(()) = handlers.next(), if !handlers.is_empty() => metrics.in_flight(handlers.len()),
             delivery = consumer.next(), if room => match delivery {
-                Ok(inbound) => handlers.push(dispatch(router.clone(), policy.clone(), inbound)),
+                Ok(inbound) => {
+                    handlers.push(dispatch(router.clone(), policy.clone(), metrics.clone(), inbound));
+                    metrics.in_flight(handlers.len());
+                }
                 Err(reason) => break Err(consumer_stopped(&consumer, reason)),
             },
         }
@@ -120,6 +129,8 @@ pub(crate) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
 
 /// One registered handler.
 struct Entry {
+    /// Its place in registration order, which [`Router::patterns`] lists.
+    index: usize,
     /// Its pattern, shared with the context of every message it handles; `None` for a
     /// wildcard, whose messages keep their own.
     key: Option<Arc<str>>,
@@ -155,7 +166,7 @@ impl Router {
         let mut exact = HashMap::with_capacity(routes.len());
         let mut wildcards: Vec<(String, Entry)> = Vec::new();
         let mut ordered = false;
-        for route in routes {
+        for (index, route) in routes.into_iter().enumerate() {
             let key = route.pattern.key().to_owned();
             let ordered_by = route
                 .ordered_by
@@ -164,6 +175,7 @@ impl Router {
                 .transpose()?;
             ordered |= ordered_by.is_some();
             let entry = Entry {
+                index,
                 key: (!is_wildcard(&key)).then(|| Arc::from(key.as_str())),
                 body_check: route.body_check,
                 kind: route.kind,
@@ -196,6 +208,22 @@ impl Router {
                 .find(|(pattern, _)| wildcard_matches(pattern, key))
                 .map(|(_, entry)| entry)
         })
+    }
+
+    /// Every registered pattern key, in registration order (the entries' `index`).
+    pub(crate) fn patterns(&self) -> Vec<&str> {
+        let mut entries: Vec<(usize, &str)> = self
+            .exact
+            .iter()
+            .map(|(key, entry)| (entry.index, key.as_str()))
+            .chain(
+                self.wildcards
+                    .iter()
+                    .map(|(key, entry)| (entry.index, key.as_str())),
+            )
+            .collect();
+        entries.sort_unstable();
+        entries.into_iter().map(|(_, key)| key).collect()
     }
 
     /// Every registered pattern key: the binding keys of a topic or direct exchange.
@@ -268,40 +296,45 @@ struct ReplyTo {
 fn dispatch(
     router: Arc<Router>,
     policy: Arc<Policy>,
+    metrics: Arc<QueueMetrics>,
     inbound: Inbound,
 ) -> impl Future<Output = ()> + Send + 'static {
     let info = inbound.ctx.delivery();
-    let span = tracing::info_span!(
-        "rmq.delivery",
-        queue = %info.queue,
-        delivery_tag = info.delivery_tag,
-        redelivered = info.redelivered,
-        correlation_id = info.properties.correlation_id.as_deref().unwrap_or(""),
-        pattern = field::Empty,
-    );
-    run(router, policy, inbound, span.clone()).instrument(span)
+    let span = telemetry::trace::delivery_span(info);
+    run(router, policy, metrics, inbound, span.clone()).instrument(span)
 }
 
 /// `span`: the delivery's own, to record the pattern in once known.
-async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound, span: Span) {
+async fn run(
+    router: Arc<Router>,
+    policy: Arc<Policy>,
+    metrics: Arc<QueueMetrics>,
+    inbound: Inbound,
+    span: Span,
+) {
     let Inbound { ctx, publisher } = inbound;
-    let (router, policy) = (router.as_ref(), policy.as_ref());
+    let (router, policy, metrics) = (router.as_ref(), policy.as_ref(), metrics.as_ref());
     let info = ctx.delivery();
     let attempt = attempt_of(&info.properties);
     // Bad input never reaches a handler: dead-lettered with its reason (a request is told first).
     let routed = match route(router, policy, ctx.body(), &info.properties) {
         Ok(routed) => routed,
         Err(refusal) => {
-            return Box::pin(refuse(publisher.as_ref(), policy, &ctx, refusal, attempt)).await;
+            metrics.unrouted();
+            span.record("error.type", Failure::Poison.name());
+            let refused = refuse(publisher.as_ref(), policy, metrics, &ctx, refusal, attempt);
+            return Box::pin(refused).await;
         }
     };
     let entry = routed.entry;
+    metrics.consumed(entry.index);
     span.record("pattern", &*routed.key);
     ctx.set_pattern(routed.key);
     let reply_to = reply_address(info, routed.request_id);
     // An ordered handler's retries are made here, holding its key's lane (see `retry_in_place`).
     let ordered = entry.ordered_by.is_some() && reply_to.is_none();
     let again = ordered.then(|| routed.data.clone());
+    let started = Started::now();
     let mut outcome = invoke(entry, routed.data, &ctx).await;
     let mut attempt = attempt;
     if let Some(data) = again {
@@ -336,6 +369,16 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound, span: S
             attempts: attempt,
         },
     };
+    let failure = match &outcome {
+        Ok(Ok(_)) => None,
+        Ok(Err(HandlerError::BadInput(_))) => Some(Failure::BadInput),
+        Ok(Err(_)) => Some(Failure::Handler),
+        Err(_) => Some(Failure::Panic),
+    };
+    metrics.processed(entry.index, started, failure);
+    if let Some(failure) = failure {
+        span.record("error.type", failure.name());
+    }
     let (disposal, response) = match outcome {
         Ok(Ok(response)) => (Disposal::Settle(Settlement::Ack), response),
         Ok(Err(error @ HandlerError::BadInput(_))) => {
@@ -368,6 +411,10 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound, span: S
         Box::pin(send_reply(publisher.as_ref(), reply_to, body)).await;
     }
     if !ctx.take_over(disposal.fallback(info.redelivered)) {
+        // Settled by the handler (or left to a clone of its context, not counted here).
+        if let Some(settlement) = ctx.settlement() {
+            metrics.settled(Settled::As(settlement), failure);
+        }
         return;
     }
     let acked_for_handler = matches!(disposal, Disposal::Settle(Settlement::Ack))
@@ -378,6 +425,7 @@ async fn run(router: Arc<Router>, policy: Arc<Policy>, inbound: Inbound, span: S
         Disposal::Settle(settlement) => (settlement, Outcome::of(settlement)),
         disposal => Box::pin(dispose(publisher.as_ref(), policy, &ctx, disposal)).await,
     };
+    metrics.settled(Settled::of(settlement, &outcome), failure);
     match ctx.settle_taken(settlement, outcome).await {
         Ok(()) if acked_for_handler => {
             tracing::warn!(
@@ -404,15 +452,23 @@ async fn invoke(entry: &Entry, data: Option<Box<RawValue>>, ctx: &RmqContext) ->
 }
 
 /// Dead-letters a delivery for `reason` without reaching a handler.
-async fn refuse_with(publisher: &dyn Publisher, policy: &Policy, ctx: &RmqContext, reason: String) {
+async fn refuse_with(
+    publisher: &dyn Publisher,
+    policy: &Policy,
+    metrics: &QueueMetrics,
+    ctx: &RmqContext,
+    reason: String,
+) {
     let refusal = Refusal {
         reason,
         pattern: None,
         request_id: None,
     };
+    metrics.unrouted();
     refuse(
         publisher,
         policy,
+        metrics,
         ctx,
         refusal,
         attempt_of(&ctx.delivery().properties),
@@ -425,6 +481,7 @@ async fn refuse_with(publisher: &dyn Publisher, policy: &Policy, ctx: &RmqContex
 async fn refuse(
     publisher: &dyn Publisher,
     policy: &Policy,
+    metrics: &QueueMetrics,
     ctx: &RmqContext,
     refusal: Refusal,
     attempt: u32,
@@ -443,9 +500,11 @@ async fn refuse(
     // settled it (`AckMode::NoAck`, where `dispose` only logs).
     let fallback = disposal.fallback(ctx.redelivered());
     let (settlement, outcome) = dispose(publisher, policy, ctx, disposal).await;
-    if ctx.take_over(fallback)
-        && let Err(error) = ctx.settle_taken(settlement, outcome).await
-    {
+    if !ctx.take_over(fallback) {
+        return;
+    }
+    metrics.settled(Settled::of(settlement, &outcome), Some(Failure::Poison));
+    if let Err(error) = ctx.settle_taken(settlement, outcome).await {
         tracing::warn!(%error, "could not settle");
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use crate::context::{RmqContext, Settle};
 use crate::delivery::{Outcome, Settlement};
 use crate::error::{Error, Result};
+use crate::telemetry::{Gauge, Histogram};
 
 /// Longest an ack waits before it is sent.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(1);
@@ -38,6 +39,10 @@ pub(crate) struct AckBatcher {
     /// Set when a batch is full: the flusher sends it without waiting for the timer.
     full: AtomicBool,
     batch: usize,
+    /// Deliveries outstanding or acked but not sent: the prefetch window in use.
+    unacked: Gauge,
+    /// Deliveries per multiple ack.
+    batch_sizes: Histogram,
 }
 
 #[derive(Default)]
@@ -51,6 +56,8 @@ struct Batch {
 /// What one flush puts on the wire.
 struct Plan {
     multiple: Option<u64>,
+    /// How many deliveries the multiple ack settles.
+    covered: usize,
     singles: Vec<u64>,
 }
 
@@ -61,20 +68,37 @@ impl Batch {
     fn plan(&mut self, all: bool) -> Plan {
         let low = self.outstanding.first().copied().unwrap_or(u64::MAX);
         let multiple = self.unsent.range(..low).next_back().copied();
+        let waiting = self.unsent.len();
         self.unsent = self.unsent.split_off(&low);
+        let covered = waiting - self.unsent.len();
         let singles = if all {
             std::mem::take(&mut self.unsent).into_iter().collect()
         } else {
             Vec::new()
         };
-        Plan { multiple, singles }
+        Plan {
+            multiple,
+            covered,
+            singles,
+        }
+    }
+
+    fn unacked(&self) -> usize {
+        self.outstanding.len() + self.unsent.len()
     }
 }
 
 impl AckBatcher {
     /// A batcher for `channel`, whose consumer has `prefetch` messages in flight at most. Its
     /// timer task ends with the batcher.
-    pub(crate) fn start(channel: Channel, prefetch: u16) -> Arc<Self> {
+    /// `unacked` shows how much of the window is in use, `batch_sizes` how many deliveries each
+    /// multiple ack settles.
+    pub(crate) fn start(
+        channel: Channel,
+        prefetch: u16,
+        unacked: Gauge,
+        batch_sizes: Histogram,
+    ) -> Arc<Self> {
         let batch = (usize::from(prefetch) / 4).clamp(1, MAX_BATCH);
         let batcher = Arc::new(Self {
             channel,
@@ -83,6 +107,8 @@ impl AckBatcher {
             wake: Arc::new(Notify::new()),
             full: AtomicBool::new(false),
             batch,
+            unacked,
+            batch_sizes,
         });
         tokio::spawn(flush_on_timer(
             Arc::downgrade(&batcher),
@@ -94,7 +120,9 @@ impl AckBatcher {
     /// Records delivery `tag` as outstanding until it is settled, so that no multiple ack
     /// passes it.
     pub(crate) fn track(&self, tag: u64) {
-        self.lock().outstanding.insert(tag);
+        let mut state = self.lock();
+        state.outstanding.insert(tag);
+        self.unacked.set(state.unacked() as f64);
     }
 
     /// Sends every ack still waiting (at shutdown, before the channel closes).
@@ -140,7 +168,9 @@ impl AckBatcher {
             attempted: settlement,
         })?;
         // Only now may a multiple ack pass this tag: the nack is on the wire before it.
-        self.lock().outstanding.remove(&tag);
+        let mut state = self.lock();
+        state.outstanding.remove(&tag);
+        self.unacked.set(state.unacked() as f64);
         Ok(())
     }
 
@@ -159,8 +189,13 @@ impl AckBatcher {
             let mut state = self.lock();
             // Whatever made the batch full is in this plan.
             self.full.store(false, Ordering::Relaxed);
-            state.plan(all)
+            let plan = state.plan(all);
+            self.unacked.set(state.unacked() as f64);
+            plan
         };
+        if plan.multiple.is_some() {
+            self.batch_sizes.record(plan.covered as f64);
+        }
         let closed = |_| Error::ChannelClosed {
             attempted: Settlement::Ack,
         };

@@ -18,6 +18,7 @@ use crate::config::{AckMode, RmqOptions};
 use crate::context::{RmqContext, Settle};
 use crate::delivery::DeliveryInfo;
 use crate::error::{Error, Result};
+use crate::telemetry::{self, Binding};
 use crate::transport::{Inbound, Publisher, binding_keys};
 
 /// A microservice's connection, and the publisher its deliveries share.
@@ -85,7 +86,13 @@ impl Session {
                 },
                 other => other,
             })?;
-        let acks = AckBatcher::start(channel.clone(), options.prefetch);
+        let binding = Binding::of(options);
+        let acks = AckBatcher::start(
+            channel.clone(),
+            options.prefetch,
+            telemetry::unacked_gauge(&binding),
+            telemetry::ack_batch_histogram(&binding),
+        );
         Ok(Consumer {
             settler: acks.clone(),
             acks,
