@@ -2,8 +2,12 @@
 
 #[cfg(feature = "asyncapi")]
 mod asyncapi;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod batch;
 mod pending;
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) use self::batch::Prepared;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -32,7 +36,8 @@ use crate::transport::{Confirm, Link, OnReply, Outgoing};
 /// events emitted before the consumer first starts wait in the queue instead of being unroutable.
 ///
 /// Every message carries a correlation id: inside a handler, the incoming message's (and its W3C
-/// `traceparent`, continued), else a fresh one.
+/// `traceparent`, continued), else a fresh one. Every event carries a unique `message_id`, which
+/// consumers deduplicate redeliveries by.
 #[derive(Clone)]
 pub struct ClientProxy {
     inner: Arc<Inner>,
@@ -86,6 +91,9 @@ impl ClientProxy {
     /// `{"pattern", "data"}` goes to the queue through the default exchange (or to the configured
     /// exchange with the pattern as routing key), persistent unless configured otherwise.
     ///
+    /// The event carries a fresh unique `message_id` (UUID-shaped), by which consumers
+    /// recognise a redelivery of it.
+    ///
     /// Resolves once the broker has confirmed it. Through an outage it waits (up to
     /// [`reconnect_timeout`](RmqOptions::reconnect_timeout)) and publishes on the next connection,
     /// so an event may be duplicated but is never dropped silently. An error means the event is
@@ -105,9 +113,24 @@ impl ClientProxy {
         pattern: impl Into<Pattern>,
         data: &T,
     ) -> Result<()> {
+        self.emit_with_id(pattern, data, correlation::new_id())
+            .await
+    }
+
+    /// [`emit`](Self::emit) with a message id of the caller's choosing, the AMQP `message_id`
+    /// that consumers deduplicate by (an [`Inbox`](crate::inbox::Inbox) does). Publishing the
+    /// same event again with the same id lets them see it is the same event; `emit` gives each
+    /// event a fresh unique id.
+    pub async fn emit_with_id<T: Serialize + ?Sized>(
+        &self,
+        pattern: impl Into<Pattern>,
+        data: &T,
+        message_id: impl Into<String>,
+    ) -> Result<()> {
         let pattern = pattern.into();
         let body = encode_event(&pattern, data)?;
-        let properties = self.properties(None, self.inner.options.persistent);
+        let mut properties = self.properties(None, self.inner.options.persistent);
+        properties.message_id = Some(message_id.into());
         let deadline = self.deadline();
         loop {
             match self
