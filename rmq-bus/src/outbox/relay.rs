@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::PoisonError;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -63,8 +63,9 @@ impl Drop for Relay {
 enum Pass {
     /// A full batch went out: there may be more.
     Full,
-    /// Fewer rows than a batch: the outbox is drained.
-    Drained,
+    /// Fewer rows than a batch: the outbox is drained, but for the rows refused, the first of
+    /// which is due again after the duration given.
+    Drained(Option<Duration>),
     /// The broker could not take the batch (or part of it): try again after a pause.
     Outage(String),
 }
@@ -80,23 +81,31 @@ async fn run<DB: Database>(
     let mut backoff = MIN_BACKOFF;
     let mut failing = false;
     let mut woken = false;
+    // When the first row refused is due again: the relay looks then, whatever its poll.
+    let mut retry_at: Option<Instant> = None;
     while !*stopped.borrow() {
         let pause = match pass(&outbox, &options).await {
             Ok(Pass::Full) => {
                 woken = false;
                 Duration::ZERO
             }
-            Ok(Pass::Drained) => {
+            Ok(Pass::Drained(retry)) => {
                 if failing {
                     tracing::info!("outbox relay publishing again");
                 }
                 failing = false;
                 backoff = MIN_BACKOFF;
-                if std::mem::take(&mut woken) {
+                let now = Instant::now();
+                retry_at = match (retry_at.filter(|at| *at > now), retry) {
+                    (Some(at), Some(after)) => Some(at.min(now + after)),
+                    (at, after) => at.or(after.map(|after| now + after)),
+                };
+                let pause = if std::mem::take(&mut woken) {
                     RECHECK
                 } else {
                     options.poll_interval
-                }
+                };
+                retry_at.map_or(pause, |at| pause.min(at.saturating_duration_since(now)))
             }
             Ok(Pass::Outage(why)) => {
                 woken = false;
@@ -183,10 +192,17 @@ async fn pass<DB: Database>(outbox: &Outbox<DB>, options: &RelayOptions) -> Resu
     DB::settle(pool, claim.tx, &settled, now_ms())
         .await
         .map_err(|e| database("removing published outbox rows", e))?;
+    let retry = settled
+        .retry
+        .iter()
+        // A few ms late rather than early: a row looked for before it is due is not found.
+        .map(|(_, at, _)| at.saturating_sub(now_ms()).saturating_add(5))
+        .min()
+        .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
     Ok(match outage {
         Some(why) => Pass::Outage(why),
         None if full => Pass::Full,
-        None => Pass::Drained,
+        None => Pass::Drained(retry),
     })
 }
 
@@ -223,8 +239,8 @@ fn refused(row: &Row, error: &Error, options: &RelayOptions, settled: &mut Settl
         );
         settled.poison.push((row.id, reason(error)));
     } else {
-        // 1 s, 2 s, 4 s, … up to a minute: the rows behind it go first meanwhile.
-        let delay = 1_000_i64.saturating_mul(1 << attempts.min(6)).min(60_000);
+        // The rows behind it go first meanwhile.
+        let delay = retry_delay(attempts);
         tracing::warn!(
             message_id = %row.message_id, destination = %row.destination, attempts, %error,
             "outbox row refused; trying again later"
@@ -233,6 +249,11 @@ fn refused(row: &Row, error: &Error, options: &RelayOptions, settled: &mut Settl
             .retry
             .push((row.id, now_ms().saturating_add(delay), reason(error)));
     }
+}
+
+/// How long a row refused `attempts` times waits: 1 s, 2 s, 4 s, … up to a minute.
+fn retry_delay(attempts: u32) -> i64 {
+    (1_000_i64 << attempts.saturating_sub(1).min(6)).min(60_000)
 }
 
 /// A row as the event it was emitted as: same body, message id, correlation and trace.
