@@ -86,6 +86,8 @@ async fn relays_committed_events<DB: Sql>(pool: sqlx::Pool<DB>) {
     let billing = outbox.client(ClientProxy::new(options(&queue)));
     billing.client().connect().await.expect("declare the queue");
     let relay = outbox.relay_with(woken_only());
+    // Past its start-up passes: from now on only a wake makes it look.
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let mut ids = Vec::new();
     let mut tx = pool.begin().await.unwrap();
