@@ -308,18 +308,21 @@ macro_rules! stores_on {
                     let key = inbox_key(ctx, || {
                         format!("order_processed:{}:{}", order.order_id, order.status)
                     });
+                    // The claim first: on SQLite, a transaction that reads before it writes
+                    // fails ("database is locked") if another one commits in between.
                     let mut tx = self.pool.begin().await?;
+                    if !self.inbox.claim(&mut tx, "orders", &key).await? {
+                        return Ok(Applied::Duplicate);
+                    }
                     let previous: Option<String> =
                         sqlx::query_scalar("SELECT status FROM orders WHERE order_id = $1")
                             .bind(&order.order_id)
                             .fetch_optional(&mut *tx)
                             .await?;
                     let Some(previous) = previous else {
+                        // Rolled back: the claim does not count.
                         return Ok(Applied::Unknown);
                     };
-                    if !self.inbox.claim(&mut tx, "orders", &key).await? {
-                        return Ok(Applied::Duplicate);
-                    }
                     sqlx::query("UPDATE orders SET status = $2 WHERE order_id = $1")
                         .bind(&order.order_id)
                         .bind(order.status.to_string())

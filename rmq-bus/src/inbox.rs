@@ -19,6 +19,9 @@
 //! # }
 //! ```
 //!
+//! Claim first, before the transaction reads anything: on SQLite, a transaction that reads and
+//! then writes fails with "database is locked" when another one commits in between.
+//!
 //! Commit, then ack: a crash in between redelivers the message, and the claim then says it was
 //! handled. Records older than a retention window can go ([`Inbox::expire`]): keep them longer
 //! than a message can take to come back (a dead-letter queue replayed by hand, a publisher's
