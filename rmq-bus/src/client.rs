@@ -118,7 +118,7 @@ impl ClientProxy {
     }
 
     /// [`emit`](Self::emit) with a message id of the caller's choosing, the AMQP `message_id`
-    /// that consumers deduplicate by (an [`Inbox`](crate::inbox::Inbox) does). Publishing the
+    /// that consumers deduplicate by (as `rmq_bus::inbox::Inbox` does). Publishing the
     /// same event again with the same id lets them see it is the same event; `emit` gives each
     /// event a fresh unique id.
     pub async fn emit_with_id<T: Serialize + ?Sized>(

@@ -174,6 +174,119 @@ pub(crate) mod sealed {
 
 pub(crate) use sealed::{Claim, NewRow, Row, Settled};
 
+/// The queries that read the same on every database (sqlx takes `$1` placeholders on SQLite
+/// too), written once: each backend module expands them for its own types.
+macro_rules! same_sql {
+    ($db:ty) => {
+        /// Writes an outbox row.
+        async fn insert_row(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            row: &$crate::store::NewRow<'_>,
+        ) -> sqlx::Result<()> {
+            sqlx::query(
+                "INSERT INTO rmq_bus_outbox (message_id, destination, routing_key, body, \
+                 correlation_id, traceparent, created_at, next_attempt_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            )
+            .bind(row.message_id)
+            .bind(row.destination)
+            .bind(row.routing_key)
+            .bind(row.body)
+            .bind(row.correlation_id)
+            .bind(row.traceparent)
+            .bind(row.now)
+            .execute(conn)
+            .await
+            .map(drop)
+        }
+
+        /// The columns the claims select, in this order.
+        const CLAIMED: &str = "id, message_id, destination, routing_key, body, correlation_id, \
+                               traceparent, attempts";
+
+        /// A claimed row, read from the columns of `CLAIMED`.
+        fn claimed(row: &<$db as sqlx::Database>::Row) -> sqlx::Result<$crate::store::Row> {
+            use sqlx::Row as _;
+            Ok($crate::store::Row {
+                id: row.try_get(0)?,
+                message_id: row.try_get(1)?,
+                destination: row.try_get(2)?,
+                routing_key: row.try_get(3)?,
+                body: row.try_get(4)?,
+                correlation_id: row.try_get(5)?,
+                traceparent: row.try_get(6)?,
+                attempts: row.try_get(7)?,
+            })
+        }
+
+        /// Records the refused rows (tried again later) and moves the poison ones aside.
+        async fn retry_and_poison(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            settled: &$crate::store::Settled,
+            now: i64,
+        ) -> sqlx::Result<()> {
+            for (id, next_attempt_at, error) in &settled.retry {
+                sqlx::query(
+                    "UPDATE rmq_bus_outbox SET attempts = attempts + 1, next_attempt_at = $2, \
+                     last_error = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(next_attempt_at)
+                .bind(error)
+                .execute(&mut **tx)
+                .await?;
+            }
+            for (id, reason) in &settled.poison {
+                sqlx::query(
+                    "INSERT INTO rmq_bus_outbox_dead (id, message_id, destination, routing_key, \
+                     body, correlation_id, traceparent, created_at, attempts, reason, moved_at) \
+                     SELECT id, message_id, destination, routing_key, body, correlation_id, \
+                     traceparent, created_at, attempts + 1, $2, $3 FROM rmq_bus_outbox WHERE id = $1",
+                )
+                .bind(id)
+                .bind(reason)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query("DELETE FROM rmq_bus_outbox WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        /// Records `key` for `consumer`; `false` if it was there.
+        async fn claim_key(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            consumer: &str,
+            key: &str,
+            now: i64,
+        ) -> sqlx::Result<bool> {
+            let inserted = sqlx::query(
+                "INSERT INTO rmq_bus_inbox (consumer, message_key, handled_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(consumer)
+            .bind(key)
+            .bind(now)
+            .execute(conn)
+            .await?;
+            Ok(inserted.rows_affected() == 1)
+        }
+
+        /// Forgets inbox keys handled before `before`.
+        async fn expire_keys(pool: &sqlx::Pool<$db>, before: i64) -> sqlx::Result<u64> {
+            let deleted = sqlx::query("DELETE FROM rmq_bus_inbox WHERE handled_at < $1")
+                .bind(before)
+                .execute(pool)
+                .await?;
+            Ok(deleted.rows_affected())
+        }
+    };
+}
+pub(crate) use same_sql;
+
 /// The reason of a poison row as stored: at most 1000 characters.
 pub(crate) fn reason(error: &Error) -> String {
     let text = error.to_string();

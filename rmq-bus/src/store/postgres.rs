@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool, Postgres, Row as _};
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::Notify;
 
 use super::sealed::Backend;
-use super::{Claim, NewRow, POSTGRES_SCHEMA, Row, Settled};
+use super::{Claim, NewRow, POSTGRES_SCHEMA, Settled, same_sql};
 
 /// The channel the insert trigger notifies (see the schema).
 const CHANNEL: &str = "rmq_bus_outbox";
+
+same_sql!(Postgres);
 
 impl Backend for Postgres {
     fn migrate(pool: &PgPool) -> BoxFuture<'_, sqlx::Result<()>> {
@@ -27,23 +29,7 @@ impl Backend for Postgres {
         _wake: &'a Arc<Notify>,
     ) -> BoxFuture<'a, sqlx::Result<()>> {
         // The trigger notifies the relays, which PostgreSQL delivers at commit, and only then.
-        Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO rmq_bus_outbox (message_id, destination, routing_key, body, \
-                 correlation_id, traceparent, created_at, next_attempt_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-            )
-            .bind(row.message_id)
-            .bind(row.destination)
-            .bind(row.routing_key)
-            .bind(row.body)
-            .bind(row.correlation_id)
-            .bind(row.traceparent)
-            .bind(row.now)
-            .execute(conn)
-            .await
-            .map(drop)
-        })
+        Box::pin(async move { insert_row(conn, &row).await })
     }
 
     fn claim<'a>(
@@ -56,32 +42,18 @@ impl Backend for Postgres {
         // waited for, and a relay that dies releases its rows with its connection.
         Box::pin(async move {
             let mut tx = pool.begin().await?;
-            let rows = sqlx::query(
-                "SELECT id, message_id, destination, routing_key, body, correlation_id, \
-                 traceparent, attempts FROM rmq_bus_outbox \
+            let query = format!(
+                "SELECT {CLAIMED} FROM rmq_bus_outbox \
                  WHERE destination = ANY($1) AND next_attempt_at <= $2 \
-                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
-            )
-            .bind(destinations)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-            let rows = rows
-                .iter()
-                .map(|row| {
-                    Ok(Row {
-                        id: row.try_get(0)?,
-                        message_id: row.try_get(1)?,
-                        destination: row.try_get(2)?,
-                        routing_key: row.try_get(3)?,
-                        body: row.try_get(4)?,
-                        correlation_id: row.try_get(5)?,
-                        traceparent: row.try_get(6)?,
-                        attempts: row.try_get(7)?,
-                    })
-                })
-                .collect::<sqlx::Result<Vec<_>>>()?;
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED"
+            );
+            let rows = sqlx::query(&query)
+                .bind(destinations)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            let rows = rows.iter().map(claimed).collect::<sqlx::Result<Vec<_>>>()?;
             Ok(Claim { tx: Some(tx), rows })
         })
     }
@@ -103,34 +75,7 @@ impl Backend for Postgres {
                     .execute(&mut *tx)
                     .await?;
             }
-            for (id, next_attempt_at, error) in &settled.retry {
-                sqlx::query(
-                    "UPDATE rmq_bus_outbox SET attempts = attempts + 1, next_attempt_at = $2, \
-                     last_error = $3 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(next_attempt_at)
-                .bind(error)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for (id, reason) in &settled.poison {
-                sqlx::query(
-                    "INSERT INTO rmq_bus_outbox_dead (id, message_id, destination, routing_key, \
-                     body, correlation_id, traceparent, created_at, attempts, reason, moved_at) \
-                     SELECT id, message_id, destination, routing_key, body, correlation_id, \
-                     traceparent, created_at, attempts + 1, $2, $3 FROM rmq_bus_outbox WHERE id = $1",
-                )
-                .bind(id)
-                .bind(reason)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM rmq_bus_outbox WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            retry_and_poison(&mut tx, settled, now).await?;
             tx.commit().await
         })
     }
@@ -163,28 +108,11 @@ impl Backend for Postgres {
     ) -> BoxFuture<'a, sqlx::Result<bool>> {
         // A concurrent claim of the same key waits for this transaction: it then sees the row
         // (and gets `false`) if this one commits, or inserts it if this one rolls back.
-        Box::pin(async move {
-            let inserted = sqlx::query(
-                "INSERT INTO rmq_bus_inbox (consumer, message_key, handled_at) \
-                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            )
-            .bind(consumer)
-            .bind(key)
-            .bind(now)
-            .execute(conn)
-            .await?;
-            Ok(inserted.rows_affected() == 1)
-        })
+        Box::pin(async move { claim_key(conn, consumer, key, now).await })
     }
 
     fn inbox_expire(pool: &PgPool, before: i64) -> BoxFuture<'_, sqlx::Result<u64>> {
-        Box::pin(async move {
-            let deleted = sqlx::query("DELETE FROM rmq_bus_inbox WHERE handled_at < $1")
-                .bind(before)
-                .execute(pool)
-                .await?;
-            Ok(deleted.rows_affected())
-        })
+        Box::pin(async move { expire_keys(pool, before).await })
     }
 }
 

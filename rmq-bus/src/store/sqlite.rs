@@ -4,11 +4,13 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use sqlx::{Row as _, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::Notify;
 
 use super::sealed::Backend;
-use super::{Claim, NewRow, Row, SQLITE_SCHEMA, Settled};
+use super::{Claim, NewRow, SQLITE_SCHEMA, Settled, same_sql};
+
+same_sql!(Sqlite);
 
 impl Backend for Sqlite {
     fn migrate(pool: &SqlitePool) -> BoxFuture<'_, sqlx::Result<()>> {
@@ -22,20 +24,7 @@ impl Backend for Sqlite {
         wake: &'a Arc<Notify>,
     ) -> BoxFuture<'a, sqlx::Result<()>> {
         Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO rmq_bus_outbox (message_id, destination, routing_key, body, \
-                 correlation_id, traceparent, created_at, next_attempt_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-            )
-            .bind(row.message_id)
-            .bind(row.destination)
-            .bind(row.routing_key)
-            .bind(row.body)
-            .bind(row.correlation_id)
-            .bind(row.traceparent)
-            .bind(row.now)
-            .execute(&mut *conn)
-            .await?;
+            insert_row(&mut *conn, &row).await?;
             // Wakes the relay when this connection commits (a rollback wakes nobody). The hook
             // stays on the pooled connection; a later commit without events wakes the relay
             // for nothing, which costs it one query.
@@ -57,34 +46,19 @@ impl Backend for Sqlite {
         // No transaction: one relay per database, and a read that later wrote would fail
         // (SQLITE_BUSY_SNAPSHOT) whenever another transaction committed in between.
         Box::pin(async move {
-            let destinations = serde_json::to_string(destinations)
-                .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-            let rows = sqlx::query(
-                "SELECT id, message_id, destination, routing_key, body, correlation_id, \
-                 traceparent, attempts FROM rmq_bus_outbox \
-                 WHERE destination IN (SELECT value FROM json_each(?1)) AND next_attempt_at <= ?2 \
-                 ORDER BY id LIMIT ?3",
-            )
-            .bind(destinations)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
-            let rows = rows
-                .iter()
-                .map(|row| {
-                    Ok(Row {
-                        id: row.try_get(0)?,
-                        message_id: row.try_get(1)?,
-                        destination: row.try_get(2)?,
-                        routing_key: row.try_get(3)?,
-                        body: row.try_get(4)?,
-                        correlation_id: row.try_get(5)?,
-                        traceparent: row.try_get(6)?,
-                        attempts: row.try_get(7)?,
-                    })
-                })
-                .collect::<sqlx::Result<Vec<_>>>()?;
+            let destinations = json(destinations)?;
+            let query = format!(
+                "SELECT {CLAIMED} FROM rmq_bus_outbox \
+                 WHERE destination IN (SELECT value FROM json_each($1)) AND next_attempt_at <= $2 \
+                 ORDER BY id LIMIT $3"
+            );
+            let rows = sqlx::query(&query)
+                .bind(destinations)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            let rows = rows.iter().map(claimed).collect::<sqlx::Result<Vec<_>>>()?;
             Ok(Claim { tx: None, rows })
         })
     }
@@ -99,44 +73,16 @@ impl Backend for Sqlite {
             if settled.done.is_empty() && settled.retry.is_empty() && settled.poison.is_empty() {
                 return Ok(());
             }
+            // Begun by a write: it waits for the write lock (busy_timeout) instead of failing.
             let mut tx = match tx {
                 Some(tx) => tx,
                 None => pool.begin().await?,
             };
-            let done = serde_json::to_string(&settled.done)
-                .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-            sqlx::query("DELETE FROM rmq_bus_outbox WHERE id IN (SELECT value FROM json_each(?1))")
-                .bind(done)
+            sqlx::query("DELETE FROM rmq_bus_outbox WHERE id IN (SELECT value FROM json_each($1))")
+                .bind(json(&settled.done)?)
                 .execute(&mut *tx)
                 .await?;
-            for (id, next_attempt_at, error) in &settled.retry {
-                sqlx::query(
-                    "UPDATE rmq_bus_outbox SET attempts = attempts + 1, next_attempt_at = ?2, \
-                     last_error = ?3 WHERE id = ?1",
-                )
-                .bind(id)
-                .bind(next_attempt_at)
-                .bind(error)
-                .execute(&mut *tx)
-                .await?;
-            }
-            for (id, reason) in &settled.poison {
-                sqlx::query(
-                    "INSERT INTO rmq_bus_outbox_dead (id, message_id, destination, routing_key, \
-                     body, correlation_id, traceparent, created_at, attempts, reason, moved_at) \
-                     SELECT id, message_id, destination, routing_key, body, correlation_id, \
-                     traceparent, created_at, attempts + 1, ?2, ?3 FROM rmq_bus_outbox WHERE id = ?1",
-                )
-                .bind(id)
-                .bind(reason)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM rmq_bus_outbox WHERE id = ?1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            retry_and_poison(&mut tx, settled, now).await?;
             tx.commit().await
         })
     }
@@ -151,27 +97,15 @@ impl Backend for Sqlite {
         key: &'a str,
         now: i64,
     ) -> BoxFuture<'a, sqlx::Result<bool>> {
-        Box::pin(async move {
-            let inserted = sqlx::query(
-                "INSERT INTO rmq_bus_inbox (consumer, message_key, handled_at) \
-                 VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-            )
-            .bind(consumer)
-            .bind(key)
-            .bind(now)
-            .execute(conn)
-            .await?;
-            Ok(inserted.rows_affected() == 1)
-        })
+        Box::pin(async move { claim_key(conn, consumer, key, now).await })
     }
 
     fn inbox_expire(pool: &SqlitePool, before: i64) -> BoxFuture<'_, sqlx::Result<u64>> {
-        Box::pin(async move {
-            let deleted = sqlx::query("DELETE FROM rmq_bus_inbox WHERE handled_at < ?1")
-                .bind(before)
-                .execute(pool)
-                .await?;
-            Ok(deleted.rows_affected())
-        })
+        Box::pin(async move { expire_keys(pool, before).await })
     }
+}
+
+/// A list as a JSON array, which `json_each` takes apart: SQLite has no array parameters.
+fn json<T: serde::Serialize>(list: &[T]) -> sqlx::Result<String> {
+    serde_json::to_string(list).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
