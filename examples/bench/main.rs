@@ -10,6 +10,8 @@
 //! | `N` | messages per S1 round | 100000 |
 //! | `S2_N` | messages per S2 round | `N / 5` |
 //! | `S3_N` | S3 round trips, sequential and concurrent | `N / 10`, at most 10000 |
+//! | `S4_N` | S4 events, direct and through the outbox | `N / 5` |
+//! | `BENCH_POSTGRES_URL` | S4's PostgreSQL server (a database of its own is created, dropped after) | `postgres://postgres@127.0.0.1:5432` |
 //! | `ROUNDS` | rounds per system and scenario | 3 |
 //! | `RABBIT_MQ_URI` | broker | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `BENCH_TIMEOUT_S` | limit on one round | 300 |
@@ -34,6 +36,8 @@
 //!   exceed 250 / 5 ms = 50 000 msg/s.
 //! - **S3 request/reply**: sequential round trips p50/p99 and the rate of 64 concurrent requesters
 //!   (see the [`s3`] module).
+//! - **S4 transactional outbox**: direct confirmed emits against the outbox relay on PostgreSQL
+//!   (see the [`s4`] module).
 //!
 //! Each (round, scenario, system) runs in a child process (this binary re-executed with
 //! `--child <system> <scenario> <queue> <n>`), so CPU time and peak RSS belong to that system
@@ -52,7 +56,8 @@
 //!   `publish_per_s`, `e2e_per_s`, `p50_ms`, `p99_ms`, `cpu_s`, `cpu_us_per_msg`, `peak_rss_mib`
 //!   and `duplicates` (summed over rounds); a system without a successful round has none;
 //! - `s2.prefetch` and `s2.handler_ms`, the bound on S2's rate being `prefetch / handler_ms`;
-//! - `s3.n`, `s3.p50_ms`, `s3.p99_ms`, `s3.concurrent_per_s`, if S3 succeeded.
+//! - `s3.n`, `s3.p50_ms`, `s3.p99_ms`, `s3.concurrent_per_s`, if S3 succeeded;
+//! - `s4.n`, `s4.direct_per_s`, `s4.commit_per_s`, `s4.relay_per_s`, `s4.relay_ratio`, if S4 ran.
 //!
 //! The last line is always `S1 end_to_end ratio (rmq-bus / raw lapin expert): <ratio or n/a>`.
 
@@ -63,6 +68,7 @@ mod parent;
 mod payload;
 mod report;
 mod s3;
+mod s4;
 mod systems;
 mod workload;
 

@@ -9,7 +9,7 @@ use crate::admin::{declare_queue, delete_queue};
 use crate::payload::{OutgoingPacket, PATTERN, make_event};
 use crate::report::{self, Report, Rounds};
 use crate::workload::{IN_FLIGHT, PREFETCH, Scenario, System};
-use crate::{Res, broker_uri, env_number, s3};
+use crate::{Res, broker_uri, env_number, s3, s4};
 
 const DEFAULT_N: usize = 100_000;
 const DEFAULT_ROUNDS: usize = 3;
@@ -90,6 +90,11 @@ pub(crate) fn parent() -> Res<bool> {
             None
         }
     };
+    let s4_n: usize = env_number("S4_N", (n / 5).max(1))?;
+    if let Err(error) = s4::outbox(&admin, &uri, s4_n).map(|s4| s4.map(|s4| s4.print())) {
+        failures += 1;
+        println!("S4: FAILED: {error}");
+    }
     report::print_figures(&results, s3.as_ref());
     if failures > 0 {
         println!("{failures} round(s) failed");
