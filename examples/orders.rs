@@ -1,14 +1,15 @@
 //! Orders service: an HTTP API that takes orders and hands them to billing over RabbitMQ.
 //!
-//! - `POST /orders` `{"productName", "price", "buyer"}` stores the order as `PENDING`, emits
-//!   `order_created` `{"orderPayload": order}` to the billing queue and, once the broker has
-//!   confirmed the event, answers `201` with the order.
-//! - `GET /orders/{orderId}` and `GET /orders` show orders and their status.
+//! - `POST /orders` `{"productName", "price", "buyer"}` saves the order as `PENDING` and its
+//!   `order_created` `{"orderPayload": order}` event in one database transaction (the
+//!   transactional outbox), and answers `201` with the order as soon as that commits, even while
+//!   the broker is down: the outbox relay sends the event to the billing queue when it can.
+//! - `GET /orders/{orderId}` and `GET /orders` show orders and their status, from the database.
 //! - `GET /metrics` (Prometheus) and `GET /health` (200 when connected and consuming, else 503).
 //! - A microservice on the orders queue applies `order_processed` `{"order": order}` events
-//!   (sent by the `billing` example) to the stored orders, and answers `get_order`
-//!   `{"orderId"}` requests with the order, or the error
-//!   `{"status": "error", "message": "order not found"}`.
+//!   (sent by the `billing` example) to the stored orders, once each (the inbox: a redelivery
+//!   changes nothing), and answers `get_order` `{"orderId"}` requests with the order, or the
+//!   error `{"status": "error", "message": "order not found"}`.
 //!
 //! Configured from the environment only:
 //!
@@ -17,6 +18,7 @@
 //! | `RABBIT_MQ_URI` | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `RABBIT_MQ_BILLING_QUEUE` | `BILLING` |
 //! | `RABBIT_MQ_ORDERS_QUEUE` | `ORDERS` |
+//! | `DATABASE_URL` | a SQLite file, `rmq-bus-orders.sqlite` in the temporary directory (logged at start); or `postgres://…`, `sqlite://path` |
 //! | `PORT` | `3000` |
 //! | `RUST_LOG` | `info` |
 //!
@@ -34,10 +36,10 @@
 //! exits, without connecting: `examples/asyncapi/orders.json` is that document.
 
 mod contracts;
+mod database;
 #[path = "support/observability.rs"]
 mod observability;
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -53,13 +55,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use contracts::{GetOrder, Order, OrderCreated, OrderProcessed, OrderStatus};
+use database::{Applied, Database, OrderStore};
 use rmq_bus::contract::AsyncApi;
 use rmq_bus::{
     ClientProxy, Microservice, RmqContext, RmqOptions, RpcError, controller, event_pattern,
     message_pattern,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{RwLock, watch};
+use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -91,13 +94,12 @@ impl NewOrder {
     }
 }
 
-type Store = Arc<RwLock<HashMap<String, Order>>>;
+type Store = Arc<dyn OrderStore>;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
 struct App {
     store: Store,
-    billing: ClientProxy,
 }
 
 /// Handles the events billing sends back.
@@ -107,8 +109,8 @@ struct OrdersController {
 
 #[controller]
 impl OrdersController {
-    /// Applies billing's verdict to the stored order. An order it does not know (one from
-    /// before a restart) is rejected, to the dead-letter queue.
+    /// Applies billing's verdict to the stored order, once: a redelivered verdict is acked
+    /// without effect. An order it does not know is rejected, to the dead-letter queue.
     #[event_pattern] // `order_processed`, from the pattern of its contract
     async fn on_order_processed(
         &self,
@@ -116,36 +118,29 @@ impl OrdersController {
         #[ctx] ctx: RmqContext,
     ) -> rmq_bus::Result<()> {
         let order = processed.order;
-        let previous = self
-            .store
-            .write()
-            .await
-            .get_mut(&order.order_id)
-            .map(|stored| std::mem::replace(&mut stored.status, order.status));
-        match previous {
-            Some(previous) => {
-                if previous == OrderStatus::Failed {
-                    // The emit was not confirmed in time, yet the event did reach billing.
-                    tracing::warn!(order_id = %order.order_id, "billing processed an order reported as failed");
-                }
-                tracing::info!(order_id = %order.order_id, status = ?order.status, "order updated");
-                ctx.ack().await
+        match self.store.apply(&order, &ctx).await? {
+            Applied::Updated { previous } => {
+                tracing::info!(order_id = %order.order_id, status = ?order.status, ?previous, "order updated");
             }
-            None => {
-                // The store lives in memory, so this is an order from before a restart (or
-                // from elsewhere). Retrying cannot make it known, so requeueing would only
-                // loop; rejecting rather than acking dead-letters it where the queue has a
-                // dead-letter exchange, for an operator to look at.
+            Applied::Duplicate => {
+                tracing::info!(order_id = %order.order_id, "order_processed already applied (a redelivery); acking");
+            }
+            Applied::Unknown => {
+                // Retrying cannot make it known, so requeueing would only loop; rejecting
+                // rather than acking dead-letters it where the queue has a dead-letter
+                // exchange, for an operator to look at.
                 tracing::warn!(order_id = %order.order_id, "order_processed for an unknown order; rejecting");
-                ctx.reject().await
+                return ctx.reject().await;
             }
         }
+        // Acked once committed: a crash in between redelivers it, and the inbox absorbs it.
+        ctx.ack().await
     }
 
     /// Answers with the order, or the error `{"status": "error", "message": "order not found"}`.
     #[message_pattern] // `get_order`, answered with `GetOrder`'s reply type: an `Order`
     async fn get_order(&self, #[payload] query: GetOrder) -> Result<Order, RpcError> {
-        let order = self.store.read().await.get(&query.order_id).cloned();
+        let order = self.store.get(&query.order_id).await?;
         order.ok_or_else(|| RpcError::new("order not found"))
     }
 }
@@ -201,49 +196,36 @@ async fn create_order(
         buyer: new.buyer,
         status: OrderStatus::Pending,
     };
-    // Stored before the emit: billing may answer before `emit` returns.
-    app.store
-        .write()
-        .await
-        .insert(order.order_id.clone(), order.clone());
-    let event = OrderCreated {
-        order_payload: order.clone(),
-    };
-    match app.billing.publish(&event).await {
+    // The order and its event commit together, or neither does: the relay publishes the
+    // event once it can, so a broker outage delays billing but refuses no order.
+    match app.store.create(&order).await {
         Ok(()) => {
             tracing::info!(order_id = %order.order_id, price = order.price, "order created");
             (StatusCode::CREATED, Json(order)).into_response()
         }
-        Err(emit_error) => {
-            // Marked FAILED rather than removed: a confirm timeout means the event may still
-            // reach billing, and its `order_processed` should then find the order; a FAILED
-            // record also tells whoever got the 503 what became of their order.
-            if let Some(stored) = app.store.write().await.get_mut(&order.order_id)
-                && stored.status == OrderStatus::Pending
-            {
-                stored.status = OrderStatus::Failed;
-            }
-            tracing::error!(order_id = %order.order_id, error = %emit_error, "order not sent to billing");
+        Err(save_error) => {
+            tracing::error!(order_id = %order.order_id, error = %save_error, "order not saved");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "order {} could not be sent to billing: {emit_error}",
-                    order.order_id
-                ),
+                format!("order {} could not be saved: {save_error}", order.order_id),
             )
         }
     }
 }
 
 async fn get_order(State(app): State<App>, Path(order_id): Path<String>) -> Response {
-    match app.store.read().await.get(&order_id) {
-        Some(order) => Json(order).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no order {order_id:?}")),
+    match app.store.get(&order_id).await {
+        Ok(Some(order)) => Json(order).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no order {order_id:?}")),
+        Err(read_error) => error(StatusCode::SERVICE_UNAVAILABLE, read_error.to_string()),
     }
 }
 
-async fn list_orders(State(app): State<App>) -> Json<Vec<Order>> {
-    Json(app.store.read().await.values().cloned().collect())
+async fn list_orders(State(app): State<App>) -> Response {
+    match app.store.list().await {
+        Ok(orders) => Json(orders).into_response(),
+        Err(read_error) => error(StatusCode::SERVICE_UNAVAILABLE, read_error.to_string()),
+    }
 }
 
 fn port() -> Result<u16, BoxError> {
@@ -267,16 +249,19 @@ fn billing_client() -> rmq_bus::Result<ClientProxy> {
 }
 
 /// The service's AsyncAPI document, made from the same microservice and client as `run` uses,
-/// without connecting.
-fn asyncapi() -> rmq_bus::Result<String> {
+/// without connecting (the store is an in-memory one, unused).
+async fn asyncapi() -> rmq_bus::Result<String> {
+    let billing = billing_client()?;
+    let (store, background) = Database::in_memory().await?.orders(billing.clone());
     let document = AsyncApi::new("orders", "1.0.0")
         .description(
             "Takes orders over HTTP and hands them to billing (`order_created`), applies \
              billing's verdicts (`order_processed`) and answers `get_order` requests.",
         )
-        .microservice(&microservice(Store::default())?)
-        .client(&billing_client()?)
+        .microservice(&microservice(store)?)
+        .client(&billing)
         .to_json();
+    background.shutdown().await;
     Ok(document)
 }
 
@@ -286,17 +271,16 @@ async fn run() -> Result<(), BoxError> {
     let billing = billing_client()?;
     // Connect now so that a wrong RABBIT_MQ_URI shows at start-up, not on the first order.
     billing.connect().await?;
-    let store = Store::default();
+    let (database, location) = Database::open("orders").await?;
+    tracing::info!("orders database: {location}");
+    let (store, background) = database.orders(billing.clone());
     let microservice = microservice(store.clone())?.start().await?;
     let probe = microservice.health_probe();
     let app = observability::routes(metrics, probe, vec![("billing", billing.clone())]).merge(
         Router::new()
             .route("/orders", get(list_orders).post(create_order))
             .route("/orders/{order_id}", get(get_order))
-            .with_state(App {
-                store,
-                billing: billing.clone(),
-            }),
+            .with_state(App { store }),
     );
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -330,6 +314,7 @@ async fn run() -> Result<(), BoxError> {
         ran.map_err(BoxError::from)
     };
     let ((), served, ran) = tokio::join!(signal, http, bus);
+    background.shutdown().await;
     billing.close().await;
     served.and(ran)?;
     tracing::info!("orders stopped");
@@ -340,6 +325,7 @@ async fn run() -> Result<(), BoxError> {
 async fn main() -> ExitCode {
     if std::env::args().skip(1).any(|arg| arg == "--asyncapi") {
         let printed = asyncapi()
+            .await
             .map_err(BoxError::from)
             .and_then(|document| Ok(std::io::stdout().write_all(document.as_bytes())?));
         return match printed {

@@ -3,34 +3,37 @@
 //!
 //! It runs on RabbitMQ when `RABBIT_MQ_URI` (default `amqp://guest:guest@127.0.0.1:5672/%2f`)
 //! answers, and otherwise on rmq-bus's in-memory transport, and says which. The code is the same
-//! either way: only the URI differs.
+//! either way: only the URI differs. Each service keeps its data in a SQLite database in memory,
+//! written through rmq-bus's outbox (events commit with the data) and inbox (a redelivery has no
+//! effect), as the `orders` and `billing` examples do with a file or PostgreSQL.
 //!
 //! ```text
 //! cargo run --example shop
 //! ```
 
 mod contracts;
+mod database;
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use contracts::{GetOrder, Order, OrderCreated, OrderProcessed, OrderStatus};
+use database::{Applied, BillStore, Database, OrderStore};
 use rmq_bus::config::QueueOptions;
 use rmq_bus::{
     ClientProxy, Microservice, RmqContext, RmqOptions, RpcError, controller, event_pattern,
     message_pattern, testing::TestBroker,
 };
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tracing_subscriber::EnvFilter;
 
 /// Billing's deterministic fraud rule: orders above this price are canceled.
 const FRAUD_PRICE_LIMIT: f64 = 10_000.0;
 
-/// Checks orders for fraud and bills them; acks only once `order_processed` is confirmed.
+/// Checks orders for fraud and bills them: the bill and `order_processed` commit together.
 struct Billing {
-    orders: ClientProxy,
+    store: Arc<dyn BillStore>,
 }
 
 #[controller]
@@ -47,18 +50,19 @@ impl Billing {
         } else {
             OrderStatus::Processed
         };
-        println!(
-            "[billing] {}: {:.2} by {} → {}, emitting order_processed",
-            order.order_id, order.price, order.buyer, order.status
-        );
-        self.orders.publish(&OrderProcessed { order }).await?;
+        if self.store.bill(&order, &ctx).await? {
+            println!(
+                "[billing] {}: {:.2} by {} → {}, billed, order_processed in the outbox",
+                order.order_id, order.price, order.buyer, order.status
+            );
+        }
         ctx.ack().await
     }
 }
 
 /// Keeps the orders and their status; answers `get_order` requests.
 struct Orders {
-    store: Arc<Mutex<HashMap<String, Order>>>,
+    store: Arc<dyn OrderStore>,
     updates: mpsc::UnboundedSender<String>,
 }
 
@@ -73,22 +77,19 @@ impl Orders {
         #[ctx] ctx: RmqContext,
     ) -> rmq_bus::Result<()> {
         let order = processed.order;
-        println!("[orders ] {} is now {}", order.order_id, order.status);
-        let id = order.order_id.clone();
-        self.store.lock().await.insert(id.clone(), order);
+        let applied = self.store.apply(&order, &ctx).await?;
         ctx.ack().await?;
-        let _ = self.updates.send(id);
+        if let Applied::Updated { .. } = applied {
+            println!("[orders ] {} is now {}", order.order_id, order.status);
+            let _ = self.updates.send(order.order_id);
+        }
         Ok(())
     }
 
     #[message_pattern]
     async fn get_order(&self, #[payload] query: GetOrder) -> Result<Order, RpcError> {
-        self.store
-            .lock()
-            .await
-            .get(&query.order_id)
-            .cloned()
-            .ok_or_else(|| RpcError::new("order not found"))
+        let order = self.store.get(&query.order_id).await?;
+        order.ok_or_else(|| RpcError::new("order not found"))
     }
 }
 
@@ -123,23 +124,25 @@ async fn run() -> rmq_bus::Result<()> {
     };
     let (billing_queue, orders_queue) = (queue("shop.billing"), queue("shop.orders"));
 
-    let store = Arc::new(Mutex::new(HashMap::new()));
     let (updates, mut updated) = mpsc::unbounded_channel();
-    let billing = Microservice::new(billing_queue.clone())
-        .controller(Billing {
-            orders: ClientProxy::new(orders_queue.clone()),
-        })
+    let (to_billing, to_orders) = (
+        ClientProxy::new(billing_queue.clone()),
+        ClientProxy::new(orders_queue.clone()),
+    );
+    let (bills, billing_relay) = Database::in_memory().await?.billing(to_orders.clone());
+    let (store, orders_relay) = Database::in_memory().await?.orders(to_billing.clone());
+    println!("rmq-bus shop: each service keeps its data in SQLite, in memory");
+    let billing = Microservice::new(billing_queue)
+        .controller(Billing { store: bills })
         .start()
         .await?;
-    let orders = Microservice::new(orders_queue.clone())
+    let orders = Microservice::new(orders_queue)
         .controller(Orders {
             store: store.clone(),
             updates,
         })
         .start()
         .await?;
-    let to_billing = ClientProxy::new(billing_queue);
-    let to_orders = ClientProxy::new(orders_queue);
 
     let placed = [
         ("Keyboard", 49.9, "ada@example.com"),
@@ -154,19 +157,11 @@ async fn run() -> rmq_bus::Result<()> {
             buyer: (*buyer).to_owned(),
             status: OrderStatus::Pending,
         };
+        store.create(&order).await?;
         println!(
-            "[orders ] {}: {} at {:.2} for {}: saved PENDING, emitting order_created",
+            "[orders ] {}: {} at {:.2} for {}: saved PENDING with order_created, in one transaction",
             order.order_id, order.product_name, order.price, order.buyer
         );
-        store
-            .lock()
-            .await
-            .insert(order.order_id.clone(), order.clone());
-        to_billing
-            .publish(&OrderCreated {
-                order_payload: order,
-            })
-            .await?;
     }
     for _ in 0..placed.len() {
         if tokio::time::timeout(Duration::from_secs(10), updated.recv())
@@ -191,10 +186,12 @@ async fn run() -> rmq_bus::Result<()> {
         println!("[shop   ] send(get_order o-9) → {error}");
     }
 
-    to_billing.close().await;
-    to_orders.close().await;
     billing.shutdown().await?;
     orders.shutdown().await?;
+    billing_relay.shutdown().await;
+    orders_relay.shutdown().await;
+    to_billing.close().await;
+    to_orders.close().await;
     println!("rmq-bus shop: done");
     Ok(())
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: a local RabbitMQ (installed and started if needed),
+# The whole test suite on a fresh machine: a local RabbitMQ and PostgreSQL (each installed and
+# started if needed; PostgreSQL for the outbox and inbox tests),
 # the NestJS fixture of the interop tests (interop/nestjs), the AsyncAPI parser that checks the
 # generated documents (interop/asyncapi), then every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-rabbitmq.sh
+scripts/ensure-postgres.sh
 # Test queues (all named test-*) expire if a failing test leaves them behind, those rmq-bus
 # declares itself (retry and dead-letter queues) included.
 case "${RABBIT_MQ_URI:-amqp://127.0.0.1}" in

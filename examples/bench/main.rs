@@ -14,6 +14,8 @@
 //! | `LATENCY_S` | seconds each latency round publishes | 10 |
 //! | `ORDERING_N` | ordering events per run, over 200 keys | `N / 5`, 200 to 20000 |
 //! | `ORDERING_ONE_KEY_N` | ordering events on one key | `ORDERING_N / 20`, 50 to 1000 |
+//! | `OUTBOX_N` | outbox events, direct and through the outbox | `N / 5` |
+//! | `BENCH_POSTGRES_URL` | the outbox scenario's PostgreSQL server (a database of its own is created, dropped after) | `postgres://postgres@127.0.0.1:5432` |
 //! | `ROUNDS` | rounds per system and scenario (and ordering pairs) | 3 |
 //! | `RABBIT_MQ_URI` | broker | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `BENCH_TIMEOUT_S` | limit on one round | 300 |
@@ -73,6 +75,8 @@
 //! - `s3.n`, `s3.p50_ms`, `s3.p99_ms`, `s3.concurrent_per_s`, if S3 succeeded;
 //! - `ordering.n`, `ordering.unordered_per_s`, `ordering.ordered_per_s`, `ordering.ordered_ratio`,
 //!   `ordering.one_key_per_s`, if the ordering scenario succeeded.
+//! - `outbox.n`, `outbox.direct_per_s`, `outbox.commit_per_s`, `outbox.relay_per_s`,
+//!   `outbox.relay_ratio`, if the outbox scenario ran.
 //!
 //! The last line is always `S1 end_to_end ratio (rmq-bus / raw lapin expert): <ratio or n/a>`.
 
@@ -80,6 +84,7 @@ mod admin;
 mod child;
 mod measure;
 mod ordering;
+mod outbox;
 mod parent;
 mod payload;
 mod report;

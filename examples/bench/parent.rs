@@ -9,7 +9,7 @@ use crate::admin::{declare_queue, delete_queue};
 use crate::payload::{OutgoingPacket, PATTERN, make_event};
 use crate::report::{self, Report, Rounds};
 use crate::workload::{IN_FLIGHT, PREFETCH, Scenario, System, forward_queue};
-use crate::{Res, broker_uri, env_number, ordering, s3};
+use crate::{Res, broker_uri, env_number, ordering, outbox, s3};
 
 const DEFAULT_N: usize = 100_000;
 const DEFAULT_ROUNDS: usize = 3;
@@ -113,6 +113,11 @@ pub(crate) fn parent() -> Res<bool> {
             None
         }
     };
+    let outbox_n: usize = env_number("OUTBOX_N", (n / 5).max(1))?;
+    if let Err(error) = outbox::outbox(&admin, &uri, outbox_n).map(|ran| ran.map(|figures| figures.print())) {
+        failures += 1;
+        println!("outbox: FAILED: {error}");
+    }
     report::print_figures(&results, s3.as_ref());
     if let Some(ordered) = &ordered {
         ordered.print_figures();

@@ -2,8 +2,12 @@
 
 #[cfg(feature = "asyncapi")]
 mod asyncapi;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod batch;
 mod pending;
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) use self::batch::Prepared;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -36,7 +40,8 @@ use crate::transport::{Confirm, Link, OnReply, Outgoing};
 /// events emitted before the consumer first starts wait in the queue instead of being unroutable.
 ///
 /// Every message carries a correlation id: inside a handler, the incoming message's (and its W3C
-/// `traceparent`, continued), else a fresh one.
+/// `traceparent`, continued), else a fresh one. Every event carries a unique `message_id`, which
+/// consumers deduplicate redeliveries by.
 #[derive(Clone)]
 pub struct ClientProxy {
     inner: Arc<Inner>,
@@ -112,6 +117,9 @@ impl ClientProxy {
     /// `{"pattern", "data"}` goes to the queue through the default exchange (or to the configured
     /// exchange with the pattern as routing key), persistent unless configured otherwise.
     ///
+    /// The event carries a fresh unique `message_id` (UUID-shaped), by which consumers
+    /// recognise a redelivery of it.
+    ///
     /// Resolves once the broker has confirmed it. Through an outage it waits (up to
     /// [`reconnect_timeout`](RmqOptions::reconnect_timeout)) and publishes on the next connection,
     /// so an event may be duplicated but is never dropped silently. An error means the event is
@@ -131,9 +139,23 @@ impl ClientProxy {
         pattern: impl Into<Pattern>,
         data: &T,
     ) -> Result<()> {
+        self.emit_with_id(pattern, data, correlation::new_id())
+            .await
+    }
+
+    /// [`emit`](Self::emit) with a message id of the caller's choosing, the AMQP `message_id`
+    /// that consumers deduplicate by (as `rmq_bus::inbox::Inbox` does). Publishing the
+    /// same event again with the same id lets them see it is the same event; `emit` gives each
+    /// event a fresh unique id.
+    pub async fn emit_with_id<T: Serialize + ?Sized>(
+        &self,
+        pattern: impl Into<Pattern>,
+        data: &T,
+        message_id: impl Into<String>,
+    ) -> Result<()> {
         let pattern = pattern.into();
         let body = encode_event(&pattern, data)?;
-        self.emit_body(pattern, body, None).await
+        self.emit_body(pattern, body, None, message_id.into()).await
     }
 
     /// Emits event `pattern` with its ordering `key` in the [`KEY_HEADER`] header, as
@@ -155,18 +177,26 @@ impl ClientProxy {
     ) -> Result<()> {
         let pattern = pattern.into();
         let body = encode_event(&pattern, data)?;
-        self.emit_body(pattern, body, Some(key.to_owned())).await
+        let message_id = correlation::new_id();
+        self.emit_body(pattern, body, Some(key.to_owned()), message_id)
+            .await
     }
 
     /// Emits an encoded event, with its ordering key if it has one.
-    async fn emit_body(&self, pattern: Pattern, body: Vec<u8>, key: Option<String>) -> Result<()> {
+    async fn emit_body(
+        &self,
+        pattern: Pattern,
+        body: Vec<u8>,
+        key: Option<String>,
+        message_id: String,
+    ) -> Result<()> {
         let (exchange, routing_key) = self.address(&pattern);
         let span = telemetry::trace::publish_span(exchange, routing_key, pattern.key());
         let sent = self.inner.sent.to(exchange, routing_key);
         // One clock reading for both the outage bound and the publish's duration.
         let now = Instant::now();
         let deadline = now + self.inner.options.reconnect_timeout;
-        let emitted = self.emit_encoded(&pattern, &body, key, deadline);
+        let emitted = self.emit_encoded(&pattern, &body, key, message_id, deadline);
         // Without a subscriber for it, the span is not entered on every poll.
         let result = if span.is_disabled() {
             emitted.await
@@ -187,9 +217,11 @@ impl ClientProxy {
         pattern: &Pattern,
         body: &[u8],
         key: Option<String>,
+        message_id: String,
         deadline: Instant,
     ) -> Result<()> {
         let mut properties = self.properties(None, self.inner.options.persistent);
+        properties.message_id = Some(message_id);
         if let Some(key) = key {
             properties.headers.insert(KEY_HEADER.to_owned(), key.into());
         }
@@ -298,7 +330,8 @@ impl ClientProxy {
             ),
             None => None,
         };
-        self.emit_body(pattern, body, key).await
+        self.emit_body(pattern, body, key, correlation::new_id())
+            .await
     }
 
     /// Sends a typed request and waits for its typed reply: [`send`](Self::send) with the

@@ -266,6 +266,24 @@ pub enum Error {
     )]
     DrainTimeout(usize),
 
+    /// A database operation of the outbox or the inbox failed (features `postgres`, `sqlite`).
+    #[error(
+        "database error while {operation}: {source}; check that the database is reachable (DATABASE_URL) and has rmq-bus's tables (rmq_bus::store::migrate creates them; the SQL is in the docs of rmq_bus::store)"
+    )]
+    Database {
+        /// What was being done.
+        operation: &'static str,
+        /// The underlying error (a `sqlx::Error`).
+        #[source]
+        source: BoxError,
+    },
+
+    /// The inbox was asked to recognise a message by its AMQP `message_id`, and it has none.
+    #[error(
+        "the message has no message_id (NestJS and other non-rmq-bus senders set none), so the inbox cannot recognise a redelivery of it; claim it with a key of your own instead, Inbox::claim(&mut tx, consumer, key), such as the order id the message is about"
+    )]
+    NoMessageId,
+
     /// A task rmq-bus runs in the background panicked or was cancelled (its runtime shut down).
     #[error(
         "rmq-bus's {task} task ended abnormally ({reason}); what it was doing did not complete. If the runtime is not shutting down, this is a bug: please report it"

@@ -147,6 +147,8 @@
 //   handlers       handler
 //   the core       dispatch (consumer loop, routing, settlement policy, retries, dead letters)
 //   the surface    contract, client, microservice, testing
+//   databases      store (the outbox and inbox tables, per database), then outbox (and its
+//                  relay, over client) and inbox; features `postgres` and `sqlite`
 mod client;
 mod codec;
 pub mod config;
@@ -158,11 +160,17 @@ mod dispatch;
 mod error;
 pub mod handler;
 pub mod health;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod inbox;
 pub mod microservice;
 pub mod ordering;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod outbox;
 mod pattern;
 mod rpc;
 mod schema;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod store;
 mod telemetry;
 pub mod testing;
 mod transport;
