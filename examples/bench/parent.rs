@@ -114,7 +114,9 @@ pub(crate) fn parent() -> Res<bool> {
         }
     };
     let outbox_n: usize = env_number("OUTBOX_N", (n / 5).max(1))?;
-    if let Err(error) = outbox::outbox(&admin, &uri, outbox_n).map(|ran| ran.map(|figures| figures.print())) {
+    if let Err(error) =
+        outbox::outbox(&admin, &uri, outbox_n).map(|ran| ran.map(|figures| figures.print()))
+    {
         failures += 1;
         println!("outbox: FAILED: {error}");
     }

@@ -221,8 +221,14 @@ pub(crate) fn print_ratios(rounds: &Rounds) {
     println!(
         "S1 end_to_end ratio (rmq-bus with a Prometheus exporter / rmq-bus): {} (target ≥ 0.95); \
          CPU per message {}",
-        ratio(get(s1, exported, |s| s.e2e_per_s), get(s1, bus, |s| s.e2e_per_s)),
-        ratio(get(s1, exported, |s| s.cpu_us_per_msg), get(s1, bus, |s| s.cpu_us_per_msg)),
+        ratio(
+            get(s1, exported, |s| s.e2e_per_s),
+            get(s1, bus, |s| s.e2e_per_s)
+        ),
+        ratio(
+            get(s1, exported, |s| s.cpu_us_per_msg),
+            get(s1, bus, |s| s.cpu_us_per_msg)
+        ),
     );
     let rss = |system| {
         get(s1, system, |s| s.peak_rss_mib).map_or("n/a".to_owned(), |mib| format!("{mib:.1}"))
