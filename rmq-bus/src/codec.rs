@@ -135,8 +135,12 @@ pub(crate) fn decode(body: &[u8]) -> std::result::Result<Packet, DecodeError> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(DecodeError::NotJson("expected a JSON object".to_owned()));
     }
+    // From text, not bytes: serde_json skips the strings of fields it ignores without checking
+    // their UTF-8, and would take `{"pattern":"a","x":"\xff"}`, which is not JSON (found by
+    // fuzzing; the fast path's reader, `read_data`, refuses it).
+    let text = std::str::from_utf8(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let wire: WirePacket =
-        serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let raw_pattern = wire.pattern.ok_or(DecodeError::NoPattern)?;
     let pattern = Pattern::from_json(&raw_pattern)
         .ok_or_else(|| DecodeError::BadPattern(raw_pattern.to_string()))?;
@@ -350,6 +354,11 @@ mod tests {
             Err(DecodeError::NotJson(_))
         ));
         assert!(matches!(decode(b"\xff\xfe"), Err(DecodeError::NotJson(_))));
+        // Invalid UTF-8 in a field the decoder ignores is still not JSON (found by fuzzing).
+        assert!(matches!(
+            decode(b"{\"pattern\":\"ping\",\"dapattern\":\"pin\xde\"}"),
+            Err(DecodeError::NotJson(_))
+        ));
         assert_eq!(decode(br#"{"data":1}"#).err(), Some(DecodeError::NoPattern));
         assert!(matches!(
             decode(br#"{"pattern":null,"data":1}"#),

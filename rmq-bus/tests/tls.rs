@@ -121,7 +121,10 @@ fn assert_hidden(password: &str, what: &str, text: &str) {
 
 fn assert_logs_hide(password: &str) {
     let logs = String::from_utf8_lossy(&logs().lock().expect("logs")).into_owned();
-    assert!(!logs.is_empty(), "rmq-bus logged nothing: is the capture working?");
+    assert!(
+        !logs.is_empty(),
+        "rmq-bus logged nothing: is the capture working?"
+    );
     assert_hidden(password, "the logs", &logs);
 }
 
@@ -161,11 +164,18 @@ async fn an_amqps_round_trip_verifies_the_broker_against_a_private_ca() {
     let node = TlsNode::get();
     let queue = unique("tls");
     let options = tls_options(node, "localhost", &queue).tls_ca_file(node.file("ca.pem"));
-    assert_hidden(&node.password, "the options' Debug", &format!("{options:?}"));
+    assert_hidden(
+        &node.password,
+        "the options' Debug",
+        &format!("{options:?}"),
+    );
     round_trip(options).await.expect("round trip over amqps");
     let logged = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
     assert!(
-        logged.contains(&format!("amqps://{}:***@localhost:{}", node.user, node.port)),
+        logged.contains(&format!(
+            "amqps://{}:***@localhost:{}",
+            node.user, node.port
+        )),
         "the connection is logged, its password redacted"
     );
     assert_logs_hide(&node.password);
@@ -177,7 +187,12 @@ async fn an_amqps_round_trip_verifies_the_broker_against_a_private_ca() {
 async fn ssl_cert_file_names_the_private_ca() {
     let node = TlsNode::get();
     let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "ssl_cert_file_child", "--include-ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "ssl_cert_file_child",
+            "--include-ignored",
+            "--nocapture",
+        ])
         .env("SSL_CERT_FILE", node.file("ca.pem"))
         .output()
         .expect("run the child test");
@@ -187,13 +202,19 @@ async fn ssl_cert_file_names_the_private_ca() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success(), "the child test failed: {printed}");
-    assert!(printed.contains("1 passed"), "the child test ran: {printed}");
+    assert!(
+        printed.contains("1 passed"),
+        "the child test ran: {printed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by ssl_cert_file_names_the_private_ca, with SSL_CERT_FILE set"]
 async fn ssl_cert_file_child() {
-    assert!(std::env::var_os("SSL_CERT_FILE").is_some(), "SSL_CERT_FILE is set");
+    assert!(
+        std::env::var_os("SSL_CERT_FILE").is_some(),
+        "SSL_CERT_FILE is set"
+    );
     let node = TlsNode::get();
     let queue = unique("tls-env");
     round_trip(tls_options(node, "localhost", &queue))
@@ -218,8 +239,8 @@ async fn failed_connect(options: RmqOptions, password: &str) -> String {
 async fn a_certificate_from_another_ca_is_refused_saying_so() {
     let _logs = logs();
     let node = TlsNode::get();
-    let options = tls_options(node, "localhost", &unique("tls-ca"))
-        .tls_ca_file(node.file("other-ca.pem"));
+    let options =
+        tls_options(node, "localhost", &unique("tls-ca")).tls_ca_file(node.file("other-ca.pem"));
     let error = failed_connect(options, &node.password).await;
     assert!(
         error.contains("not signed by a trusted CA") && error.contains("SSL_CERT_FILE"),
@@ -259,7 +280,10 @@ async fn a_refused_login_over_tls_shows_no_password() {
         .reconnect_timeout(Duration::ZERO)
         .tls_ca_file(node.file("ca.pem"));
     let error = failed_connect(options, wrong).await;
-    assert!(error.contains(&format!("{}:***@localhost", node.user)), "{error}");
+    assert!(
+        error.contains(&format!("{}:***@localhost", node.user)),
+        "{error}"
+    );
     assert_logs_hide(wrong);
     assert_logs_hide(&node.password);
 }
