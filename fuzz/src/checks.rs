@@ -298,7 +298,7 @@ fn name(bytes: &mut Bytes<'_>) -> String {
 fn build_value(bytes: &mut Bytes<'_>, depth: u8) -> Value {
     match bytes.next() % 8 {
         0 => Value::Null,
-        1 => Value::Bool(bytes.next() % 2 == 0),
+        1 => Value::Bool(bytes.next() & 1 == 0),
         2 | 3 => Value::from(i64::from(bytes.next() as i8) * i64::from(bytes.next())),
         4 => Value::from(f64::from(bytes.next()) / 4.0),
         5 | 6 => Value::String(name(bytes)),
