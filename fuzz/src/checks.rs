@@ -39,6 +39,7 @@ pub fn decode_differential(body: &[u8]) {
             assert_eq!(decoded.data, data, "data of {shown:?}");
             assert_eq!(decoded.id, id, "id of {shown:?}");
         }
+        (Ok(_) | Err(_), Reference::Unchecked) => {}
         (Ok(decoded), other) => {
             panic!("the full decode accepts {shown:?} ({decoded:?}), serde_json says {other:?}")
         }
@@ -88,11 +89,20 @@ enum Reference {
     /// JSON, but not a packet: no object, no usable pattern, or a repeated key.
     NotAPacket,
     NotJson,
+    /// JSON that serde_json's `Value` cannot hold (a number beyond `f64`, such as `1e3089`,
+    /// which JSON's grammar allows and JavaScript reads as Infinity): nothing to compare with.
+    Unchecked,
 }
 
 fn reference_packet(body: &[u8]) -> Reference {
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+    let Ok(text) = std::str::from_utf8(body) else {
         return Reference::NotJson;
+    };
+    if serde_json::from_str::<IgnoredAny>(text).is_err() {
+        return Reference::NotJson;
+    }
+    let Ok(value) = serde_json::from_str::<Value>(text) else {
+        return Reference::Unchecked;
     };
     let Value::Object(map) = &value else {
         return Reference::NotAPacket;
