@@ -33,7 +33,9 @@ pub fn decode_differential(body: &[u8]) {
     let shown = String::from_utf8_lossy(body);
 
     // The full decode against serde_json's reading.
-    match (&full, reference_packet(body)) {
+    let reference = reference_packet(body);
+    let unchecked = matches!(reference, Reference::Unchecked);
+    match (&full, reference) {
         (Ok(decoded), Reference::Packet { key, data, id }) => {
             assert_eq!(decoded.key, key, "pattern of {shown:?}");
             assert_eq!(decoded.data, data, "data of {shown:?}");
@@ -49,8 +51,10 @@ pub fn decode_differential(body: &[u8]) {
         (Err(_), _) => {}
     }
 
-    // The fast path against the full decode.
-    let Some(pattern) = __fuzz::fast_pattern(body) else {
+    // The fast path against the full decode, where serde_json's Value can hold the body (a
+    // number beyond f64 is refused by a handler reading it as a Value, taken by one reading
+    // nothing: both right).
+    let Some(pattern) = __fuzz::fast_pattern(body).filter(|_| !unchecked) else {
         return; // left to the full decode
     };
     let data = __fuzz::fast_data(body);
@@ -181,7 +185,7 @@ pub fn topic_match(data: &[u8]) {
         "{pattern:?} against {key:?}"
     );
     // A third opinion on short inputs: backtracking, straight from the definition.
-    if pattern.len() <= 24 && key.len() <= 24 {
+    if pattern.len() <= 12 && key.len() <= 12 {
         assert_eq!(
             backtracking_topic_match(&pattern, &key),
             expected,
