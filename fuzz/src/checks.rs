@@ -564,14 +564,22 @@ pub fn delivery(data: &[u8]) {
     rig.broker
         .publish_raw(QUEUE, body.clone(), properties)
         .expect("publish");
-    rig.runtime.block_on(settle(&rig.broker, &body));
+    let outcome = rig.runtime.block_on(settle(&rig.broker, &body));
+    // What is not a packet never reaches a handler that could ack it.
+    if !__fuzz::is_packet(&body) {
+        assert!(
+            !matches!(outcome, rmq_bus::context::Outcome::Acked),
+            "not a packet, yet acked: {:?}",
+            String::from_utf8_lossy(&body)
+        );
+    }
     // Keep what piles up from growing over a long run.
     let _ = rig.broker.messages(REPLIES);
     let _ = rig.broker.messages(&format!("{QUEUE}.dlq"));
 }
 
-/// Waits for the delivery of `body` to end, through its retries and requeues.
-async fn settle(broker: &rmq_bus::testing::TestBroker, body: &[u8]) {
+/// Waits for the delivery of `body` to end, through its retries and requeues; how it ended.
+async fn settle(broker: &rmq_bus::testing::TestBroker, body: &[u8]) -> rmq_bus::context::Outcome {
     use rmq_bus::context::Outcome;
     let shown = || String::from_utf8_lossy(body).into_owned();
     for _ in 0..4 {
@@ -581,8 +589,8 @@ async fn settle(broker: &rmq_bus::testing::TestBroker, body: &[u8]) {
                 shown()
             );
         };
-        match settled.outcome {
-            Outcome::Acked => return,
+        match &settled.outcome {
+            Outcome::Acked => return settled.outcome,
             Outcome::DeadLettered { reason, .. }
             | Outcome::Rejected {
                 reason: Some(reason),
@@ -592,7 +600,7 @@ async fn settle(broker: &rmq_bus::testing::TestBroker, body: &[u8]) {
                     "dead-lettered without a reason: {:?}",
                     shown()
                 );
-                return;
+                return settled.outcome;
             }
             Outcome::Rejected { reason: None } => {
                 panic!("rejected without a reason, so dropped: {:?}", shown())

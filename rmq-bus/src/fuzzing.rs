@@ -31,6 +31,11 @@ pub fn decode(body: &[u8]) -> Result<Decoded, String> {
     })
 }
 
+/// Whether `body` is a packet the dispatcher can route: what must never be acked otherwise.
+pub fn is_packet(body: &[u8]) -> bool {
+    codec::decode(body).is_ok()
+}
+
 /// The fast path: the pattern as the dispatcher reads it without parsing, or `None` when it
 /// leaves the body to [`decode`].
 pub fn fast_pattern(body: &[u8]) -> Option<&str> {
