@@ -179,7 +179,7 @@ pub(crate) fn event_pattern(body: &[u8]) -> Option<&str> {
 
 /// A packet read for its `data`. The pattern is named so that a packet repeating it is refused
 /// rather than routed by its first one, and the id so that a packet repeating it is refused here
-/// as [`decode`] refuses it (the fuzzing differential check found the two disagreeing).
+/// as [`decode`] refuses it (the two disagreed; the differential fuzz check now watches).
 #[derive(Deserialize)]
 struct DataOf<T> {
     #[serde(rename = "pattern")]

@@ -20,8 +20,8 @@ mod faults {
     pub mod proxy;
 }
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Broker, options, unique};
