@@ -2,7 +2,9 @@
 # The whole test suite on a fresh machine: a local RabbitMQ and PostgreSQL (each installed and
 # started if needed; PostgreSQL for the outbox and inbox tests),
 # the NestJS fixture of the interop tests (interop/nestjs), the AsyncAPI parser that checks the
-# generated documents (interop/asyncapi), then every test of the workspace.
+# generated documents (interop/asyncapi), a second local RabbitMQ node with TLS (the TLS tests),
+# then every test of the workspace (the fuzz corpora replayed included; fuzzing itself is
+# scripts/fuzz.sh, the long runs scripts/soak.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-rabbitmq.sh
@@ -14,6 +16,9 @@ case "${RABBIT_MQ_URI:-amqp://127.0.0.1}" in
     rabbitmqctl -q set_policy --apply-to queues rmq-bus-tests '^test-' '{"expires":120000}' >/dev/null
     export RMQ_BUS_TEST_POLICY=set ;;
 esac
+# The TLS tests' second node (a TLS listener, certificates made now), stopped again at the end.
+scripts/tls-broker.sh start
+trap 'scripts/tls-broker.sh stop >/dev/null 2>&1 || true' EXIT
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1 \
   || ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then

@@ -135,8 +135,12 @@ pub(crate) fn decode(body: &[u8]) -> std::result::Result<Packet, DecodeError> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(DecodeError::NotJson("expected a JSON object".to_owned()));
     }
+    // From text, not bytes: serde_json skips the strings of fields it ignores without checking
+    // their UTF-8, and would take `{"pattern":"a","x":"\xff"}`, which is not JSON (found by
+    // fuzzing; the fast path's reader, `read_data`, refuses it).
+    let text = std::str::from_utf8(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let wire: WirePacket =
-        serde_json::from_slice(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let raw_pattern = wire.pattern.ok_or(DecodeError::NoPattern)?;
     let pattern = Pattern::from_json(&raw_pattern)
         .ok_or_else(|| DecodeError::BadPattern(raw_pattern.to_string()))?;
@@ -174,11 +178,14 @@ pub(crate) fn event_pattern(body: &[u8]) -> Option<&str> {
 }
 
 /// A packet read for its `data`. The pattern is named so that a packet repeating it is refused
-/// rather than routed by its first one.
+/// rather than routed by its first one, and the id so that a packet repeating it is refused here
+/// as [`decode`] refuses it (the two disagreed; the differential fuzz check now watches).
 #[derive(Deserialize)]
 struct DataOf<T> {
     #[serde(rename = "pattern")]
     _pattern: Option<IgnoredAny>,
+    #[serde(rename = "id")]
+    _id: Option<IgnoredAny>,
     data: Option<T>,
 }
 
@@ -295,6 +302,9 @@ mod tests {
             read(br#"{"pattern":"a","data":[1],"pattern":"b"}"#),
             Err(DataError::Data(_))
         ));
+        // A repeated id is refused on this path too, as the full decode refuses it.
+        assert!(read(br#"{"pattern":"a","data":[1],"id":1,"id":2}"#).is_err());
+        assert!(decode(br#"{"pattern":"a","data":[1],"id":1,"id":2}"#).is_err());
         let check = |body: &[u8]| read_data::<IgnoredAny>(body).map(drop);
         assert!(check(br#"{"pattern":"a","data":{"any":[true]}}"#).is_ok());
         assert!(check(br#"{"pattern":"a","data":{"any":[true]}"#).is_err());
@@ -350,6 +360,11 @@ mod tests {
             Err(DecodeError::NotJson(_))
         ));
         assert!(matches!(decode(b"\xff\xfe"), Err(DecodeError::NotJson(_))));
+        // Invalid UTF-8 in a field the decoder ignores is still not JSON (found by fuzzing).
+        assert!(matches!(
+            decode(b"{\"pattern\":\"ping\",\"dapattern\":\"pin\xde\"}"),
+            Err(DecodeError::NotJson(_))
+        ));
         assert_eq!(decode(br#"{"data":1}"#).err(), Some(DecodeError::NoPattern));
         assert!(matches!(
             decode(br#"{"pattern":null,"data":1}"#),

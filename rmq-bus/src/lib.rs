@@ -158,6 +158,7 @@ mod correlation;
 mod delivery;
 mod dispatch;
 mod error;
+mod fuzzing;
 pub mod handler;
 pub mod health;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -281,6 +282,13 @@ pub mod __private {
     };
     pub use futures::future::BoxFuture;
     pub use serde_json::Value;
+}
+
+/// What the fuzz targets (`fuzz/`) and their corpus replay test reach of the internals: the
+/// decoders and the pattern rules. Not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::fuzzing::*;
 }
 
 /// Compiles the README's Rust snippets as doctests, so the quick start cannot rot (with the

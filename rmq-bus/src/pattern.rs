@@ -108,21 +108,33 @@ pub(crate) fn is_wildcard(key: &str) -> bool {
 }
 
 /// Topic matching as RabbitMQ does it: `*` is exactly one dot-separated segment, `#` zero or more.
+///
+/// One pass over the pattern, keeping which prefixes of the key it can match so far: time is
+/// the product of the two lengths, whatever the wildcards. (A backtracking matcher, as this was,
+/// takes exponential time on a pattern of many `#` against a long key that does not match;
+/// found by fuzzing.)
 pub(crate) fn wildcard_matches(pattern: &str, key: &str) -> bool {
-    fn go(pattern: &[&str], key: &[&str]) -> bool {
-        match (pattern.split_first(), key.split_first()) {
-            (None, None) => true,
-            (Some((&"#", rest)), _) => {
-                go(rest, key) || key.split_first().is_some_and(|(_, tail)| go(pattern, tail))
+    let key: Vec<&str> = key.split('.').collect();
+    // matched[j]: the pattern's words so far match the key's first j words.
+    let mut matched = vec![false; key.len() + 1];
+    matched[0] = true;
+    for word in pattern.split('.') {
+        match word {
+            // Zero words, or one more than a match that already took some.
+            "#" => {
+                for j in 1..=key.len() {
+                    matched[j] = matched[j] || matched[j - 1];
+                }
             }
-            (Some((&"*", rest)), Some((_, tail))) => go(rest, tail),
-            (Some((segment, rest)), Some((word, tail))) => segment == word && go(rest, tail),
-            _ => false,
+            _ => {
+                for j in (1..=key.len()).rev() {
+                    matched[j] = matched[j - 1] && (word == "*" || key[j - 1] == word);
+                }
+                matched[0] = false;
+            }
         }
     }
-    let pattern: Vec<&str> = pattern.split('.').collect();
-    let key: Vec<&str> = key.split('.').collect();
-    go(&pattern, &key)
+    matched[key.len()]
 }
 
 /// Rebuilds `value` with every object's keys in sorted order, whatever map serde_json uses.
@@ -190,6 +202,11 @@ mod tests {
                 "{pattern} ~ {key}"
             );
         }
+        // Many `#` against a long key that does not match: quick, not exponential.
+        let hashes = vec!["#"; 60].join(".") + ".x";
+        let long_key = vec!["a"; 120].join(".");
+        assert!(!wildcard_matches(&hashes, &long_key));
+        assert!(wildcard_matches(&hashes, &(long_key + ".x")));
         assert!(
             is_wildcard("order.#")
                 && is_wildcard("*.x")

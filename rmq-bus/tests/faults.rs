@@ -370,6 +370,204 @@ async fn several_uris_fail_over_to_the_next_node() {
     broker.cleanup().await;
 }
 
+/// A node that goes silent without closing anything (a dead NAT entry, a frozen VM), and still
+/// takes new TCP connections: billing, given it and a healthy node, notices within about two
+/// heartbeats, passes over the silent node after the handshake timeout, and every order comes
+/// back, all with the default settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_is_noticed_and_passed_over() {
+    let _lock = FaultLock::acquire().await;
+    const N: u64 = 4000;
+    let broker = Broker::connect().await;
+    let silent = Proxy::start().await;
+    let (billing_queue, orders_queue) = (unique("halfopen-billing"), unique("halfopen-orders"));
+    broker.forget_later(&billing_queue);
+    broker.forget_later(&orders_queue);
+    let both = format!("{},{}", silent.uri(), common::uri());
+    // The defaults, which the services below leave alone: the bounds hold for them.
+    let (heartbeat, handshake) = (Duration::from_secs(10), Duration::from_secs(5));
+
+    // billing: order_created in, order_processed out, through the first node it reaches.
+    let to_orders = ClientProxy::new(options(&orders_queue).uri(&both));
+    let slowest_emit = Arc::new(Mutex::new(Duration::ZERO));
+    let failed_emits = Arc::new(AtomicU64::new(0));
+    let billing = Microservice::new(options(&billing_queue).uri(&both))
+        .on_event("order_created", {
+            let (slowest, failed) = (slowest_emit.clone(), failed_emits.clone());
+            move |Payload(n): Payload<u64>, ctx: RmqContext| {
+                let (to_orders, slowest, failed) =
+                    (to_orders.clone(), slowest.clone(), failed.clone());
+                async move {
+                    let started = Instant::now();
+                    let emitted = to_orders.emit("order_processed", &n).await;
+                    let took = started.elapsed();
+                    {
+                        let mut slowest = slowest.lock().expect("lock");
+                        *slowest = (*slowest).max(took);
+                    }
+                    if emitted.is_err() {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    emitted?;
+                    ctx.ack().await
+                }
+            }
+        })
+        .start()
+        .await
+        .expect("start billing");
+    // orders: places the orders and sees them come back, on the healthy node only.
+    let tally = Tally::new();
+    let placing = ClientProxy::new(options(&billing_queue));
+    let orders = Microservice::new(options(&orders_queue))
+        .on_event("order_processed", {
+            let tally = tally.clone();
+            move |Payload(n): Payload<u64>, ctx: RmqContext| {
+                let tally = tally.clone();
+                async move {
+                    tally.record(n);
+                    ctx.ack().await
+                }
+            }
+        })
+        .start()
+        .await
+        .expect("start orders");
+    // Orders are placed at a steady pace, 100 every 100 ms, through the freeze.
+    let placed = Arc::new(AtomicU64::new(0));
+    let placer = tokio::spawn({
+        let (placing, placed) = (placing.clone(), placed.clone());
+        async move {
+            for batch in 0..N / 100 {
+                let errors = emit_all_as(
+                    placing.clone(),
+                    "order_created",
+                    batch * 100..(batch + 1) * 100,
+                )
+                .await;
+                assert!(errors.is_empty(), "placing orders: {errors:?}");
+                placed.fetch_add(100, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    tally.wait_for(N / 4, Duration::from_secs(30)).await;
+    assert!(
+        silent.open() >= 2,
+        "billing's consumer and client connections go through the first node"
+    );
+    // An emit made just as the node goes silent, on a connection through it.
+    let probe_queue = unique("halfopen-probe");
+    broker.forget_later(&probe_queue);
+    let probe = ClientProxy::new(options(&probe_queue).uri(&both));
+    probe.connect().await.expect("the probe connects");
+    silent.freeze(true);
+    let frozen_at = Instant::now();
+    let handled_then = tally.counts().0;
+    let probe_emit = tokio::spawn({
+        let probe = probe.clone();
+        async move {
+            let started = Instant::now();
+            (probe.emit("probe", &0).await, started.elapsed())
+        }
+    });
+
+    // Noticed: billing tries the first node again (a connection held by the frozen proxy)...
+    let noticed = until(
+        "billing notices the silent connection and tries to reconnect",
+        heartbeat * 3 + Duration::from_secs(5),
+        || silent.held().0 >= 1,
+    )
+    .await;
+    // ...gives it up after the handshake timeout, closing the socket, and goes on elsewhere.
+    let passed_over = until(
+        "billing gives up its attempt on the silent node",
+        handshake + Duration::from_secs(5),
+        || silent.held().1 >= 1,
+    )
+    .await;
+    let resumed = until(
+        "orders come back again after the freeze",
+        Duration::from_secs(30),
+        || tally.counts().0 > handled_then + 200,
+    )
+    .await;
+    let all_back = tally.wait_for(N, Duration::from_secs(60)).await;
+    let since_freeze = frozen_at.elapsed();
+    placer.await.expect("placing orders");
+    let (probed, probe_took) = within(
+        Duration::from_secs(60),
+        "the emit made during the freeze",
+        probe_emit,
+    )
+    .await
+    .expect("probe task");
+    let (distinct, total) = tally.counts();
+    let slowest = *slowest_emit.lock().expect("lock");
+    println!(
+        "silent node: heartbeat {heartbeat:?}, handshake timeout {handshake:?}; noticed \
+         {noticed:?} after the freeze, silent node given up {passed_over:?} later, orders \
+         flowing again {:?} after the freeze, all {N} back {since_freeze:?} after the freeze \
+         ({all_back:?} of waiting); lost {}, duplicated {}, {} emits failed, slowest emit \
+         {slowest:?}, an emit made at the freeze returned {probed:?} after {probe_took:?}, \
+         attempts held by the silent node {:?}",
+        noticed + resumed,
+        N - distinct,
+        total - distinct,
+        failed_emits.load(Ordering::SeqCst),
+        silent.held(),
+    );
+    assert!(
+        noticed <= heartbeat * 2 + heartbeat / 2 + Duration::from_secs(2),
+        "the silent connection was noticed {noticed:?} after the freeze, later than about two \
+         heartbeats ({heartbeat:?} each)"
+    );
+    assert!(
+        passed_over <= handshake + Duration::from_secs(2),
+        "the attempt on the silent node was given up {passed_over:?} after it started, its \
+         bound is {handshake:?}"
+    );
+    assert_eq!(distinct, N, "every order comes back");
+    assert!(
+        since_freeze <= Duration::from_secs(45),
+        "every order was back {since_freeze:?} after the freeze; the target is 45 s"
+    );
+    let bound = rmq_bus::config::DEFAULT_CONFIRM_TIMEOUT + handshake + Duration::from_secs(5);
+    assert!(
+        slowest <= bound && probe_took <= bound,
+        "an emit during the freeze took {slowest:?} (billing) or {probe_took:?} (the probe), past \
+         its bounds"
+    );
+    probed.expect("the emit made at the freeze is published through the healthy node");
+    assert_eq!(
+        broker.wait_ready(&probe_queue, 1).await,
+        1,
+        "the probe event is stored"
+    );
+    probe.close().await;
+    billing.shutdown().await.expect("shutdown billing");
+    orders.shutdown().await.expect("shutdown orders");
+    placing.close().await;
+    broker.cleanup().await;
+}
+
+/// Emits `pattern` with each of `range`, 64 in flight; returns the errors.
+async fn emit_all_as(
+    client: ClientProxy,
+    pattern: &'static str,
+    range: std::ops::Range<u64>,
+) -> Vec<Error> {
+    futures::stream::iter(range)
+        .map(|n| {
+            let client = client.clone();
+            async move { client.emit(pattern, &n).await }
+        })
+        .buffer_unordered(64)
+        .filter_map(|result| async move { result.err() })
+        .collect()
+        .await
+}
+
 /// Tests that fault the whole broker. `.config/nextest.toml` runs them alone (`whole_broker::`),
 /// and they fail at once when the broker is not local.
 mod whole_broker {

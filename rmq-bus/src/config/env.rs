@@ -13,6 +13,8 @@ impl RmqOptions {
     /// | `RABBIT_MQ_<NAME>_QUEUE` | the queue | `<NAME>` |
     /// | `RABBIT_MQ_PREFETCH` | prefetch, 1–65535 | [`DEFAULT_PREFETCH`](super::DEFAULT_PREFETCH) |
     /// | `RABBIT_MQ_QUEUE_TYPE` | `classic` or `quorum` | `classic` |
+    /// | `RABBIT_MQ_HEARTBEAT` | seconds between AMQP heartbeats; a silent peer is given up after two ([`heartbeat`](Self::heartbeat)) | 10 |
+    /// | `RABBIT_MQ_HANDSHAKE_TIMEOUT` | seconds one connection attempt may take before the next URI is tried ([`handshake_timeout`](Self::handshake_timeout)) | 5 |
     /// | `RABBIT_MQ_RECONNECT_TIMEOUT` | seconds an emit waits through an outage, and a microservice tries to connect at start ([`reconnect_timeout`](Self::reconnect_timeout)) | 30 |
     ///
     /// `RmqOptions::from_env("BILLING")` reads `RABBIT_MQ_BILLING_QUEUE`. A set but unusable
@@ -75,21 +77,38 @@ impl RmqOptions {
             };
         }
         if let Some(raw) = lookup("RABBIT_MQ_RECONNECT_TIMEOUT") {
-            options.reconnect_timeout = raw
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .and_then(|seconds| std::time::Duration::try_from_secs_f64(seconds).ok())
-                .ok_or_else(|| {
-                    invalid(
-                        "RABBIT_MQ_RECONNECT_TIMEOUT",
+            options.reconnect_timeout = seconds(&raw)
+                .ok_or_else(|| invalid("RABBIT_MQ_RECONNECT_TIMEOUT", &raw, SECONDS))?;
+        }
+        if let Some(raw) = lookup("RABBIT_MQ_HANDSHAKE_TIMEOUT") {
+            options.handshake_timeout = seconds(&raw)
+                .filter(|timeout| !timeout.is_zero())
+                .ok_or_else(|| invalid("RABBIT_MQ_HANDSHAKE_TIMEOUT", &raw, SECONDS))?;
+        }
+        if let Some(raw) = lookup("RABBIT_MQ_HEARTBEAT") {
+            options.heartbeat = match raw.trim().parse::<u16>() {
+                Ok(secs) => std::time::Duration::from_secs(u64::from(secs)),
+                Err(_) => {
+                    return Err(invalid(
+                        "RABBIT_MQ_HEARTBEAT",
                         &raw,
-                        "expected a number of seconds, such as 30 or 0.5",
-                    )
-                })?;
+                        "expected whole seconds from 0 (the broker's choice) to 65535, such as 10",
+                    ));
+                }
+            };
         }
         Ok(options)
     }
+}
+
+const SECONDS: &str = "expected a number of seconds, such as 30 or 0.5";
+
+/// A positive number of seconds, whole or not.
+fn seconds(raw: &str) -> Option<std::time::Duration> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|seconds| std::time::Duration::try_from_secs_f64(seconds).ok())
 }
 
 #[cfg(test)]
@@ -111,6 +130,11 @@ mod tests {
         assert_eq!(options.queue(), "billing");
         assert_eq!(options.uri, DEFAULT_URI);
         assert_eq!(options.prefetch, DEFAULT_PREFETCH);
+        assert_eq!(options.heartbeat, crate::config::DEFAULT_HEARTBEAT);
+        assert_eq!(
+            options.handshake_timeout,
+            crate::config::DEFAULT_HANDSHAKE_TIMEOUT
+        );
         assert_eq!(options.ack_mode, AckMode::Manual);
         assert!(options.persistent);
         assert!(options.queue_options.durable);
@@ -124,6 +148,8 @@ mod tests {
             ("RABBIT_MQ_URI", "amqp://u:p@broker:5673/vh"),
             ("RABBIT_MQ_PREFETCH", "7"),
             ("RABBIT_MQ_RECONNECT_TIMEOUT", "2.5"),
+            ("RABBIT_MQ_HEARTBEAT", "4"),
+            ("RABBIT_MQ_HANDSHAKE_TIMEOUT", "1.5"),
         ];
         let options = RmqOptions::from_lookup("BILLING", lookup(&vars))?;
         assert_eq!(options.queue(), "BILLING_Q");
@@ -132,6 +158,11 @@ mod tests {
         assert_eq!(
             options.reconnect_timeout,
             std::time::Duration::from_millis(2500)
+        );
+        assert_eq!(options.heartbeat, std::time::Duration::from_secs(4));
+        assert_eq!(
+            options.handshake_timeout,
+            std::time::Duration::from_millis(1500)
         );
         Ok(())
     }
@@ -152,6 +183,17 @@ mod tests {
                 "RABBIT_MQ_RECONNECT_TIMEOUT",
                 "-1",
                 "RABBIT_MQ_RECONNECT_TIMEOUT=\"-1\"",
+            ),
+            ("RABBIT_MQ_HEARTBEAT", "2.5", "RABBIT_MQ_HEARTBEAT=\"2.5\""),
+            (
+                "RABBIT_MQ_HEARTBEAT",
+                "70000",
+                "RABBIT_MQ_HEARTBEAT=\"70000\"",
+            ),
+            (
+                "RABBIT_MQ_HANDSHAKE_TIMEOUT",
+                "0",
+                "RABBIT_MQ_HANDSHAKE_TIMEOUT=\"0\"",
             ),
         ];
         for (var, value, expected) in cases {
