@@ -8,6 +8,7 @@ use super::ClientProxy;
 use crate::delivery::Properties;
 use crate::error::{Error, Result};
 use crate::pattern::Pattern;
+use crate::telemetry::Started;
 use crate::transport::Confirm;
 
 /// An event as the outbox stored it, ready to publish again with the same message id.
@@ -56,6 +57,7 @@ impl ClientProxy {
     /// handed over, in order; the events after a lost connection are not handed over, and have
     /// no result.
     pub(crate) async fn publish_batch(&self, batch: &[Prepared]) -> Vec<Result<()>> {
+        let started = Started::now();
         let link = match self.live_link() {
             Some((link, _)) => link,
             None => match self.link(Instant::now()).await {
@@ -111,6 +113,12 @@ impl ClientProxy {
             .any(|result| matches!(result, Err(Error::Disconnected { .. })))
         {
             self.forget_dead_link();
+        }
+        // Counted as `emit`s are: each event handed over, confirmed or not.
+        for (result, event) in results.iter().zip(batch) {
+            let (exchange, routing_key) = self.address(&event.pattern);
+            let sent = self.inner.sent.to(exchange, routing_key);
+            sent.published(started, result.as_ref().err());
         }
         results
     }

@@ -24,6 +24,8 @@ struct Running {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    /// Its own SQLite database (the examples keep orders, bills, outbox and inbox there).
+    database: PathBuf,
 }
 
 impl Running {
@@ -31,7 +33,12 @@ impl Running {
         let executable = example(name);
         let log = std::env::temp_dir().join(format!("{}.log", common::unique(name)));
         let file = std::fs::File::create(&log).expect("log file");
+        let database = std::env::temp_dir().join(format!("{}.sqlite", common::unique(name)));
         let child = Command::new(&executable)
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}?mode=rwc", database.display()),
+            )
             .envs(env.iter().cloned())
             .env("RUST_LOG", "info,lapin=error")
             .env("NO_COLOR", "1")
@@ -40,7 +47,12 @@ impl Running {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", executable.display()));
-        Running { name, child, log }
+        Running {
+            name,
+            child,
+            log,
+            database,
+        }
     }
 
     /// Asks it to stop (SIGTERM) and waits for a clean exit.
@@ -73,6 +85,11 @@ impl Drop for Running {
             eprintln!("----- {} -----\n{log}", self.name);
         }
         let _ = std::fs::remove_file(&self.log);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = self.database.clone().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 
