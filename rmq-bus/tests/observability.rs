@@ -20,6 +20,8 @@ mod telemetry {
     pub mod examples;
     pub mod prometheus;
 }
+#[path = "common/db.rs"]
+mod db;
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use rmq_bus::config::FailurePolicy;
 use rmq_bus::context::Outcome;
 use rmq_bus::health::ConnectionState;
+use rmq_bus::outbox::Outbox;
+use rmq_bus::store::sqlx;
 use rmq_bus::testing::TestBroker;
 use rmq_bus::{ClientProxy, Microservice, Payload, RmqContext};
 use serde_json::{Value, json};
@@ -297,6 +301,79 @@ async fn health_follows_the_connection_and_reconnects_are_counted() {
     client.close().await;
     assert_eq!(client.health().connection, ConnectionState::Idle);
     broker.cleanup().await;
+}
+
+/// The outbox backlog while the broker cannot be reached, through a proxy refusing connections:
+/// the relay's gauge shows the rows committed, then falls to 0 once they went out, and the
+/// published counter says how many did.
+async fn outbox_backlog_follows_the_rows_waiting<DB: db::Sql>(
+    pool: sqlx::Pool<DB>,
+    database: &str,
+) {
+    const N: u32 = 7;
+    let recorder = recorder();
+    let _installed = metrics::set_default_local_recorder(&recorder);
+    let broker = common::Broker::connect().await;
+    let proxy = faults::proxy::Proxy::start().await;
+    let queue = common::unique("outbox-backlog");
+    broker.forget_later(&queue);
+    ClientProxy::new(common::options(&queue))
+        .connect()
+        .await
+        .expect("declare the queue");
+    proxy.refuse(true);
+    let outbox = Outbox::new(pool.clone());
+    let billing = outbox.client(ClientProxy::new(common::options(&queue).uri(proxy.uri())));
+    let mut tx = pool.begin().await.expect("begin");
+    for n in 0..N {
+        billing
+            .emit(&mut tx, "order_created", &json!({ "n": n }))
+            .await
+            .expect("emit");
+    }
+    tx.commit().await.expect("commit");
+    let relay = outbox.relay();
+
+    let outbox_labels = [SYSTEM, ("db_system_name", database)];
+    let metric = |name: &str| {
+        let samples = prometheus::parse(&recorder.handle().render());
+        prometheus::exactly(&samples, name, &outbox_labels)
+            .first()
+            .map(|sample| sample.value)
+    };
+    wait_for("the backlog gauge to show the rows committed", || {
+        metric("rmq_bus_outbox_backlog") == Some(f64::from(N))
+    })
+    .await;
+    assert_eq!(
+        metric("rmq_bus_outbox_published_total"),
+        Some(0.0),
+        "nothing went out while the broker was unreachable"
+    );
+    assert_eq!(broker.ready(&queue).await, 0);
+
+    proxy.refuse(false);
+    wait_for("the backlog gauge to fall to 0", || {
+        metric("rmq_bus_outbox_backlog") == Some(0.0)
+    })
+    .await;
+    assert_eq!(metric("rmq_bus_outbox_published_total"), Some(f64::from(N)));
+    assert_eq!(metric("rmq_bus_outbox_dead_total"), Some(0.0));
+    assert_eq!(broker.drain(&queue).await.len(), N as usize);
+    relay.shutdown().await;
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn outbox_backlog_is_measured_on_postgres() {
+    let db = db::TestPg::create("outbox-backlog").await;
+    outbox_backlog_follows_the_rows_waiting(db.pool(5).await, "postgresql").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn outbox_backlog_is_measured_on_sqlite() {
+    let db = db::TestSqlite::create("outbox-backlog");
+    outbox_backlog_follows_the_rows_waiting(db.pool().await, "sqlite").await;
 }
 
 /// Waits (at most 20 s) until `condition` holds.

@@ -48,6 +48,9 @@
 //!   relay may publish a later batch while another still holds an earlier one, so order across
 //!   batches is not kept. Run one relay where order matters. On SQLite, run one relay per
 //!   database.
+//! - **Metrics** (feature `metrics`): `rmq_bus.outbox.backlog`, the rows waiting (counted when
+//!   the relay starts and at most once a second, lowered by what it removes in between), and
+//!   the rows `rmq_bus.outbox.published` and moved aside (`rmq_bus.outbox.dead`).
 
 mod relay;
 

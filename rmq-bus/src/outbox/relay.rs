@@ -14,6 +14,7 @@ use crate::delivery::Properties;
 use crate::error::{Error, Result};
 use crate::pattern::Pattern;
 use crate::store::{Database, Row, Settled, database, now_ms, reason};
+use crate::telemetry::{self, OutboxMetrics};
 
 /// The first pause after a failed pass (broker or database down); it doubles up to
 /// [`MAX_BACKOFF`].
@@ -21,6 +22,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// After a wake that found nothing (the commit not visible yet), the relay looks again this soon.
 const RECHECK: Duration = Duration::from_millis(20);
+/// How often, at most, the relay counts the rows waiting (one `COUNT(*)`); between counts its
+/// backlog gauge only goes down, by the rows it removed.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 /// A running relay ([`Outbox::relay`]). Dropping it stops the relay at once; rows it was
 /// publishing stay in the outbox and go out again.
@@ -83,8 +87,12 @@ async fn run<DB: Database>(
     let mut woken = false;
     // When the first row refused is due again: the relay looks then, whatever its poll.
     let mut retry_at: Option<Instant> = None;
+    let mut backlog = Backlog::new::<DB>();
+    backlog.update(&outbox.inner.pool).await;
     while !*stopped.borrow() {
-        let pause = match pass(&outbox, &options).await {
+        let passed = pass(&outbox, &options, &mut backlog).await;
+        backlog.update(&outbox.inner.pool).await;
+        let pause = match passed {
             Ok(Pass::Full) => {
                 woken = false;
                 Duration::ZERO
@@ -132,6 +140,48 @@ async fn run<DB: Database>(
     }
 }
 
+/// The relay's instruments, and its backlog: counted when it starts and then at most every
+/// [`BACKLOG_EVERY`], less the rows it removed since, so that the gauge falls as soon as the
+/// relay catches up, without a count per pass.
+struct Backlog {
+    metrics: OutboxMetrics,
+    rows: i64,
+    counted: Option<Instant>,
+}
+
+impl Backlog {
+    fn new<DB: Database>() -> Self {
+        Self {
+            metrics: OutboxMetrics::new(DB::SYSTEM),
+            rows: 0,
+            counted: None,
+        }
+    }
+
+    /// A batch was settled: `published` rows removed once confirmed, `dead` moved aside.
+    fn settled(&mut self, published: usize, dead: usize) {
+        self.metrics.settled(published, dead);
+        let removed = i64::try_from(published.saturating_add(dead)).unwrap_or(i64::MAX);
+        self.rows = self.rows.saturating_sub(removed).max(0);
+    }
+
+    /// Sets the gauge, counting the rows first when the last count is old enough.
+    async fn update<DB: Database>(&mut self, pool: &sqlx::Pool<DB>) {
+        // Without the feature `metrics` nothing reads the gauge: no count.
+        if !telemetry::RECORDING {
+            return;
+        }
+        if self.counted.is_none_or(|at| at.elapsed() >= BACKLOG_EVERY) {
+            self.counted = Some(Instant::now());
+            match DB::backlog(pool).await {
+                Ok(rows) => self.rows = rows,
+                Err(error) => tracing::debug!(%error, "could not count the outbox backlog"),
+            }
+        }
+        self.metrics.backlog(self.rows);
+    }
+}
+
 /// Logs a failed pass: a warning when an outage starts, then quietly.
 fn report(failing: &mut bool, why: &str, pause: Duration) {
     if std::mem::replace(failing, true) {
@@ -149,7 +199,11 @@ fn next_backoff(backoff: &mut Duration) -> Duration {
 }
 
 /// Claims one batch, publishes it, and settles it.
-async fn pass<DB: Database>(outbox: &Outbox<DB>, options: &RelayOptions) -> Result<Pass> {
+async fn pass<DB: Database>(
+    outbox: &Outbox<DB>,
+    options: &RelayOptions,
+    backlog: &mut Backlog,
+) -> Result<Pass> {
     let clients = outbox
         .inner
         .clients
@@ -192,6 +246,7 @@ async fn pass<DB: Database>(outbox: &Outbox<DB>, options: &RelayOptions) -> Resu
     DB::settle(pool, claim.tx, &settled, now_ms())
         .await
         .map_err(|e| database("removing published outbox rows", e))?;
+    backlog.settled(settled.done.len(), settled.poison.len());
     let retry = settled
         .retry
         .iter()

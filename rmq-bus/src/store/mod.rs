@@ -125,6 +125,9 @@ pub(crate) mod sealed {
 
     /// The SQL of one database.
     pub trait Backend: sqlx::Database + Sized {
+        /// The database's `db.system.name` (OpenTelemetry), on the relay's instruments.
+        const SYSTEM: &'static str;
+
         /// Creates the tables.
         fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, sqlx::Result<()>>;
 
@@ -150,6 +153,10 @@ pub(crate) mod sealed {
             settled: &'a Settled,
             now: i64,
         ) -> BoxFuture<'a, sqlx::Result<()>>;
+
+        /// Rows waiting in the outbox: one `COUNT(*)`, which the relay runs at most once a
+        /// second.
+        fn backlog(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, sqlx::Result<i64>>;
 
         /// Starts what wakes the relay when another process commits events (PostgreSQL's
         /// LISTEN); `None` where commits are only seen in-process.
@@ -254,6 +261,13 @@ macro_rules! same_sql {
                     .await?;
             }
             Ok(())
+        }
+
+        /// Counts the rows waiting in the outbox.
+        async fn count_rows(pool: &sqlx::Pool<$db>) -> sqlx::Result<i64> {
+            sqlx::query_scalar("SELECT COUNT(*) FROM rmq_bus_outbox")
+                .fetch_one(pool)
+                .await
         }
 
         /// Records `key` for `consumer`; `false` if it was there.

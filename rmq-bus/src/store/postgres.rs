@@ -18,6 +18,8 @@ const CHANNEL: &str = "rmq_bus_outbox";
 same_sql!(Postgres);
 
 impl Backend for Postgres {
+    const SYSTEM: &'static str = "postgresql";
+
     fn migrate(pool: &PgPool) -> BoxFuture<'_, sqlx::Result<()>> {
         // One simple query: PostgreSQL runs it as one transaction, under the advisory lock.
         Box::pin(async move { sqlx::raw_sql(POSTGRES_SCHEMA).execute(pool).await.map(drop) })
@@ -78,6 +80,10 @@ impl Backend for Postgres {
             retry_and_poison(&mut tx, settled, now).await?;
             tx.commit().await
         })
+    }
+
+    fn backlog(pool: &PgPool) -> BoxFuture<'_, sqlx::Result<i64>> {
+        Box::pin(async move { count_rows(pool).await })
     }
 
     fn listen(pool: &PgPool, wake: Arc<Notify>) -> Option<tokio::task::JoinHandle<()>> {

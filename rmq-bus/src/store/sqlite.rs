@@ -13,6 +13,8 @@ use super::{Claim, NewRow, SQLITE_SCHEMA, Settled, same_sql};
 same_sql!(Sqlite);
 
 impl Backend for Sqlite {
+    const SYSTEM: &'static str = "sqlite";
+
     fn migrate(pool: &SqlitePool) -> BoxFuture<'_, sqlx::Result<()>> {
         // Each statement is idempotent: no transaction needed around them.
         Box::pin(async move { sqlx::raw_sql(SQLITE_SCHEMA).execute(pool).await.map(drop) })
@@ -85,6 +87,10 @@ impl Backend for Sqlite {
             retry_and_poison(&mut tx, settled, now).await?;
             tx.commit().await
         })
+    }
+
+    fn backlog(pool: &SqlitePool) -> BoxFuture<'_, sqlx::Result<i64>> {
+        Box::pin(async move { count_rows(pool).await })
     }
 
     fn listen(_pool: &SqlitePool, _wake: Arc<Notify>) -> Option<tokio::task::JoinHandle<()>> {

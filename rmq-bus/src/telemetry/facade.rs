@@ -50,6 +50,14 @@ mod imp {
                 "Deliveries settled, by how (rmq_bus.settlement) and, for dead letters and rejections, why (rmq_bus.reason).",
             ),
             (RECONNECTS, "Connections opened again after one was lost."),
+            (
+                OUTBOX_PUBLISHED,
+                "Outbox rows the broker confirmed, removed from the outbox.",
+            ),
+            (
+                OUTBOX_DEAD,
+                "Outbox rows that can never be published, moved to rmq_bus_outbox_dead.",
+            ),
         ];
         for (name, help) in counters {
             metrics::describe_counter!(name, Unit::Count, help);
@@ -81,6 +89,10 @@ mod imp {
                 "Deliveries received and not acked on the wire yet: the prefetch window in use.",
             ),
             (CONNECTIONS, "Open connections to the broker, by role."),
+            (
+                OUTBOX_BACKLOG,
+                "Rows waiting in the outbox, as its relay last counted them.",
+            ),
         ];
         for (name, help) in gauges {
             metrics::describe_gauge!(name, Unit::Count, help);
@@ -132,5 +144,9 @@ mod imp {
 
 pub(crate) use imp::*;
 
-/// Whether timings are taken at all: without the feature `metrics` nothing reads them.
-pub(crate) const TIMED: bool = cfg!(feature = "metrics");
+/// Whether anything is recorded at all: without the feature `metrics` nothing reads the
+/// instruments, so nothing that only feeds them (a clock, a count) is taken.
+pub(crate) const RECORDING: bool = cfg!(feature = "metrics");
+
+/// Whether timings are taken at all.
+pub(crate) const TIMED: bool = RECORDING;

@@ -1,7 +1,7 @@
 //! Telemetry: the metrics rmq-bus records, in the names of OpenTelemetry's semantic conventions
 //! for messaging (`messaging.client.sent.messages`, `messaging.process.duration`, …) and its
-//! own (`rmq_bus.*`: handlers in flight, the prefetch window in use, settlements, reconnects),
-//! and the trace context a handler continues (feature `opentelemetry`, in [`trace`]).
+//! own (`rmq_bus.*`: handlers in flight, the prefetch window in use, settlements, reconnects,
+//! the outbox backlog), and the trace context a handler continues (feature `opentelemetry`, in [`trace`]).
 //!
 //! Metrics go through the `metrics` facade (feature `metrics`): nothing is recorded until the
 //! application installs a recorder, and the handles are made once per queue, route or client,
@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
+pub(crate) use facade::RECORDING;
 use facade::{Attribute, Counter, TIMED, counter, describe, gauge, histogram};
 pub(crate) use facade::{Gauge, Histogram};
 use names::*;
@@ -425,6 +426,40 @@ impl Sent {
                 histogram(OPERATION_DURATION, &attributes).record(started.seconds());
             }
         }
+    }
+}
+
+/// The instruments of an outbox relay, made when it starts.
+pub(crate) struct OutboxMetrics {
+    backlog: Gauge,
+    published: Counter,
+    dead: Counter,
+}
+
+impl OutboxMetrics {
+    /// The instruments of a relay on a database whose `db.system.name` is `database`.
+    pub(crate) fn new(database: &'static str) -> Self {
+        describe();
+        let attributes = [
+            (SYSTEM, RABBITMQ.to_owned()),
+            (DB_SYSTEM, database.to_owned()),
+        ];
+        OutboxMetrics {
+            backlog: gauge(OUTBOX_BACKLOG, &attributes),
+            published: counter(OUTBOX_PUBLISHED, &attributes),
+            dead: counter(OUTBOX_DEAD, &attributes),
+        }
+    }
+
+    /// `rows` wait in the outbox.
+    pub(crate) fn backlog(&self, rows: i64) {
+        self.backlog.set(rows as f64);
+    }
+
+    /// A batch was settled: `published` rows removed once confirmed, `dead` moved aside.
+    pub(crate) fn settled(&self, published: usize, dead: usize) {
+        self.published.increment(published as u64);
+        self.dead.increment(dead as u64);
     }
 }
 

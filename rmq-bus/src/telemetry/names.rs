@@ -28,6 +28,12 @@ pub(crate) const RECONNECTS: &str = "rmq_bus.connection.reconnects";
 pub(crate) const OUTAGE_DURATION: &str = "rmq_bus.connection.outage.duration";
 /// Gauge: open connections, by role.
 pub(crate) const CONNECTIONS: &str = "rmq_bus.connections";
+/// Gauge: rows waiting in the outbox, per relay's database.
+pub(crate) const OUTBOX_BACKLOG: &str = "rmq_bus.outbox.backlog";
+/// Counter: outbox rows published (confirmed, then removed).
+pub(crate) const OUTBOX_PUBLISHED: &str = "rmq_bus.outbox.published";
+/// Counter: outbox rows moved aside to `rmq_bus_outbox_dead`.
+pub(crate) const OUTBOX_DEAD: &str = "rmq_bus.outbox.dead";
 
 // Attributes.
 pub(crate) const SYSTEM: &str = "messaging.system";
@@ -37,6 +43,8 @@ pub(crate) const OPERATION_TYPE: &str = "messaging.operation.type";
 pub(crate) const DESTINATION: &str = "messaging.destination.name";
 pub(crate) const ROUTING_KEY: &str = "messaging.rabbitmq.destination.routing_key";
 pub(crate) const ERROR_TYPE: &str = "error.type";
+/// The outbox's database: `postgresql` or `sqlite`.
+pub(crate) const DB_SYSTEM: &str = "db.system.name";
 /// The handler's pattern: NestJS routes by it, not by the routing key.
 pub(crate) const PATTERN: &str = "rmq_bus.pattern";
 /// `ack`, `requeue`, `nack`, `reject`, `retry`, `dead_letter`.
