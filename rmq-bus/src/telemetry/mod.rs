@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) use facade::RECORDING;
 use facade::{Attribute, Counter, TIMED, counter, describe, gauge, histogram};
 pub(crate) use facade::{Gauge, Histogram};
@@ -430,12 +431,14 @@ impl Sent {
 }
 
 /// The instruments of an outbox relay, made when it starts.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) struct OutboxMetrics {
     backlog: Gauge,
     published: Counter,
     dead: Counter,
 }
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 impl OutboxMetrics {
     /// The instruments of a relay on a database whose `db.system.name` is `database`.
     pub(crate) fn new(database: &'static str) -> Self {

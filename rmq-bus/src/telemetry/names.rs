@@ -44,6 +44,7 @@ pub(crate) const DESTINATION: &str = "messaging.destination.name";
 pub(crate) const ROUTING_KEY: &str = "messaging.rabbitmq.destination.routing_key";
 pub(crate) const ERROR_TYPE: &str = "error.type";
 /// The outbox's database: `postgresql` or `sqlite`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) const DB_SYSTEM: &str = "db.system.name";
 /// The handler's pattern: NestJS routes by it, not by the routing key.
 pub(crate) const PATTERN: &str = "rmq_bus.pattern";
