@@ -196,6 +196,26 @@ pub fn topic_match(data: &[u8]) {
     if !__fuzz::is_wildcard(&pattern) {
         assert_eq!(expected, pattern == key, "{pattern:?} against {key:?}");
     }
+    // The dispatcher's trie of several patterns (the pattern, then its two halves) finds the
+    // first one that matches.
+    let middle = (0..=pattern.len() / 2)
+        .rev()
+        .find(|&at| pattern.is_char_boundary(at))
+        .unwrap_or(0);
+    let mut patterns: Vec<&str> = Vec::new();
+    for candidate in [pattern.as_str(), &pattern[..middle], &pattern[middle..]] {
+        if !patterns.contains(&candidate) {
+            patterns.push(candidate);
+        }
+    }
+    let first = patterns
+        .iter()
+        .position(|pattern| reference_topic_match(pattern, &key));
+    assert_eq!(
+        __fuzz::first_wildcard_match(&patterns, &key),
+        first,
+        "{patterns:?} against {key:?}"
+    );
 }
 
 /// RabbitMQ's topic matching by backtracking: exponential on many `#`, so for short inputs.

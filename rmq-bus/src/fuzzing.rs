@@ -71,6 +71,16 @@ pub fn wildcard_matches(pattern: &str, key: &str) -> bool {
     crate::pattern::wildcard_matches(pattern, key)
 }
 
+/// The first of `patterns` (wildcards, distinct) matching `key`, found as the dispatcher does:
+/// through a trie of them all.
+pub fn first_wildcard_match(patterns: &[&str], key: &str) -> Option<usize> {
+    let mut trie = crate::dispatch::wildcards::Wildcards::default();
+    for (index, pattern) in patterns.iter().enumerate() {
+        trie.insert((*pattern).to_owned(), index).ok()?;
+    }
+    trie.get(key).map(|(_, index)| *index)
+}
+
 /// Whether `key` is a wildcard pattern.
 pub fn is_wildcard(key: &str) -> bool {
     crate::pattern::is_wildcard(key)

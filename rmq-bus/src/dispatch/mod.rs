@@ -14,6 +14,7 @@
 mod disposal;
 mod lanes;
 mod routing;
+pub(crate) mod wildcards;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -30,6 +31,7 @@ use tracing::{Instrument, Span};
 
 use self::disposal::{ATTEMPT_HEADER, Policy, dispose};
 use self::routing::{Refusal, route};
+use self::wildcards::Wildcards;
 use crate::codec::{encode_no_handler, encode_reply};
 use crate::config::{AckMode, FailurePolicy, RetryPolicy, RmqOptions};
 use crate::context::RmqContext;
@@ -41,7 +43,7 @@ use crate::handler::{
     RpcError, failure_response,
 };
 use crate::ordering::KeyPath;
-use crate::pattern::{is_wildcard, wildcard_matches};
+use crate::pattern::is_wildcard;
 use crate::telemetry::{self, Binding, Failure, QueueMetrics, Settled, Started};
 use crate::transport::{Consumer, Inbound, Publisher};
 
@@ -154,11 +156,13 @@ impl Entry {
     }
 }
 
-/// Handlers by normalised pattern; topic wildcards (`order.*`, `order.#`) are tried in
-/// registration order when no exact pattern matches.
+/// Handlers by normalised pattern; when no exact pattern matches, the first registered topic
+/// wildcard (`order.*`, `order.#`) that does.
 pub(crate) struct Router {
     exact: HashMap<String, Entry>,
-    wildcards: Vec<(String, Entry)>,
+    wildcards: Wildcards<Entry>,
+    /// The patterns handled, as a refusal names them.
+    handled: String,
     /// Whether any handler is ordered: its queues then run through keyed lanes.
     ordered: bool,
 }
@@ -166,7 +170,7 @@ pub(crate) struct Router {
 impl Router {
     pub(crate) fn new(routes: Vec<Route>) -> Result<Self> {
         let mut exact = HashMap::with_capacity(routes.len());
-        let mut wildcards: Vec<(String, Entry)> = Vec::new();
+        let mut wildcards = Wildcards::default();
         let mut ordered = false;
         for (index, route) in routes.into_iter().enumerate() {
             let key = route.pattern.key().to_owned();
@@ -186,9 +190,7 @@ impl Router {
                 handler: route.handler,
             };
             let duplicate = if is_wildcard(&key) {
-                let seen = wildcards.iter().any(|(other, _)| *other == key);
-                wildcards.push((key.clone(), entry));
-                seen
+                wildcards.insert(key.clone(), entry).is_err()
             } else {
                 exact.insert(key.clone(), entry).is_some()
             };
@@ -196,20 +198,20 @@ impl Router {
                 return Err(Error::DuplicatePattern(key));
             }
         }
-        Ok(Self {
+        let mut router = Self {
             exact,
             wildcards,
+            handled: String::new(),
             ordered,
-        })
+        };
+        router.handled = routing::handled(&router.keys());
+        Ok(router)
     }
 
     fn get(&self, key: &str) -> Option<&Entry> {
-        self.exact.get(key).or_else(|| {
-            self.wildcards
-                .iter()
-                .find(|(pattern, _)| wildcard_matches(pattern, key))
-                .map(|(_, entry)| entry)
-        })
+        self.exact
+            .get(key)
+            .or_else(|| self.wildcards.get(key).map(|(_, entry)| entry))
     }
 
     /// Every registered pattern key, in registration order (the entries' `index`).
@@ -218,11 +220,7 @@ impl Router {
             .exact
             .iter()
             .map(|(key, entry)| (entry.index, key.as_str()))
-            .chain(
-                self.wildcards
-                    .iter()
-                    .map(|(key, entry)| (entry.index, key.as_str())),
-            )
+            .chain(self.wildcards.iter().map(|(key, entry)| (entry.index, key)))
             .collect();
         entries.sort_unstable();
         entries.into_iter().map(|(_, key)| key).collect()
@@ -234,7 +232,7 @@ impl Router {
             .exact
             .keys()
             .map(String::as_str)
-            .chain(self.wildcards.iter().map(|(key, _)| key.as_str()))
+            .chain(self.wildcards.iter().map(|(key, _)| key))
             .collect();
         keys.sort_unstable();
         keys
