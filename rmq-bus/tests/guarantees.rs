@@ -2,7 +2,7 @@
 //! bounded by the prefetch window (at most, not only at least), exact patterns winning over
 //! wildcards, the last context clone's `Drop` settling a message, `.reject_dead_letters()`,
 //! `Error::ReplyLost`, `ClientProxy::close` waiting for outstanding confirms, the drain timeout
-//! running out, and a publisher nack failing `emit` at once.
+//! running out, a publisher nack failing `emit` at once, and a slow handler not starving the window.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod common;
@@ -136,6 +136,50 @@ async fn shut_down_leaving_queue_empty(
 
 // ---------------------------------------------------------------------------------------------
 // Concurrency is bounded by the prefetch window.
+
+/// A slow handler never starves the window: the acks held back behind it go out one by one at
+/// the acker's timer, so with `prefetch(4)` twenty quick messages are all handled and acked while
+/// the first still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handler_does_not_hold_back_the_acks_of_the_quick_ones() {
+    const N: usize = 21;
+    let (broker, queue) = broker_with_queue("slow-first").await;
+    let client = ClientProxy::new(options(&queue));
+    for n in 0..N {
+        client.emit("job", &n).await.expect("emit");
+    }
+    let finished = Arc::new(AtomicUsize::new(0));
+    let (open, closed) = gate();
+    let done = finished.clone();
+    let service = Microservice::new(options(&queue).prefetch(4))
+        .on_event("job", move |n: rmq_bus::Payload<usize>, ctx: RmqContext| {
+            let (finished, mut gate) = (done.clone(), closed.clone());
+            async move {
+                if n.0 == 0 {
+                    pass(&mut gate).await;
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+                ctx.ack().await
+            }
+        })
+        .start()
+        .await
+        .expect("start");
+    eventually("the twenty quick messages are handled", || {
+        finished.load(Ordering::SeqCst) == N - 1
+    })
+    .await;
+    // Acked too: only the slow one is unacked, nothing is ready.
+    wait_counts(&queue, (0, 1), "the quick ones acked behind the slow one").await;
+    open.send(true).expect("open the gate");
+    eventually("the slow one finishes", || {
+        finished.load(Ordering::SeqCst) == N
+    })
+    .await;
+    shut_down_leaving_queue_empty(service, &broker, &queue, "all acked").await;
+    client.close().await;
+    broker.cleanup().await;
+}
 
 /// "Handlers run concurrently up to the prefetch window": with `prefetch(3)` and ten messages
 /// whose handlers block, exactly three run, and no more, even though each acks its message
