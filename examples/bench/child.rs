@@ -14,7 +14,18 @@ use crate::systems::{Consumer, Publisher, RawPublisher};
 use crate::workload::{IN_FLIGHT, Scenario, System, forward_queue};
 use crate::{Res, broker_uri, env_number};
 
-const DEFAULT_TIMEOUT_S: u64 = 300;
+/// The limit on one round, unless `BENCH_TIMEOUT_S` says otherwise.
+pub(crate) const DEFAULT_TIMEOUT_S: u64 = 300;
+
+/// A child's logs go to stderr, which the parent passes through (`RUST_LOG`, default `warn`).
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
 
 /// `--child <system> <scenario> <queue> <n>`: runs one round and prints its [`Report`].
 pub(crate) fn child(args: &[String]) -> Res<()> {
@@ -31,12 +42,7 @@ pub(crate) fn child(args: &[String]) -> Res<()> {
     if !scenario.systems().contains(&system) {
         return Err(format!("{scenario} does not run {system}").into());
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let timeout = Duration::from_secs(env_number("BENCH_TIMEOUT_S", DEFAULT_TIMEOUT_S)?);
     // The exporter as an application installs it, before rmq-bus starts; scraped once at the end.
     let exporter = match system {

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example bench                       # N=100000, 3 rounds
 //! N=2000 ROUNDS=1 cargo run --release --example bench       # smoke check
+//! BENCH_ONLY=scaling cargo run --release --example bench    # the scaling table alone
 //! ```
 //!
 //! | variable | meaning | default |
@@ -16,6 +17,9 @@
 //! | `ORDERING_ONE_KEY_N` | ordering events on one key | `ORDERING_N / 20`, 50 to 1000 |
 //! | `OUTBOX_N` | outbox events, direct and through the outbox | `N / 5` |
 //! | `BENCH_POSTGRES_URL` | the outbox scenario's PostgreSQL server (a database of its own is created, dropped after) | `postgres://postgres@127.0.0.1:5432` |
+//! | `SCALING_N` | messages per scaling round (payloads above 4 KiB: `SCALING_N × 4 KiB / size`, at least `min(SCALING_N, 20)`); requests per requester setting; 0 skips the scaling table | 30000 |
+//! | `SCALING_ROUNDS` | rounds per scaling setting | `ROUNDS` |
+//! | `BENCH_ONLY` | `scaling`: print the scaling table only | unset: everything |
 //! | `ROUNDS` | rounds per system and scenario (and ordering pairs) | 3 |
 //! | `RABBIT_MQ_URI` | broker | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `BENCH_TIMEOUT_S` | limit on one round | 300 |
@@ -54,6 +58,17 @@
 //! - **Ordering** (per key): 5 ms handlers over 200 keys, unordered against ordered by key in
 //!   alternating runs, then one key alone (bounded by 1 / 5 ms) (see the [`ordering`] module).
 //!
+//! - **Scaling** (how cost grows; rmq-bus only): per-message CPU and peak RSS against payload size
+//!   (230 B, 4 KiB, 64 KiB, 1 MiB bodies, with MB/s; at most 16 MiB of bodies awaiting confirms,
+//!   so 16 publishes in flight at 1 MiB; 1 MiB is below the default `max_message_bytes` of
+//!   16 MiB, so the option is left alone), registered patterns (1, 100, 10 000 exact, events for
+//!   the last; 100 wildcards `p<i>.*.x`, events matching only the last), queues consumed by one
+//!   microservice (1, 10, 100; events on one, RSS per idle queue consumer from the RSS once all
+//!   are consuming) and S3 requesters (64, 1000; memory per pending request is the peak RSS above
+//!   the idle process over the requesters). Events run S1's pipeline, prefetch 100; one child
+//!   per (round, setting); CPU from the first publish to the last handled message (see the
+//!   [`scaling`] module).
+//!
 //! Each (round, scenario, system) runs in a child process (this binary re-executed with
 //! `--child <system> <scenario> <queue> <n>`), so CPU time and peak RSS belong to that system
 //! alone. The child prints one JSON line; the parent runs rounds A B C A B C …, reports the median
@@ -77,6 +92,14 @@
 //!   `ordering.one_key_per_s`, if the ordering scenario succeeded.
 //! - `outbox.n`, `outbox.direct_per_s`, `outbox.commit_per_s`, `outbox.relay_per_s`,
 //!   `outbox.relay_ratio`, if the outbox scenario ran.
+//! - `scaling.<dimension>.<value>.<figure>` for every scaling setting with a successful round:
+//!   dimensions and values `payload.{230,4096,65536,1048576}` (body bytes),
+//!   `patterns.{1,100,10000,100w}` (`w`: wildcards), `queues.{1,10,100}`,
+//!   `requesters.{64,1000}`; figures `rounds`, `n`, `body_bytes`, `per_s`, `mb_per_s`,
+//!   `cpu_us_per_msg`, `cpu_ratio` and `rss_ratio` (to the dimension's first value; patterns to
+//!   `1`), `peak_rss_mib`, `idle_rss_mib`, `duplicates`; and `idle_rss_kib_per_queue` for queues
+//!   above 1, `kib_per_pending` for requesters (and `marginal_kib_per_pending` above 64: the
+//!   peak RSS each requester added to 64's).
 //!
 //! The last line is always `S1 end_to_end ratio (rmq-bus / raw lapin expert): <ratio or n/a>`.
 
@@ -89,6 +112,7 @@ mod parent;
 mod payload;
 mod report;
 mod s3;
+mod scaling;
 mod systems;
 mod workload;
 
@@ -120,6 +144,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
         Some("--child") => child::child(&args[2..]).map(|()| true),
+        Some("--scaling") => scaling::child(&args[2..]).map(|()| true),
         _ => parent::parent(),
     };
     match result {

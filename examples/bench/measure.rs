@@ -153,6 +153,13 @@ pub(crate) async fn handle(recorder: &Recorder, event: &OrderEvent, delay: Optio
     }
 }
 
+/// The handler body of the scaling rounds, whose events are not [`OrderEvent`]s: message
+/// `index`, sent at `sent_ns`, handled.
+pub(crate) fn record(recorder: &Recorder, sent_ns: u64, index: usize) {
+    recorder.received(sent_ns);
+    recorder.handled(index);
+}
+
 /// Nearest-rank percentile of sorted values; `p` is in percent (50.0 for the median).
 pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -184,13 +191,23 @@ pub(crate) fn cpu_seconds() -> Res<f64> {
 
 /// Peak resident set size of this process, in KiB (`VmHWM` of `/proc/self/status`).
 pub(crate) fn peak_rss_kib() -> Res<u64> {
+    status_kib("VmHWM:")
+}
+
+/// Resident set size of this process now, in KiB (`VmRSS` of `/proc/self/status`).
+pub(crate) fn rss_kib() -> Res<u64> {
+    status_kib("VmRSS:")
+}
+
+/// A `<field> <n> kB` line of `/proc/self/status`, in KiB.
+fn status_kib(field: &str) -> Res<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let line = status
         .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .ok_or("no VmHWM in /proc/self/status")?;
+        .find(|line| line.starts_with(field))
+        .ok_or_else(|| format!("no {field} in /proc/self/status"))?;
     Ok(line
-        .trim_start_matches("VmHWM:")
+        .trim_start_matches(field)
         .trim()
         .trim_end_matches("kB")
         .trim()

@@ -5,11 +5,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::de::DeserializeOwned;
+
 use crate::admin::{declare_queue, delete_queue};
 use crate::payload::{OutgoingPacket, PATTERN, make_event};
 use crate::report::{self, Report, Rounds};
 use crate::workload::{IN_FLIGHT, PREFETCH, Scenario, System, forward_queue};
-use crate::{Res, broker_uri, env_number, ordering, outbox, s3};
+use crate::{Res, broker_uri, env_number, ordering, outbox, s3, scaling};
 
 const DEFAULT_N: usize = 100_000;
 const DEFAULT_ROUNDS: usize = 3;
@@ -37,6 +39,12 @@ pub(crate) fn parent() -> Res<bool> {
     let admin = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // The scaling table alone, to re-measure it without the rest (minutes at default N).
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "scaling") {
+        let failures = scaling::scaling(&exe, &admin, &uri, rounds)?;
+        report::print_last_line(&Rounds::default());
+        return Ok(failures == 0);
+    }
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -120,6 +128,7 @@ pub(crate) fn parent() -> Res<bool> {
         failures += 1;
         println!("outbox: FAILED: {error}");
     }
+    failures += scaling::scaling(&exe, &admin, &uri, rounds)?;
     report::print_figures(&results, s3.as_ref());
     if let Some(ordered) = &ordered {
         ordered.print_figures();
@@ -131,7 +140,7 @@ pub(crate) fn parent() -> Res<bool> {
     Ok(failures == 0)
 }
 
-/// Runs one child; its stderr passes through.
+/// Runs one child.
 fn run_round(
     exe: &Path,
     admin: &tokio::runtime::Runtime,
@@ -151,13 +160,26 @@ fn run_round(
             .block_on(declare_queue(uri, queue))
             .map_err(|e| format!("declaring {queue}: {e}"))?;
     }
+    let n = n.to_string();
+    let args = ["--child", system.name(), scenario.name(), queue, &n];
+    run_child(exe, admin, uri, &args, &queues)
+}
+
+/// Runs this binary with `args` (a child), deletes `queues` whatever it did, and reads the JSON
+/// report it printed last; its stderr passes through.
+pub(crate) fn run_child<T: DeserializeOwned>(
+    exe: &Path,
+    admin: &tokio::runtime::Runtime,
+    uri: &str,
+    args: &[&str],
+    queues: &[String],
+) -> Res<T> {
     let output = Command::new(exe)
-        .args(["--child", system.name(), scenario.name(), queue])
-        .arg(n.to_string())
+        .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output();
-    for queue in &queues {
+    for queue in queues {
         if let Err(error) = admin.block_on(delete_queue(uri, queue)) {
             eprintln!("bench: could not delete queue {queue}: {error}");
         }

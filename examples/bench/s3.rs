@@ -78,24 +78,7 @@ async fn measure(queue: &str, uri: &str, n: usize) -> Res<S3Figures> {
     round_trips.sort_unstable();
     let started = Instant::now();
     let per_requester = n.div_ceil(REQUESTERS as usize) as u64;
-    let requesters = (0..REQUESTERS).map(|r| {
-        let client = client.clone();
-        async move {
-            for i in 0..per_requester {
-                let request = r * per_requester + i;
-                let echoed: u64 = client.send("echo", &request).await?;
-                if echoed != request {
-                    return Err(
-                        format!("requester {r}: reply {echoed} to request {request}").into(),
-                    );
-                }
-            }
-            Ok::<_, BoxError>(())
-        }
-    });
-    for outcome in futures::future::join_all(requesters).await {
-        outcome?;
-    }
+    concurrent_echoes(&client, REQUESTERS, per_requester).await?;
     let concurrent_per_s = (per_requester * REQUESTERS) as f64 / started.elapsed().as_secs_f64();
     client.close().await;
     running.shutdown().await?;
@@ -106,4 +89,27 @@ async fn measure(queue: &str, uri: &str, n: usize) -> Res<S3Figures> {
         p99_ms: ms(percentile(&round_trips, 99.0)),
         concurrent_per_s,
     })
+}
+
+/// `requesters` concurrent requesters, each sending `per_requester` echo requests one after the
+/// other (requester `r` sends `r × per_requester + i`); every reply must echo its request.
+pub(crate) async fn concurrent_echoes(
+    client: &ClientProxy,
+    requesters: u64,
+    per_requester: u64,
+) -> Res<()> {
+    let each = (0..requesters).map(|r| async move {
+        for i in 0..per_requester {
+            let request = r * per_requester + i;
+            let echoed: u64 = client.send("echo", &request).await?;
+            if echoed != request {
+                return Err(format!("requester {r}: reply {echoed} to request {request}").into());
+            }
+        }
+        Ok::<_, BoxError>(())
+    });
+    for outcome in futures::future::join_all(each).await {
+        outcome?;
+    }
+    Ok(())
 }

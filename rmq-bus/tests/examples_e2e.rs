@@ -550,6 +550,7 @@ fn the_benchmark_runs_with_a_small_n() {
                 ("S3_N", "100"),
                 ("S4_N", "1000"),
                 ("LATENCY_S", "0.5"),
+                ("SCALING_N", "200"),
             ]),
         "the bench example",
     );
@@ -634,6 +635,86 @@ fn the_benchmark_runs_with_a_small_n() {
     }
     in_order("s3.p50_ms", "s3.p99_ms");
     positive("s3.concurrent_per_s");
+    // The scaling table: every setting ran once, at the size it claims, every event on the
+    // handler of its pattern (another handler fails the round: its figures would be missing).
+    let settings: [(&str, &[&str]); 4] = [
+        ("payload", &["230", "4096", "65536", "1048576"]),
+        ("patterns", &["1", "100", "10000", "100w"]),
+        ("queues", &["1", "10", "100"]),
+        ("requesters", &["64", "1000"]),
+    ];
+    for (dimension, values) in settings {
+        for (i, value) in values.iter().enumerate() {
+            let key = |figure: &str| format!("scaling.{dimension}.{value}.{figure}");
+            assert_eq!(get(&key("rounds")), 1.0, "{}:\n{text}", key("rounds"));
+            assert_eq!(
+                get(&key("duplicates")),
+                0.0,
+                "{}:\n{text}",
+                key("duplicates")
+            );
+            for figure in [
+                "n",
+                "per_s",
+                "mb_per_s",
+                "peak_rss_mib",
+                "rss_ratio",
+                "idle_rss_mib",
+            ] {
+                positive(&key(figure));
+            }
+            // CPU comes in 10 ms ticks: a tiny round may take none.
+            let cpu = get(&key("cpu_us_per_msg"));
+            assert!(
+                cpu.is_finite() && cpu >= 0.0,
+                "{}={cpu}:\n{text}",
+                key("cpu_us_per_msg")
+            );
+            // Ratios are to the dimension's first setting.
+            if i == 0 {
+                assert_eq!(get(&key("rss_ratio")), 1.0, "{}:\n{text}", key("rss_ratio"));
+            }
+            let bytes = positive(&key("body_bytes"));
+            if dimension == "payload" {
+                assert_eq!(bytes.to_string(), *value, "{}:\n{text}", key("body_bytes"));
+            }
+            let mb_per_s = get(&key("per_s")) * bytes / 1e6;
+            assert!(
+                (get(&key("mb_per_s")) - mb_per_s).abs() <= mb_per_s * 1e-9,
+                "{} is not per_s × body_bytes:\n{text}",
+                key("mb_per_s")
+            );
+        }
+    }
+    // A 1 MiB body costs more than 230 B (encoding, copying, decoding it), in CPU and memory.
+    for figure in ["cpu_us_per_msg", "peak_rss_mib"] {
+        let (small, large) = (
+            get(&format!("scaling.payload.230.{figure}")),
+            get(&format!("scaling.payload.1048576.{figure}")),
+        );
+        assert!(
+            large > small,
+            "{figure}: 1 MiB {large} ≤ 230 B {small}:\n{text}"
+        );
+    }
+    // 1 MiB payloads come fewer (at least 20), the others SCALING_N each.
+    assert_eq!(get("scaling.payload.1048576.n"), 20.0, "{text}");
+    assert_eq!(get("scaling.patterns.10000.n"), 200.0, "{text}");
+    // Each requester sends at least one request; an idle queue consumer costs some memory, and
+    // not megabytes (figures from the RSS once all consume).
+    assert!(get("scaling.requesters.1000.n") >= 1000.0, "{text}");
+    for queues in ["10", "100"] {
+        let key = format!("scaling.queues.{queues}.idle_rss_kib_per_queue");
+        let kib = get(&key);
+        assert!(kib.is_finite() && kib < 1024.0, "{key}={kib}:\n{text}");
+    }
+    for requesters in ["64", "1000"] {
+        let key = format!("scaling.requesters.{requesters}.kib_per_pending");
+        let kib = get(&key);
+        assert!(kib.is_finite() && kib >= 0.0, "{key}={kib}:\n{text}");
+    }
+    let marginal = get("scaling.requesters.1000.marginal_kib_per_pending");
+    assert!(marginal.is_finite(), "{text}");
     // The ordering scenario ran both forms; one key is bounded by its 5 ms handler.
     positive("ordering.unordered_per_s");
     positive("ordering.ordered_per_s");
