@@ -89,9 +89,13 @@ impl ClientProxy {
             pattern: pattern.key().to_owned(),
             timeout,
         };
-        let (link, link_id) = tokio::time::timeout_at(deadline.into(), self.link(deadline))
-            .await
-            .map_err(|_| timed_out())??;
+        // Connecting is boxed: its future is large, and every pending request would carry it.
+        let (link, link_id) = match self.live_link() {
+            Some(live) => live,
+            None => tokio::time::timeout_at(deadline.into(), Box::pin(self.link(deadline)))
+                .await
+                .map_err(|_| timed_out())??,
+        };
         wait_unblocked(&link, deadline).await?;
         let reply_to = self.reply_to(&link, link_id).await?;
         let (sender, mut receiver) = oneshot::channel();
