@@ -17,6 +17,7 @@
 //! | `OUTBOX_N` | outbox events, direct and through the outbox | `N / 5` |
 //! | `BENCH_POSTGRES_URL` | the outbox scenario's PostgreSQL server (a database of its own is created, dropped after) | `postgres://postgres@127.0.0.1:5432` |
 //! | `ROUNDS` | rounds per system and scenario (and ordering pairs) | 3 |
+//! | `SCENARIOS` | only these, comma-separated: `s1`, `s2`, `s4`, `latency1k`, `latency5k`, `s3`, `ordering`, `outbox` | all |
 //! | `RABBIT_MQ_URI` | broker | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `BENCH_TIMEOUT_S` | limit on one round | 300 |
 //! | `RUST_LOG` | log filter of the child processes | `warn` |
