@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example bench                       # N=100000, 3 rounds
 //! N=2000 ROUNDS=1 cargo run --release --example bench       # smoke check
-//! BENCH_ONLY=scaling cargo run --release --example bench    # the scaling table alone
+//! SCENARIOS=scaling cargo run --release --example bench    # the scaling table alone
 //! ```
 //!
 //! | variable | meaning | default |
@@ -19,8 +19,8 @@
 //! | `BENCH_POSTGRES_URL` | the outbox scenario's PostgreSQL server (a database of its own is created, dropped after) | `postgres://postgres@127.0.0.1:5432` |
 //! | `SCALING_N` | messages per scaling round (payloads above 4 KiB: `SCALING_N × 4 KiB / size`, at least `min(SCALING_N, 20)`); requests per requester setting; 0 skips the scaling table | 30000 |
 //! | `SCALING_ROUNDS` | rounds per scaling setting | `ROUNDS` |
-//! | `BENCH_ONLY` | `scaling`: print the scaling table only | unset: everything |
 //! | `ROUNDS` | rounds per system and scenario (and ordering pairs) | 3 |
+//! | `SCENARIOS` | only these, comma-separated: `s1`, `s2`, `s4`, `latency1k`, `latency5k`, `s3`, `ordering`, `outbox`, `scaling` | all |
 //! | `RABBIT_MQ_URI` | broker | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `BENCH_TIMEOUT_S` | limit on one round | 300 |
 //! | `RUST_LOG` | log filter of the child processes | `warn` |

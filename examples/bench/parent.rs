@@ -34,17 +34,12 @@ pub(crate) fn parent() -> Res<bool> {
         (Scenario::S4, None) => s4_n,
         _ => s2_n,
     };
+    let only = Selection::from_env()?;
     let exe = std::env::current_exe()?;
     let uri = broker_uri();
     let admin = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // The scaling table alone, to re-measure it without the rest (minutes at default N).
-    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "scaling") {
-        let failures = scaling::scaling(&exe, &admin, &uri, rounds)?;
-        report::print_last_line(&Rounds::default());
-        return Ok(failures == 0);
-    }
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -73,8 +68,12 @@ pub(crate) fn parent() -> Res<bool> {
     let mut results = Rounds::default();
     let mut failures = 0;
     let pid = std::process::id();
+    let scenarios: Vec<Scenario> = Scenario::ALL
+        .into_iter()
+        .filter(|scenario| only.wants(scenario.name()))
+        .collect();
     for round in 1..=rounds {
-        for scenario in Scenario::ALL {
+        for &scenario in &scenarios {
             let count = count_of(scenario);
             for &system in scenario.systems() {
                 let queue = format!("rmq-bus-bench-{pid}-{unix_time}-r{round}-{scenario}-{system}");
@@ -92,17 +91,21 @@ pub(crate) fn parent() -> Res<bool> {
         }
     }
 
-    for scenario in Scenario::ALL {
+    for &scenario in &scenarios {
         report::print_table(&results, scenario, count_of(scenario));
     }
     report::print_ratios(&results);
     let s3_n: usize = env_number("S3_N", (n / 10).clamp(1, 10_000))?;
-    let s3 = match s3::request_reply(&admin, &uri, s3_n) {
-        Ok(s3) => {
+    let s3 = match only
+        .wants("s3")
+        .then(|| s3::request_reply(&admin, &uri, s3_n))
+    {
+        None => None,
+        Some(Ok(s3)) => {
             s3.print();
             Some(s3)
         }
-        Err(error) => {
+        Some(Err(error)) => {
             failures += 1;
             println!("S3: FAILED: {error}");
             None
@@ -110,25 +113,32 @@ pub(crate) fn parent() -> Res<bool> {
     };
     let ordering_n: usize = env_number("ORDERING_N", (n / 5).clamp(200, 20_000))?;
     let one_key_n: usize = env_number("ORDERING_ONE_KEY_N", (ordering_n / 20).clamp(50, 1_000))?;
-    let ordered = match ordering::ordering(&admin, &uri, ordering_n, one_key_n, rounds) {
-        Ok(ordered) => {
+    let ordered = match only
+        .wants("ordering")
+        .then(|| ordering::ordering(&admin, &uri, ordering_n, one_key_n, rounds))
+    {
+        None => None,
+        Some(Ok(ordered)) => {
             ordered.print();
             Some(ordered)
         }
-        Err(error) => {
+        Some(Err(error)) => {
             failures += 1;
             println!("ordering: FAILED: {error}");
             None
         }
     };
     let outbox_n: usize = env_number("OUTBOX_N", (n / 5).max(1))?;
-    if let Err(error) =
-        outbox::outbox(&admin, &uri, outbox_n).map(|ran| ran.map(|figures| figures.print()))
+    if only.wants("outbox")
+        && let Err(error) =
+            outbox::outbox(&admin, &uri, outbox_n).map(|ran| ran.map(|figures| figures.print()))
     {
         failures += 1;
         println!("outbox: FAILED: {error}");
     }
-    failures += scaling::scaling(&exe, &admin, &uri, rounds)?;
+    if only.wants("scaling") {
+        failures += scaling::scaling(&exe, &admin, &uri, rounds)?;
+    }
     report::print_figures(&results, s3.as_ref());
     if let Some(ordered) = &ordered {
         ordered.print_figures();
@@ -138,6 +148,36 @@ pub(crate) fn parent() -> Res<bool> {
     }
     report::print_last_line(&results);
     Ok(failures == 0)
+}
+
+/// The scenarios `SCENARIOS` names (comma-separated), or every one: to measure some quickly.
+struct Selection(Option<Vec<String>>);
+
+impl Selection {
+    /// Names besides [`Scenario`]'s that `SCENARIOS` accepts.
+    const OTHERS: [&str; 4] = ["s3", "ordering", "outbox", "scaling"];
+
+    fn from_env() -> Res<Self> {
+        let Ok(raw) = std::env::var("SCENARIOS") else {
+            return Ok(Self(None));
+        };
+        let names: Vec<String> = raw
+            .split(',')
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .collect();
+        let known = |name: &str| Scenario::parse(name).is_some() || Self::OTHERS.contains(&name);
+        if let Some(unknown) = names.iter().find(|name| !known(name)) {
+            return Err(format!("SCENARIOS names {unknown:?}, not a scenario").into());
+        }
+        Ok(Self(Some(names)))
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|wanted| wanted == name))
+    }
 }
 
 /// Runs one child.

@@ -2,17 +2,18 @@
 //! `basic.ack` with `multiple` covers the highest contiguous run of settled delivery tags.
 //!
 //! A handler's ack only records the tag; a flusher task sends the acks when enough are waiting (a
-//! share of the prefetch window) or after a short timer, so the window never starves; whatever a
-//! gap holds back is acked one by one at the timer. A nack or reject goes out at once, on its own,
-//! and counts as settled for the runs around it. A multiple ack is only ever sent for a tag that
+//! share of the prefetch window), when the consumer finds no delivery waiting and acks are sparse
+//! (at low rates an ack held for the timer coalesces with nothing and only adds a wake-up beside
+//! the next delivery), or after a short timer, so the window never starves; whatever a gap holds
+//! back is acked one by one at the timer. A nack or reject goes out at once, on its own, and
+//! counts as settled for the runs around it. A multiple ack is only ever sent for a tag that
 //! is itself still outstanding, and every frame goes out under one lock, so the broker sees
 //! settlements in a consistent order.
 
 use std::any::Any;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use lapin::Channel;
@@ -28,6 +29,9 @@ use crate::telemetry::{Gauge, Histogram};
 const FLUSH_INTERVAL: Duration = Duration::from_millis(1);
 /// Most acks one multiple ack stands for before it is sent without waiting for the timer.
 const MAX_BATCH: usize = 20;
+/// An idle consumer's acks go at once if the last flush is at least this old: slower than one
+/// delivery per `SPARSE`, the timer would coalesce about one ack; faster, it saves frames.
+const SPARSE: Duration = Duration::from_micros(500);
 
 /// The acks of one consumer channel.
 pub(crate) struct AckBatcher {
@@ -35,10 +39,8 @@ pub(crate) struct AckBatcher {
     state: Mutex<Batch>,
     /// Serialises frames, so a nack is on the wire before any multiple ack that passes its tag.
     send: tokio::sync::Mutex<()>,
+    /// Told when acks start waiting and when they become due.
     wake: Arc<Notify>,
-    /// Set when a batch is full: the flusher sends it without waiting for the timer.
-    full: AtomicBool,
-    batch: usize,
     /// Deliveries outstanding or acked but not sent: the prefetch window in use.
     unacked: Gauge,
     /// Deliveries per multiple ack.
@@ -51,6 +53,16 @@ struct Batch {
     outstanding: BTreeSet<u64>,
     /// Acked by their handler, not sent yet.
     unsent: BTreeSet<u64>,
+    /// Set when the waiting acks are due before the timer: the batch is full, or the consumer
+    /// is idle and acks are sparse. Cleared by the flush that takes them.
+    due: bool,
+    /// Waiting acks that make a full batch.
+    batch: usize,
+    /// The flusher was told since it last looked: telling it again would only wake it for
+    /// nothing.
+    told: bool,
+    /// When acks were last taken to be sent.
+    flushed: Option<Instant>,
 }
 
 /// What one flush puts on the wire.
@@ -62,6 +74,60 @@ struct Plan {
 }
 
 impl Batch {
+    fn new(batch: usize) -> Self {
+        Self {
+            outstanding: BTreeSet::new(),
+            unsent: BTreeSet::new(),
+            due: false,
+            batch,
+            told: false,
+            flushed: None,
+        }
+    }
+
+    /// Records the ack of `tag`; `true` if the flusher must hear of it: the first waiting ack
+    /// starts its timer, and a full batch is due at once.
+    fn ack(&mut self, tag: u64) -> bool {
+        self.outstanding.remove(&tag);
+        self.unsent.insert(tag);
+        let first = self.unsent.len() == 1;
+        let due = self.make_due(self.unsent.len() >= self.batch);
+        self.tell(first || due)
+    }
+
+    /// The consumer found no delivery waiting (`now` reads the clock, only if it must): if
+    /// acks are sparse, those that can go as one multiple ack are due now. `true` if the
+    /// flusher must hear of it.
+    fn idle(&mut self, now: impl FnOnce() -> Instant) -> bool {
+        let low = self.outstanding.first().copied().unwrap_or(u64::MAX);
+        let ready = !self.due && self.unsent.range(..low).next().is_some();
+        let sparse = |flushed: Option<Instant>| {
+            flushed.is_none_or(|flushed| now().saturating_duration_since(flushed) >= SPARSE)
+        };
+        let due = self.make_due(ready && sparse(self.flushed));
+        self.tell(due)
+    }
+
+    /// Sets `due` if `now`; `true` if it was not set before.
+    fn make_due(&mut self, now: bool) -> bool {
+        let became = now && !self.due;
+        self.due |= now;
+        became
+    }
+
+    /// Whether to tell the flusher of something it `needs` to hear.
+    fn tell(&mut self, needs: bool) -> bool {
+        let tell = needs && !self.told;
+        self.told |= tell;
+        tell
+    }
+
+    /// What the flusher looks at: `None` with no ack waiting, else whether they are due.
+    fn look(&mut self) -> Option<bool> {
+        self.told = false;
+        (!self.unsent.is_empty()).then_some(self.due)
+    }
+
     /// Takes the acks to send: one multiple ack naming the highest waiting tag below the lowest
     /// outstanding one (every tag below that is settled, so the ack covers exactly the waiting
     /// ones) and, with `all`, single acks for the rest.
@@ -69,6 +135,9 @@ impl Batch {
         let low = self.outstanding.first().copied().unwrap_or(u64::MAX);
         let multiple = self.unsent.range(..low).next_back().copied();
         let waiting = self.unsent.len();
+        // Whatever made the acks due is in this plan.
+        self.due = false;
+        self.flushed = Some(Instant::now());
         self.unsent = self.unsent.split_off(&low);
         let covered = waiting - self.unsent.len();
         let singles = if all {
@@ -102,11 +171,9 @@ impl AckBatcher {
         let batch = (usize::from(prefetch) / 4).clamp(1, MAX_BATCH);
         let batcher = Arc::new(Self {
             channel,
-            state: Mutex::default(),
+            state: Mutex::new(Batch::new(batch)),
             send: tokio::sync::Mutex::new(()),
             wake: Arc::new(Notify::new()),
-            full: AtomicBool::new(false),
-            batch,
             unacked,
             batch_sizes,
         });
@@ -133,17 +200,18 @@ impl AckBatcher {
     /// Acks `tag`: recorded for the flusher, which sends it with the others.
     fn record_ack(&self, tag: u64) -> Result<()> {
         self.ensure_open(Settlement::Ack)?;
-        let waiting = {
-            let mut state = self.lock();
-            state.outstanding.remove(&tag);
-            state.unsent.insert(tag);
-            state.unsent.len()
-        };
-        if waiting >= self.batch {
-            self.full.store(true, Ordering::Relaxed);
+        if self.lock().ack(tag) {
+            self.wake.notify_one();
         }
-        self.wake.notify_one();
         Ok(())
+    }
+
+    /// The consumer has no delivery waiting: the acks that can go, go now rather than at the
+    /// timer.
+    pub(crate) fn idle(&self) {
+        if self.lock().idle(Instant::now) {
+            self.wake.notify_one();
+        }
     }
 
     /// Nacks or rejects `tag` at once, on its own.
@@ -187,8 +255,6 @@ impl AckBatcher {
         let _frames = self.send.lock().await;
         let plan = {
             let mut state = self.lock();
-            // Whatever made the batch full is in this plan.
-            self.full.store(false, Ordering::Relaxed);
             let plan = state.plan(all);
             self.unacked.set(state.unacked() as f64);
             plan
@@ -250,9 +316,9 @@ impl RmqContext {
     }
 }
 
-/// Sends waiting acks: a full batch as soon as it is full, the rest `FLUSH_INTERVAL` after the
-/// first of them, until the batcher is gone or its channel closes. Holds no strong reference
-/// while it waits, so that the batcher can go.
+/// Sends waiting acks: due ones (a full batch, or an idle consumer's) as soon as they are due,
+/// the rest `FLUSH_INTERVAL` after the first of them, until the batcher is gone or its channel
+/// closes. Holds no strong reference while it waits, so that the batcher can go.
 async fn flush_on_timer(batcher: Weak<AckBatcher>, wake: Arc<Notify>) {
     // Whether acks were left waiting by the last flush (held back behind a gap).
     let mut left = false;
@@ -261,26 +327,36 @@ async fn flush_on_timer(batcher: Weak<AckBatcher>, wake: Arc<Notify>) {
             // Wakes now and then anyway, to notice a dropped batcher.
             let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
         }
-        let full = match batcher.upgrade() {
-            None => return,
-            Some(strong) if strong.lock().unsent.is_empty() => {
-                left = false;
-                continue;
+        let timer = tokio::time::sleep(FLUSH_INTERVAL);
+        tokio::pin!(timer);
+        // Whether the timer sends everything, or acks became due and go as one multiple ack.
+        let all = loop {
+            let due = match batcher.upgrade() {
+                None => return,
+                Some(strong) => strong.lock().look(),
+            };
+            match due {
+                None => break None,
+                Some(true) => break Some(false),
+                // Told again only when they become due.
+                Some(false) => tokio::select! {
+                    () = &mut timer => break Some(true),
+                    () = wake.notified() => {}
+                },
             }
-            // Cleared by the flush that sends the batch.
-            Some(strong) => strong.full.load(Ordering::Relaxed),
         };
-        if !full {
-            tokio::time::sleep(FLUSH_INTERVAL).await;
-        }
+        let Some(all) = all else {
+            left = false;
+            continue;
+        };
         let Some(strong) = batcher.upgrade() else {
             return;
         };
         if !strong.channel.status().connected() {
             return;
         }
-        // A full batch sends only its contiguous run; the timer sends everything.
-        if let Err(error) = strong.send_plan(!full).await {
+        // Due acks send only their contiguous run; the timer sends everything.
+        if let Err(error) = strong.send_plan(all).await {
             tracing::debug!(%error, "could not flush acks; the channel is closing");
         }
         left = !strong.lock().unsent.is_empty();
@@ -295,7 +371,61 @@ mod tests {
         Batch {
             outstanding: outstanding.iter().copied().collect(),
             unsent: unsent.iter().copied().collect(),
+            ..Batch::new(20)
         }
+    }
+
+    #[test]
+    fn an_idle_consumer_has_its_acks_sent_without_waiting_for_the_timer() {
+        let mut state = batch(&[1], &[]);
+        assert!(state.ack(1), "the first waiting ack tells the flusher");
+        assert_eq!(state.look(), Some(false), "one ack alone waits for more");
+        assert!(
+            state.idle(Instant::now),
+            "no delivery waiting: the flusher is told"
+        );
+        assert_eq!(state.look(), Some(true), "and the ack is due at once");
+        let plan = state.plan(false);
+        assert_eq!((plan.multiple, plan.singles), (Some(1), vec![]));
+        assert_eq!(state.look(), None);
+    }
+
+    #[test]
+    fn an_idle_consumer_does_not_hurry_acks_held_back_by_a_gap() {
+        // 2 is still being handled: 3 can only go one by one, at the timer.
+        let mut state = batch(&[2, 3], &[]);
+        state.ack(3);
+        assert!(!state.idle(Instant::now));
+        assert_eq!(state.look(), Some(false));
+    }
+
+    #[test]
+    fn an_idle_consumer_keeps_coalescing_acks_that_come_fast() {
+        let mut state = batch(&[], &[1]);
+        let flushed = Instant::now();
+        state.flushed = Some(flushed);
+        assert!(
+            !state.idle(|| flushed + SPARSE / 2),
+            "acks came faster than SPARSE: the timer coalesces them"
+        );
+        assert_eq!(state.look(), Some(false));
+        assert!(state.idle(|| flushed + SPARSE), "sparse: at once");
+        assert_eq!(state.look(), Some(true));
+    }
+
+    #[test]
+    fn a_full_batch_is_due_and_the_flusher_is_told_once_until_it_looks() {
+        let mut state = batch(&[1, 2, 3], &[]);
+        state.batch = 2;
+        assert!(state.ack(1), "the first ack starts the timer");
+        assert!(
+            !state.ack(2),
+            "told already, and the flusher has not looked yet"
+        );
+        assert_eq!(state.look(), Some(true), "two acks make a full batch");
+        assert!(!state.ack(3), "already due: nothing new to tell");
+        assert_eq!(state.plan(false).multiple, Some(3));
+        assert_eq!(state.look(), None);
     }
 
     #[test]
