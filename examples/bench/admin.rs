@@ -10,9 +10,17 @@ use crate::Res;
 /// Declares the round's queue as rmq-bus does (durable, no arguments), so both sides match.
 pub(crate) async fn declare_queue(uri: &str, queue: &str) -> Res<()> {
     let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
-    declare_on(&connection.create_channel().await?, queue).await?;
-    let _ = connection.close(200, ShortString::from("declared")).await;
+    let channel = connection.create_channel().await?;
+    declare_on(&channel, queue).await?;
+    close(connection, channel, "declared").await;
     Ok(())
+}
+
+/// Closes `channel`, then `connection`. (A channel dropped instead closes itself as the
+/// connection closes it too, and lapin logs an error for the second close.)
+async fn close(connection: Connection, channel: Channel, why: &str) {
+    let _ = channel.close(200, ShortString::from(why)).await;
+    let _ = connection.close(200, ShortString::from(why)).await;
 }
 
 /// Declares `queue` on `channel`, durable with no arguments.
@@ -30,9 +38,8 @@ pub(crate) async fn declare_on(channel: &Channel, queue: &str) -> Res<()> {
 /// How many messages wait in `queue` (a passive declare: it must exist).
 pub(crate) async fn ready_messages(uri: &str, queue: &str) -> Res<u32> {
     let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
-    let declared = connection
-        .create_channel()
-        .await?
+    let channel = connection.create_channel().await?;
+    let declared = channel
         .queue_declare(
             ShortString::from(queue),
             QueueDeclareOptions {
@@ -42,7 +49,7 @@ pub(crate) async fn ready_messages(uri: &str, queue: &str) -> Res<u32> {
             FieldTable::default(),
         )
         .await?;
-    let _ = connection.close(200, ShortString::from("counted")).await;
+    close(connection, channel, "counted").await;
     Ok(declared.message_count())
 }
 
@@ -53,6 +60,6 @@ pub(crate) async fn delete_queue(uri: &str, queue: &str) -> Res<()> {
     channel
         .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
         .await?;
-    let _ = connection.close(200, ShortString::from("deleted")).await;
+    close(connection, channel, "deleted").await;
     Ok(())
 }
