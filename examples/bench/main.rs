@@ -12,6 +12,7 @@
 //! | `S2_N` | messages per S2 round | `N / 5` |
 //! | `S3_N` | S3 round trips, sequential and concurrent | `N / 10`, at most 10000 |
 //! | `S4_N` | events per S4 round | `N / 2` |
+//! | `S4_PREFETCH` | S4's prefetch, for every system | rmq-bus's default, 250 |
 //! | `LATENCY_S` | seconds each latency round publishes | 10 |
 //! | `ORDERING_N` | ordering events per run, over 200 keys | `N / 5`, 200 to 20000 |
 //! | `ORDERING_ONE_KEY_N` | ordering events on one key | `ORDERING_N / 20`, 50 to 1000 |

@@ -24,6 +24,7 @@ pub(crate) fn parent() -> Res<bool> {
     let rounds: usize = env_number("ROUNDS", DEFAULT_ROUNDS)?;
     let s2_n: usize = env_number("S2_N", (n / 5).max(1))?;
     let s4_n: usize = env_number("S4_N", (n / 2).max(1))?;
+    let s4_prefetch = crate::workload::s4_prefetch()?;
     let latency_s: f64 = env_number("LATENCY_S", DEFAULT_LATENCY_S)?;
     if n == 0 || rounds == 0 || s2_n == 0 || s4_n == 0 || latency_s.is_nan() || latency_s <= 0.0 {
         return Err("N, S2_N, S4_N, LATENCY_S and ROUNDS must be above 0".into());
@@ -53,7 +54,7 @@ pub(crate) fn parent() -> Res<bool> {
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let loadavg: Vec<&str> = loadavg.split_whitespace().take(3).collect();
     println!(
-        "rmq-bus bench: nproc={nproc} loadavg={} N={n} S2_N={s2_n}{} S4_N={s4_n} LATENCY_S={latency_s} \
+        "rmq-bus bench: nproc={nproc} loadavg={} N={n} S2_N={s2_n}{} S4_N={s4_n} S4_PREFETCH={s4_prefetch} LATENCY_S={latency_s} \
          rounds={rounds} unix_time={unix_time} \
          body≈{body_bytes} B, persistent, confirmed, ≤{IN_FLIGHT} publishes in flight, \
          prefetch {PREFETCH}, manual acks; one child process per round; medians across rounds",

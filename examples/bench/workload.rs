@@ -132,6 +132,8 @@ impl Scenario {
     pub(crate) fn prefetch(self) -> u16 {
         match self {
             Scenario::S1 => PREFETCH,
+            // The parent checked the variable (`s4_prefetch`); its children read it again.
+            Scenario::S4 => s4_prefetch().unwrap_or(DEFAULT_PREFETCH),
             _ => DEFAULT_PREFETCH,
         }
     }
@@ -153,5 +155,14 @@ impl fmt::Display for System {
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// S4's prefetch: `S4_PREFETCH`, else rmq-bus's default, the same for every system.
+pub(crate) fn s4_prefetch() -> crate::Res<u16> {
+    let prefetch = crate::env_number("S4_PREFETCH", DEFAULT_PREFETCH)?;
+    match prefetch {
+        0 => Err("S4_PREFETCH must be at least 1".into()),
+        prefetch => Ok(prefetch),
     }
 }
