@@ -99,8 +99,12 @@ impl Batch {
     /// acks are sparse, those that can go as one multiple ack are due now. `true` if the
     /// flusher must hear of it.
     fn idle(&mut self, now: impl FnOnce() -> Instant) -> bool {
-        let low = self.outstanding.first().copied().unwrap_or(u64::MAX);
-        let ready = !self.due && self.unsent.range(..low).next().is_some();
+        let ready = !self.due
+            && self
+                .unsent
+                .range(..self.lowest_outstanding())
+                .next()
+                .is_some();
         let sparse = |flushed: Option<Instant>| {
             flushed.is_none_or(|flushed| now().saturating_duration_since(flushed) >= SPARSE)
         };
@@ -132,7 +136,7 @@ impl Batch {
     /// outstanding one (every tag below that is settled, so the ack covers exactly the waiting
     /// ones) and, with `all`, single acks for the rest.
     fn plan(&mut self, all: bool) -> Plan {
-        let low = self.outstanding.first().copied().unwrap_or(u64::MAX);
+        let low = self.lowest_outstanding();
         let multiple = self.unsent.range(..low).next_back().copied();
         let waiting = self.unsent.len();
         // Whatever made the acks due is in this plan.
@@ -154,6 +158,11 @@ impl Batch {
 
     fn unacked(&self) -> usize {
         self.outstanding.len() + self.unsent.len()
+    }
+
+    /// The tag below which every waiting ack can go as one multiple ack.
+    fn lowest_outstanding(&self) -> u64 {
+        self.outstanding.first().copied().unwrap_or(u64::MAX)
     }
 }
 
