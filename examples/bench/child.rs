@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::admin::{declare_queue, ready_messages};
-use crate::measure::{Recorder, cpu_seconds, peak_rss_kib, percentile};
+use crate::measure::{Broker, Recorder, cpu_seconds, peak_rss_kib, percentile};
 use crate::payload::make_event;
 use crate::report::Report;
 use crate::systems::{Consumer, Publisher, RawPublisher};
@@ -90,6 +90,8 @@ async fn run_child(
         preload(uri, queue, &recorder).await?;
         cpu_before = cpu_seconds()?;
     }
+    let broker = Broker::find();
+    let broker_before = broker.as_ref().and_then(Broker::cpu_seconds);
     let consumer = Consumer::start(system, scenario, uri, queue, &recorder).await?;
     let publisher = Arc::new(Publisher::open(system, uri, queue).await?);
 
@@ -128,6 +130,9 @@ async fn run_child(
         return Err(failure.into());
     }
     let cpu_s = cpu_seconds()? - cpu_before;
+    let broker_cpu_s = broker_before
+        .zip(broker.as_ref().and_then(Broker::cpu_seconds))
+        .map(|(before, after)| after - before);
 
     consumer.stop().await?;
     if scenario.drains_backlog() {
@@ -152,6 +157,7 @@ async fn run_child(
         p99_ms: percentile(&latencies, 99.0) as f64 / 1e6,
         p999_ms: percentile(&latencies, 99.9) as f64 / 1e6,
         cpu_s,
+        broker_cpu_s,
         peak_rss_kib: peak_rss_kib()?,
         duplicates: recorder.duplicates() as u64,
     })

@@ -172,18 +172,54 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 /// utime + stime of this process, in seconds (`/proc/self/stat` fields 14 and 15).
 pub(crate) fn cpu_seconds() -> Res<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat")?)
+}
+
+/// The RabbitMQ node on this machine, whose CPU time a round reads before and after: the
+/// broker does most of the work of a round, more than any client, and its CPU per message shows
+/// whether a system makes it work harder.
+pub(crate) struct Broker {
+    stat: std::path::PathBuf,
+}
+
+impl Broker {
+    /// The `beam.smp` process that has used the most CPU (a `rabbitmqctl` runs one too, briefly);
+    /// `None` without one (a remote broker).
+    pub(crate) fn find() -> Option<Self> {
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter(|entry| {
+                std::fs::read_to_string(entry.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim() == "beam.smp")
+            })
+            .map(|entry| Broker {
+                stat: entry.path().join("stat"),
+            })
+            .filter_map(|broker| Some((broker.cpu_seconds()?, broker)))
+            .max_by(|(a, _), (b, _)| a.total_cmp(b))
+            .map(|(_, broker)| broker)
+    }
+
+    /// Its utime + stime so far, in seconds; `None` once it is gone.
+    pub(crate) fn cpu_seconds(&self) -> Option<f64> {
+        stat_cpu_seconds(&std::fs::read_to_string(&self.stat).ok()?).ok()
+    }
+}
+
+/// utime + stime, in seconds, of a process's `/proc/<pid>/stat` line (fields 14 and 15).
+fn stat_cpu_seconds(stat: &str) -> Res<f64> {
     // Field 2, the command name, is parenthesised and may hold spaces: count from after it.
     let after_name = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
-        .ok_or("unexpected /proc/self/stat format")?;
+        .ok_or("unexpected /proc/<pid>/stat format")?;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // after_name starts at field 3, so field k is fields[k - 3].
     let ticks = |k: usize| -> Res<u64> {
         Ok(fields
             .get(k - 3)
-            .ok_or("short /proc/self/stat")?
+            .ok_or("short /proc/<pid>/stat")?
             .parse::<u64>()?)
     };
     Ok((ticks(14)? + ticks(15)?) as f64 / USER_HZ)

@@ -21,6 +21,9 @@ pub(crate) struct Report {
     pub(crate) p999_ms: f64,
     /// utime + stime of the child from its start to the last handled and confirmed message.
     pub(crate) cpu_s: f64,
+    /// utime + stime of the local broker over the same span; `None` with a remote broker.
+    #[serde(default)]
+    pub(crate) broker_cpu_s: Option<f64>,
     pub(crate) peak_rss_kib: u64,
     /// Handlings of messages already handled (redeliveries); they did not count towards `n`.
     pub(crate) duplicates: u64,
@@ -29,6 +32,10 @@ pub(crate) struct Report {
 impl Report {
     fn cpu_us_per_msg(&self) -> f64 {
         self.cpu_s * 1e6 / self.n as f64
+    }
+
+    fn broker_cpu_us_per_msg(&self) -> Option<f64> {
+        self.broker_cpu_s.map(|cpu_s| cpu_s * 1e6 / self.n as f64)
     }
 
     fn peak_rss_mib(&self) -> f64 {
@@ -47,6 +54,8 @@ pub(crate) struct Summary {
     p999_ms: f64,
     cpu_s: f64,
     cpu_us_per_msg: f64,
+    /// `NaN` when no round saw the broker's CPU.
+    broker_cpu_us_per_msg: f64,
     peak_rss_mib: f64,
     /// Summed, not a median: any is worth seeing.
     duplicates: u64,
@@ -73,6 +82,13 @@ fn summarize(reports: &[&Report]) -> Option<Summary> {
         p999_ms: figure(|r| r.p999_ms)?,
         cpu_s: figure(|r| r.cpu_s)?,
         cpu_us_per_msg: figure(Report::cpu_us_per_msg)?,
+        broker_cpu_us_per_msg: median(
+            reports
+                .iter()
+                .filter_map(|r| r.broker_cpu_us_per_msg())
+                .collect(),
+        )
+        .unwrap_or(f64::NAN),
         peak_rss_mib: figure(Report::peak_rss_mib)?,
         duplicates: reports.iter().map(|r| r.duplicates).sum(),
     })
@@ -136,7 +152,7 @@ pub(crate) fn print_table(rounds: &Rounds, scenario: Scenario, count: usize) {
     println!();
     println!("{} — N={count}", scenario.title());
     println!(
-        "  {:<18} | {:>10} | {:>10} | {:>8} | {:>8} | {:>8} | {:>6} | {:>10} | {:>12}",
+        "  {:<18} | {:>10} | {:>10} | {:>8} | {:>8} | {:>8} | {:>6} | {:>10} | {:>13} | {:>12}",
         "system",
         "publish/s",
         "e2e/s",
@@ -145,13 +161,14 @@ pub(crate) fn print_table(rounds: &Rounds, scenario: Scenario, count: usize) {
         "p99.9 ms",
         "CPU s",
         "CPU µs/msg",
+        "broker µs/msg",
         "peak RSS MiB"
     );
-    println!("  {}", "-".repeat(117));
+    println!("  {}", "-".repeat(133));
     for &system in scenario.systems() {
         match rounds.summary(scenario, system) {
             Some(s) => println!(
-                "  {:<18} | {:>10.0} | {:>10.0} | {:>8.2} | {:>8.2} | {:>8.2} | {:>6.2} | {:>10.1} | {:>12.1}",
+                "  {:<18} | {:>10.0} | {:>10.0} | {:>8.2} | {:>8.2} | {:>8.2} | {:>6.2} | {:>10.1} | {:>13.1} | {:>12.1}",
                 format!("{system} ({})", s.rounds),
                 s.publish_per_s,
                 s.e2e_per_s,
@@ -160,6 +177,7 @@ pub(crate) fn print_table(rounds: &Rounds, scenario: Scenario, count: usize) {
                 s.p999_ms,
                 s.cpu_s,
                 s.cpu_us_per_msg,
+                s.broker_cpu_us_per_msg,
                 s.peak_rss_mib
             ),
             None => println!("  {system:<18} | no successful round"),
@@ -170,7 +188,7 @@ pub(crate) fn print_table(rounds: &Rounds, scenario: Scenario, count: usize) {
 /// `a / b` with two decimals, or `n/a` when a side has no successful round.
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        (Some(a), Some(b)) if a.is_finite() && b > 0.0 => format!("{:.2}", a / b),
         _ => "n/a".to_owned(),
     }
 }
@@ -265,6 +283,12 @@ pub(crate) fn print_ratios(rounds: &Rounds) {
                 expert,
                 " (target ≤ 1.00)",
             ),
+            (
+                "broker CPU per event",
+                |s| s.broker_cpu_us_per_msg,
+                expert,
+                "",
+            ),
         ],
     );
     for scenario in [Scenario::LatencyLow, Scenario::LatencyHigh] {
@@ -318,6 +342,9 @@ pub(crate) fn print_figures(rounds: &Rounds, s3: Option<&S3Figures>) {
             figure(&key("p999_ms"), s.p999_ms);
             figure(&key("cpu_s"), s.cpu_s);
             figure(&key("cpu_us_per_msg"), s.cpu_us_per_msg);
+            if !s.broker_cpu_us_per_msg.is_nan() {
+                figure(&key("broker_cpu_us_per_msg"), s.broker_cpu_us_per_msg);
+            }
             figure(&key("peak_rss_mib"), s.peak_rss_mib);
             figure(&key("duplicates"), s.duplicates);
         }
