@@ -86,8 +86,9 @@
 //! - `<scenario>.<system>.<figure>` for `s1`, `s2`, `s4`, `latency1k` and `latency5k`
 //!   (`s1.rmq-bus.e2e_per_s`), figures `rounds`, `publish_per_s`, `e2e_per_s`, `p50_ms`, `p99_ms`,
 //!   `p999_ms`, `cpu_s`, `cpu_us_per_msg`, `peak_rss_mib` and `duplicates` (summed over rounds),
-//!   and `broker_cpu_us_per_msg` (the CPU of the broker's `beam.smp` over the same span, per
-//!   message) when the broker runs on this machine; a system without a successful round has none;
+//!   and `broker_cpu_us_per_msg` (the CPU of the broker's `beam.smp` from the consumer's start,
+//!   after S4's preload, to the last message, per message) when the broker runs on this machine;
+//!   a system without a successful round has none;
 //! - `s2.prefetch` and `s2.handler_ms`, the bound on S2's rate being `prefetch / handler_ms`;
 //! - `s3.n`, `s3.p50_ms`, `s3.p99_ms`, `s3.concurrent_per_s`, if S3 succeeded;
 //! - `ordering.n`, `ordering.unordered_per_s`, `ordering.ordered_per_s`, `ordering.ordered_ratio`,

@@ -21,7 +21,8 @@ pub(crate) struct Report {
     pub(crate) p999_ms: f64,
     /// utime + stime of the child from its start to the last handled and confirmed message.
     pub(crate) cpu_s: f64,
-    /// utime + stime of the local broker over the same span; `None` with a remote broker.
+    /// utime + stime of the local broker from just before the consumer starts (after S4's
+    /// preload) to the last handled message; `None` with a remote broker.
     #[serde(default)]
     pub(crate) broker_cpu_s: Option<f64>,
     pub(crate) peak_rss_kib: u64,
