@@ -22,6 +22,7 @@
 //! | `SCALING_ROUNDS` | rounds per scaling setting | `ROUNDS` |
 //! | `ROUNDS` | rounds per system and scenario (and ordering pairs) | 3 |
 //! | `SCENARIOS` | only these, comma-separated: `s1`, `s2`, `s4`, `latency1k`, `latency5k`, `s3`, `ordering`, `outbox`, `scaling` | all |
+//! | `BASELINE_MESSAGE_ID` | `0`: the raw baselines send no `message_id` (rmq-bus sends one with every event) | on |
 //! | `RABBIT_MQ_URI` | broker | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `BENCH_TIMEOUT_S` | limit on one round | 300 |
 //! | `RUST_LOG` | log filter of the child processes | `warn` |
@@ -33,7 +34,8 @@
 //!   (`metrics-exporter-prometheus`) installed as an application would, so that every metric is
 //!   recorded: what observability costs. The round fails if the exporter recorded nothing.
 //! - **lapin-typical**: raw lapin, the same concurrent confirmed publishes of a typed payload with
-//!   the same properties (JSON content type, persistent, a correlation id, as rmq-bus sends), and
+//!   the same properties (JSON content type, persistent, a correlation id and a message id, as
+//!   rmq-bus sends; `BASELINE_MESSAGE_ID=0` leaves the message id out), and
 //!   a `consumer.next()` loop that deserializes each delivery and acks it (`basic.ack` each).
 //! - **lapin-expert**: as typical, but acks are coalesced: one `basic.ack` with `multiple` for
 //!   every 20 in-order handled deliveries, a smaller run flushed 1 ms after it began.

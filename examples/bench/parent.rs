@@ -57,12 +57,17 @@ pub(crate) fn parent() -> Res<bool> {
         "rmq-bus bench: nproc={nproc} loadavg={} N={n} S2_N={s2_n}{} S4_N={s4_n} S4_PREFETCH={s4_prefetch} LATENCY_S={latency_s} \
          rounds={rounds} unix_time={unix_time} \
          body≈{body_bytes} B, persistent, confirmed, ≤{IN_FLIGHT} publishes in flight, \
-         prefetch {PREFETCH}, manual acks; one child process per round; medians across rounds",
+         prefetch {PREFETCH}, manual acks; raw baselines {} a message_id; one child process per \
+         round; medians across rounds",
         loadavg.join(","),
         if s2_n == n {
             ""
         } else {
             " (S2 uses fewer messages)"
+        },
+        match crate::systems::baseline_sends_message_id() {
+            true => "with",
+            false => "without",
         },
     );
 

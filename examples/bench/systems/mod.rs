@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rmq_bus::ClientProxy;
 
-pub(crate) use raw::RawPublisher;
+pub(crate) use raw::{RawPublisher, sends_message_id as baseline_sends_message_id};
 
 use crate::measure::{Recorder, handle};
 use crate::payload::OrderEvent;
