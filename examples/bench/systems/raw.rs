@@ -88,9 +88,10 @@ impl RawPublisher {
 
 /// The properties the raw baselines publish with: rmq-bus's (JSON, persistent, a correlation id
 /// and a message id), so that the broker does the same work for every system. Without the
-/// message id the broker's properties fit in 64 bytes, which RabbitMQ handles markedly faster
-/// (see the README's performance section); `BASELINE_MESSAGE_ID=0` leaves it out, to measure that.
-pub(crate) fn baseline_properties() -> BasicProperties {
+/// message id the encoded properties fit in 64 bytes, which RabbitMQ 3.10 handles markedly
+/// faster (see the README's performance section); `BASELINE_MESSAGE_ID=0` leaves it out, to
+/// measure that.
+fn baseline_properties() -> BasicProperties {
     let properties = BasicProperties::default()
         .with_content_type(ShortString::from("application/json"))
         .with_delivery_mode(2)
@@ -251,7 +252,8 @@ mod tests {
     }
 
     /// The baselines' figures only compare with rmq-bus's if the broker does the same work for
-    /// their messages: a property more or less (a message id, say) moves its rate by a quarter.
+    /// their messages: a property more or less (a message id, say) can move S4's rate by a
+    /// quarter.
     #[tokio::test]
     async fn the_baselines_send_the_properties_rmq_bus_sends() -> Res<()> {
         let uri = crate::broker_uri();
