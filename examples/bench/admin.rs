@@ -18,7 +18,7 @@ pub(crate) async fn declare_queue(uri: &str, queue: &str) -> Res<()> {
 
 /// Closes `channel`, then `connection`. (A channel dropped instead closes itself as the
 /// connection closes it too, and lapin logs an error for the second close.)
-async fn close(connection: Connection, channel: Channel, why: &str) {
+pub(crate) async fn close(connection: Connection, channel: Channel, why: &str) {
     let _ = channel.close(200, ShortString::from(why)).await;
     let _ = connection.close(200, ShortString::from(why)).await;
 }

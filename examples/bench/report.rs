@@ -117,8 +117,12 @@ impl Rounds {
         summarize(&mine)
     }
 
+    /// Figure `f` of a system's summary; `None` without a successful round, or when the figure
+    /// is absent (`NaN`: the broker's CPU, with a remote broker).
     fn get(&self, scenario: Scenario, system: System, f: fn(&Summary) -> f64) -> Option<f64> {
-        self.summary(scenario, system).map(|s| f(&s))
+        self.summary(scenario, system)
+            .map(|s| f(&s))
+            .filter(|figure| !figure.is_nan())
     }
 }
 
@@ -189,7 +193,7 @@ pub(crate) fn print_table(rounds: &Rounds, scenario: Scenario, count: usize) {
 /// `a / b` with two decimals, or `n/a` when a side has no successful round.
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if a.is_finite() && b > 0.0 => format!("{:.2}", a / b),
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "n/a".to_owned(),
     }
 }

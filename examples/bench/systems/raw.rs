@@ -201,8 +201,9 @@ pub(super) async fn next_event(
 mod tests {
     use lapin::options::BasicGetOptions;
 
+    use super::super::bus;
     use super::*;
-    use crate::admin::{declare_queue, delete_queue};
+    use crate::admin::{close, declare_queue, delete_queue};
     use crate::payload::make_event;
 
     /// Which properties a message carries, with the length of each text one: what the broker's
@@ -243,8 +244,7 @@ mod tests {
         let got = channel
             .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: true })
             .await?;
-        let _ = channel.close(200, ShortString::from("read")).await;
-        let _ = connection.close(200, ShortString::from("read")).await;
+        close(connection, channel, "read").await;
         Ok(got
             .ok_or_else(|| format!("no message in {queue}"))?
             .delivery
@@ -265,8 +265,8 @@ mod tests {
         let sent = async {
             declare_queue(&uri, &bus_queue).await?;
             declare_queue(&uri, &raw_queue).await?;
-            let client = super::super::bus::connect(&uri, &bus_queue).await?;
-            let emitted = super::super::bus::emit(&client, &make_event(0, 1)).await;
+            let client = bus::connect(&uri, &bus_queue).await?;
+            let emitted = bus::emit(&client, &make_event(0, 1)).await;
             client.close().await;
             emitted?;
             let raw = RawPublisher::open(&uri, &raw_queue).await?;
