@@ -376,23 +376,15 @@ impl ClientProxy {
     /// Properties of an outgoing message: delivery mode, and the conversation's correlation id
     /// and traceparent (the link adds the JSON content type).
     fn properties(&self, request_id: Option<&str>, persistent: bool) -> Properties {
-        let current = correlation::current();
-        let correlation_id = request_id
-            .map(str::to_owned)
-            .or_else(|| current.as_ref().and_then(|t| t.correlation_id.clone()))
-            .unwrap_or_else(correlation::new_id);
+        // The current span's context when OpenTelemetry traces it (feature `opentelemetry`),
+        // else the incoming message's trace.
+        let (correlation_id, traceparent) =
+            correlation::outgoing(request_id, telemetry::trace::current_traceparent());
         let mut properties = Properties {
             delivery_mode: Some(if persistent { 2 } else { 1 }),
             correlation_id: Some(correlation_id),
             ..Properties::default()
         };
-        // The current span's context when OpenTelemetry traces it (feature `opentelemetry`),
-        // else the incoming message's trace, continued with a fresh parent id.
-        let traceparent = telemetry::trace::current_traceparent().or_else(|| {
-            current
-                .and_then(|t| t.traceparent)
-                .and_then(|p| correlation::child_traceparent(&p))
-        });
         if let Some(traceparent) = traceparent {
             properties
                 .headers

@@ -9,13 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::context::RmqContext;
 
-/// The correlation of the message a handler is working on.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Trace {
-    pub(crate) correlation_id: Option<String>,
-    pub(crate) traceparent: Option<String>,
-}
-
 tokio::task_local! {
     static CURRENT: RmqContext;
 }
@@ -26,21 +19,37 @@ pub(crate) async fn scope<F: Future>(ctx: RmqContext, future: F) -> F::Output {
     CURRENT.scope(ctx, future).await
 }
 
-/// The conversation of the running handler, if the caller runs inside one.
-pub(crate) fn current() -> Option<Trace> {
-    CURRENT
-        .try_with(|ctx| {
-            let properties = ctx.properties();
-            Trace {
-                correlation_id: properties.correlation_id.clone(),
-                traceparent: properties
-                    .headers
-                    .get("traceparent")
-                    .and_then(serde_json::Value::as_str)
-                    .map(str::to_owned),
-            }
-        })
-        .ok()
+/// The correlation id and `traceparent` of a message sent now: `request_id` if given (a
+/// request's own id), else the running handler's message's, else a fresh one; `traceparent` if
+/// given (the current OpenTelemetry span's), else the handler's message's, continued with a fresh
+/// parent id. The handler's message is read in place, and only what is sent is copied: this runs
+/// for every emit.
+pub(crate) fn outgoing(
+    request_id: Option<&str>,
+    traceparent: Option<String>,
+) -> (String, Option<String>) {
+    let carried = CURRENT.try_with(|ctx| {
+        let incoming = ctx.properties();
+        let correlation_id = match request_id {
+            Some(_) => None,
+            None => incoming.correlation_id.clone(),
+        };
+        let traceparent = match traceparent {
+            Some(_) => None,
+            None => incoming
+                .headers
+                .get("traceparent")
+                .and_then(serde_json::Value::as_str)
+                .and_then(child_traceparent),
+        };
+        (correlation_id, traceparent)
+    });
+    let (carried_id, carried_traceparent) = carried.unwrap_or_default();
+    let correlation_id = request_id
+        .map(str::to_owned)
+        .or(carried_id)
+        .unwrap_or_else(new_id);
+    (correlation_id, traceparent.or(carried_traceparent))
 }
 
 /// 128 random-looking bits: the high half a keyed hash of a counter (SipHash under a random

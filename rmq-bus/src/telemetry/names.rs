@@ -28,11 +28,15 @@ pub(crate) const RECONNECTS: &str = "rmq_bus.connection.reconnects";
 pub(crate) const OUTAGE_DURATION: &str = "rmq_bus.connection.outage.duration";
 /// Gauge: open connections, by role.
 pub(crate) const CONNECTIONS: &str = "rmq_bus.connections";
+// The outbox's instruments: described with `metrics`, recorded with a database feature.
 /// Gauge: rows waiting in the outbox, per relay's database.
+#[cfg(any(feature = "metrics", feature = "postgres", feature = "sqlite"))]
 pub(crate) const OUTBOX_BACKLOG: &str = "rmq_bus.outbox.backlog";
 /// Counter: outbox rows published (confirmed, then removed).
+#[cfg(any(feature = "metrics", feature = "postgres", feature = "sqlite"))]
 pub(crate) const OUTBOX_PUBLISHED: &str = "rmq_bus.outbox.published";
 /// Counter: outbox rows moved aside to `rmq_bus_outbox_dead`.
+#[cfg(any(feature = "metrics", feature = "postgres", feature = "sqlite"))]
 pub(crate) const OUTBOX_DEAD: &str = "rmq_bus.outbox.dead";
 
 // Attributes.

@@ -189,8 +189,7 @@ pub(super) fn basic_properties(properties: &Properties) -> Result<BasicPropertie
         out = out.with_app_id(v);
     }
     if !properties.headers.is_empty() {
-        let headers: BTreeMap<String, Value> = properties.headers.clone();
-        out = out.with_headers(field_table(&headers)?);
+        out = out.with_headers(field_table(&properties.headers)?);
     }
     Ok(out)
 }
