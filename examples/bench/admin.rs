@@ -1,7 +1,11 @@
 //! Queue administration for the parent: each round's queue is declared before its child starts
 //! and deleted, with whatever is left in it, after.
 
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
 
@@ -62,4 +66,48 @@ pub(crate) async fn delete_queue(uri: &str, queue: &str) -> Res<()> {
         .await?;
     close(connection, channel, "deleted").await;
     Ok(())
+}
+
+/// A consumer that takes every message of `queue` as it arrives (the broker acks them as it
+/// sends them), as a downstream service keeps its queue short; counts what it took.
+pub(crate) struct Drain {
+    connection: Connection,
+    channel: Channel,
+    taken: Arc<AtomicU64>,
+}
+
+impl Drain {
+    pub(crate) async fn start(uri: &str, queue: &str) -> Res<Self> {
+        let connection = Connection::connect(uri, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        let mut consumer = channel
+            .basic_consume(
+                ShortString::from(queue),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let taken = Arc::new(AtomicU64::new(0));
+        let counter = taken.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(_)) = consumer.next().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Ok(Self {
+            connection,
+            channel,
+            taken,
+        })
+    }
+
+    /// Stops; how many messages it took.
+    pub(crate) async fn stop(self) -> u64 {
+        close(self.connection, self.channel, "drained").await;
+        self.taken.load(Ordering::Relaxed)
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::admin::{declare_queue, ready_messages};
+use crate::admin::{Drain, declare_queue, ready_messages};
 use crate::measure::{Broker, Recorder, cpu_seconds, peak_rss_kib, percentile};
 use crate::payload::make_event;
 use crate::report::Report;
@@ -55,10 +55,13 @@ pub(crate) fn child(args: &[String]) -> Res<()> {
     };
     let uri = broker_uri();
     // Two workers on this 2-core machine; the same runtime for every system.
+    // `S4_DRAIN=1`: S4's second queue is consumed as it fills.
+    let drain = scenario.drains_backlog() && env_number("S4_DRAIN", 0u8)? == 1;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(run_child(system, scenario, &uri, queue, n, timeout))?;
+    let round = run_child(system, scenario, &uri, queue, n, timeout, drain);
+    let report = runtime.block_on(round)?;
     runtime.shutdown_timeout(Duration::from_secs(5));
     if let Some(exporter) = exporter
         && !exporter
@@ -71,6 +74,8 @@ pub(crate) fn child(args: &[String]) -> Res<()> {
     Ok(())
 }
 
+/// One round; with `drain`, a consumer takes S4's forwarded events as they arrive (its CPU is
+/// the child's).
 async fn run_child(
     system: System,
     scenario: Scenario,
@@ -78,6 +83,7 @@ async fn run_child(
     queue: &str,
     n: usize,
     timeout: Duration,
+    drain: bool,
 ) -> Res<Report> {
     let recorder = Arc::new(Recorder::new(n));
     // S4 drains a backlog: its events are published (by the same raw publisher for every
@@ -90,6 +96,10 @@ async fn run_child(
         preload(uri, queue, &recorder).await?;
         cpu_before = cpu_seconds()?;
     }
+    let drain = match drain {
+        true => Some(Drain::start(uri, &forward_queue(queue)).await?),
+        false => None,
+    };
     let broker = Broker::find();
     let broker_before = broker.as_ref().and_then(Broker::cpu_seconds);
     let consumer = Consumer::start(system, scenario, uri, queue, &recorder).await?;
@@ -136,8 +146,13 @@ async fn run_child(
 
     consumer.stop().await?;
     if scenario.drains_backlog() {
-        // Every event was sent on, confirmed, before its ack: the second queue holds them all.
-        let forwarded = ready_messages(uri, &forward_queue(queue)).await?;
+        // Every event was sent on, confirmed, before its ack: the second queue holds them all,
+        // or had them taken.
+        let taken = match drain {
+            Some(drain) => drain.stop().await,
+            None => 0,
+        };
+        let forwarded = u64::from(ready_messages(uri, &forward_queue(queue)).await?) + taken;
         if (forwarded as usize) < n {
             return Err(format!("{forwarded} of {n} events were sent on").into());
         }
@@ -206,5 +221,39 @@ async fn preload(uri: &str, queue: &str, recorder: &Recorder) -> Res<()> {
     match failed {
         None => Ok(()),
         Some(error) => Err(format!("preloading the backlog: {error}").into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::delete_queue;
+    use crate::payload::correlation_id;
+
+    /// A drained S4 round counts the events its consumer took, and still checks that every event
+    /// was sent on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_drained_s4_round_counts_the_events_taken() -> Res<()> {
+        let uri = broker_uri();
+        let queue = format!("test-bench-drain-{}", correlation_id());
+        let forward = forward_queue(&queue);
+        let timeout = Duration::from_secs(60);
+        let round = run_child(
+            System::Expert,
+            Scenario::S4,
+            &uri,
+            &queue,
+            200,
+            timeout,
+            true,
+        )
+        .await;
+        let left = ready_messages(&uri, &forward).await;
+        delete_queue(&uri, &queue).await?;
+        delete_queue(&uri, &forward).await?;
+        assert_eq!(round?.n, 200);
+        // The last few may still be on their way to the drain when it stops.
+        assert!(left? < 200, "the drain took no forwarded event");
+        Ok(())
     }
 }

@@ -13,6 +13,7 @@
 //! | `S3_N` | S3 round trips, sequential and concurrent | `N / 10`, at most 10000 |
 //! | `S4_N` | events per S4 round | `N / 2` |
 //! | `S4_PREFETCH` | S4's prefetch, for every system | rmq-bus's default, 250 |
+//! | `S4_DRAIN` | `1`: a consumer in each S4 child takes the `order_processed` events as they arrive (its CPU counts as the child's), rather than leaving them in the second queue | `0` |
 //! | `LATENCY_S` | seconds each latency round publishes | 10 |
 //! | `ORDERING_N` | ordering events per run, over 200 keys | `N / 5`, 200 to 20000 |
 //! | `ORDERING_ONE_KEY_N` | ordering events on one key | `ORDERING_N / 20`, 50 to 1000 |
