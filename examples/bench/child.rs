@@ -54,9 +54,9 @@ pub(crate) fn child(args: &[String]) -> Res<()> {
         _ => None,
     };
     let uri = broker_uri();
-    // Two workers on this 2-core machine; the same runtime for every system.
     // `S4_DRAIN=1`: S4's second queue is consumed as it fills.
     let drain = scenario.drains_backlog() && env_number("S4_DRAIN", 0u8)? == 1;
+    // Two workers on this 2-core machine; the same runtime for every system.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -96,7 +96,7 @@ async fn run_child(
         preload(uri, queue, &recorder).await?;
         cpu_before = cpu_seconds()?;
     }
-    let drain = match drain {
+    let drainer = match drain {
         true => Some(Drain::start(uri, &forward_queue(queue)).await?),
         false => None,
     };
@@ -148,8 +148,8 @@ async fn run_child(
     if scenario.drains_backlog() {
         // Every event was sent on, confirmed, before its ack: the second queue holds them all,
         // or had them taken.
-        let taken = match drain {
-            Some(drain) => drain.stop().await,
+        let taken = match drainer {
+            Some(drainer) => drainer.stop().await,
             None => 0,
         };
         let forwarded = u64::from(ready_messages(uri, &forward_queue(queue)).await?) + taken;
