@@ -1,5 +1,6 @@
-//! Queue administration for the parent: each round's queue is declared before its child starts
-//! and deleted, with whatever is left in it, after.
+//! Queue administration: each round's queue is declared before its child starts and deleted,
+//! with whatever is left in it, after; a queue's waiting messages counted; and the drain that
+//! takes S4's forwarded events as they arrive (`S4_DRAIN=1`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
