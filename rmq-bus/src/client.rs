@@ -231,17 +231,29 @@ impl ClientProxy {
                 .await
             {
                 Err(error) if is_transient(&error) => {
-                    // Whether or not it retries, the next call must not get a dead link again.
-                    self.forget_dead_link();
-                    if Instant::now() >= deadline {
+                    if !self.interrupted(&error, deadline) {
                         return Err(error);
                     }
-                    tracing::warn!(%error, "emit interrupted; publishing again once the broker is back");
                     Box::pin(tokio::time::sleep(Duration::from_millis(50))).await;
                 }
                 result => return result,
             }
         }
+    }
+
+    /// An emit lost its connection: `true` if it is to publish again (after a pause), `false`
+    /// once `deadline` has passed. Out of line, as are the other failure paths of an emit, so
+    /// that the code each emit runs through stays short.
+    #[cold]
+    #[inline(never)]
+    fn interrupted(&self, error: &Error, deadline: Instant) -> bool {
+        // Whether or not it retries, the next call must not get a dead link again.
+        self.forget_dead_link();
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tracing::warn!(%error, "emit interrupted; publishing again once the broker is back");
+        true
     }
 
     /// One attempt at publishing an event and having it confirmed.
@@ -270,24 +282,38 @@ impl ClientProxy {
         let mut confirm = tokio::select! {
             biased;
             published = publish => published?,
-            () = &mut timer => {
-                return Err(if link.blocked() {
-                    Error::Blocked {
-                        waited: self.inner.options.confirm_timeout,
-                    }
-                } else {
-                    self.confirm_timeout(pattern)
-                });
-            }
+            () = &mut timer => return Err(self.not_handed_over(&link, pattern)),
         };
         tokio::select! {
             biased;
-            confirmation = &mut confirm => confirmation.map_err(|error| self.name_nack(error, pattern)),
-            () = &mut timer => {
-                confirm.detach();
-                Err(self.confirm_timeout(pattern))
-            }
+            confirmation = &mut confirm => match confirmation {
+                Ok(()) => Ok(()),
+                Err(error) => Err(self.name_nack(error, pattern)),
+            },
+            () = &mut timer => Err(self.unconfirmed(confirm, pattern)),
         }
+    }
+
+    /// The error of a publish the broker did not take within `confirm_timeout`: blocked, or
+    /// silent.
+    #[cold]
+    #[inline(never)]
+    fn not_handed_over(&self, link: &Link, pattern: &Pattern) -> Error {
+        match link.blocked() {
+            true => Error::Blocked {
+                waited: self.inner.options.confirm_timeout,
+            },
+            false => self.confirm_timeout(pattern),
+        }
+    }
+
+    /// The error of a publish not confirmed within `confirm_timeout`, whose `confirm` is let
+    /// arrive in the background.
+    #[cold]
+    #[inline(never)]
+    fn unconfirmed(&self, confirm: Confirm, pattern: &Pattern) -> Error {
+        confirm.detach();
+        self.confirm_timeout(pattern)
     }
 
     /// The error of a publish not confirmed within `confirm_timeout`.
@@ -364,6 +390,8 @@ impl ClientProxy {
     }
 
     /// A nack names where the message went, which only the client knows.
+    #[cold]
+    #[inline(never)]
     fn name_nack(&self, error: Error, pattern: &Pattern) -> Error {
         match error {
             Error::Nacked { .. } => Error::Nacked {
