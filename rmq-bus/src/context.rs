@@ -147,7 +147,12 @@ impl RmqContext {
     /// Acknowledges the message: processed, remove it from the queue. (With `AckMode::NoAck`
     /// the broker already did; this is then a no-op.)
     pub async fn ack(&self) -> Result<()> {
-        self.settle(Settlement::Ack).await
+        // Every message takes one: settled here, without the nested futures of a refusal.
+        if !self.claimed(Settlement::Ack)? {
+            return Ok(());
+        }
+        self.settler()
+            .ack(self.inner.delivery.delivery_tag, Outcome::Acked)
     }
 
     /// Negatively acknowledges the message; with `requeue` the broker delivers it again,
@@ -162,17 +167,25 @@ impl RmqContext {
     }
 
     async fn settle(&self, settlement: Settlement) -> Result<()> {
-        if let Err(previous) = self.claim(settlement) {
-            // With `AckMode::NoAck` the broker acked on delivery: an ack agrees with it, so a
-            // handler written for manual acks keeps working; a nack or reject cannot be honoured.
-            if previous == AUTO_ACKED && settlement == Settlement::Ack {
-                return Ok(());
-            }
-            let previous = Settlement::from_code(previous).unwrap_or(Settlement::Ack);
-            return Err(Error::AlreadySettled { previous });
+        if !self.claimed(settlement)? {
+            return Ok(());
         }
         let tag = self.inner.delivery.delivery_tag;
         send(self.settler(), tag, settlement, Outcome::of(settlement)).await
+    }
+
+    /// Claims the delivery for `settlement`: `true` if this call is to send it, `false` for an
+    /// ack of a message the broker acked on delivery (`AckMode::NoAck`), which agrees with it, so
+    /// that a handler written for manual acks keeps working; a nack or reject cannot be honoured.
+    fn claimed(&self, settlement: Settlement) -> Result<bool> {
+        let Err(previous) = self.claim(settlement) else {
+            return Ok(true);
+        };
+        if previous == AUTO_ACKED && settlement == Settlement::Ack {
+            return Ok(false);
+        }
+        let previous = Settlement::from_code(previous).unwrap_or(Settlement::Ack);
+        Err(Error::AlreadySettled { previous })
     }
 
     /// Marks the delivery settled unless it already is; `Err` carries the earlier state.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
@@ -129,17 +129,17 @@ pub(crate) struct Consumer {
 impl Consumer {
     /// The next delivery; `Err` with the reason once the consumer has stopped by itself.
     pub(crate) async fn next(&mut self) -> std::result::Result<Inbound, String> {
-        let next = match self.consumer.next().now_or_never() {
-            Some(next) => next,
-            None => {
-                // No delivery waiting: sparse acks gain nothing by waiting for the timer, which
-                // would fire beside the next delivery.
-                if !self.no_ack {
-                    self.acks.idle();
-                }
-                self.consumer.next().await
+        let (consumer, acks, no_ack) = (&mut self.consumer, &self.acks, self.no_ack);
+        let next = std::future::poll_fn(|cx| {
+            let polled = consumer.poll_next_unpin(cx);
+            // No delivery waiting: sparse acks gain nothing by waiting for the timer, which
+            // would fire beside the next delivery.
+            if polled.is_pending() && !no_ack {
+                acks.idle();
             }
-        };
+            polled
+        })
+        .await;
         let delivery = match next {
             Some(Ok(delivery)) => delivery,
             Some(Err(error)) => return Err(error.to_string()),
