@@ -286,10 +286,7 @@ impl ClientProxy {
         };
         tokio::select! {
             biased;
-            confirmation = &mut confirm => match confirmation {
-                Ok(()) => Ok(()),
-                Err(error) => Err(self.name_nack(error, pattern)),
-            },
+            confirmation = &mut confirm => confirmation.map_err(|error| self.name_nack(error, pattern)),
             () = &mut timer => Err(self.unconfirmed(confirm, pattern)),
         }
     }

@@ -257,7 +257,7 @@ async fn run(
                 number: attempt,
                 redelivered: info.redelivered,
             };
-            attempt.failed(failed, &span)
+            attempt.failed(failed, failure, &span)
         }
     };
     if let Some(reply_to) = &reply_to {
@@ -330,12 +330,17 @@ struct Attempt<'a> {
 
 impl Attempt<'_> {
     /// What a failed run calls for, and the error a request is answered with; logged, and
-    /// recorded in the delivery's `span`. Out of line: the success path of every delivery stays
+    /// its `failure` recorded in the delivery's `span`. Out of line: the success path of every delivery stays
     /// short in code, which is what its CPU cost is mostly about.
     #[cold]
     #[inline(never)]
-    fn failed(&self, outcome: Invoked, span: &Span) -> (Disposal, Response) {
-        if let Some(failure) = failure_of(&outcome) {
+    fn failed(
+        &self,
+        outcome: Invoked,
+        failure: Option<Failure>,
+        span: &Span,
+    ) -> (Disposal, Response) {
+        if let Some(failure) = failure {
             span.record("error.type", failure.name());
         }
         let attempt = self.number;
