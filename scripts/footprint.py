@@ -2,20 +2,27 @@
 """The code an S4 event runs through, rmq-bus against expert lapin, counted by valgrind.
 
     cargo build --release --example bench
-    scripts/footprint.py [EVENTS]        # default 5 000; needs the local broker and valgrind
+    scripts/footprint.py [EVENTS [SYSTEM...]]   # default 5 000, both systems; needs the local
+                                                # broker, valgrind and rabbitmqctl
 
-Runs one S4 child of each system under callgrind (cache simulation on, per-instruction counts)
-and prints, per event:
-- the cycle estimate of the child's workers and lapin's I/O thread (instructions + 10 per
-  level-1 miss + 100 per last-level miss; the main thread, which preloads the queue, left out)
-  and of the consumer task alone;
-- the hot code: distinct 64-byte lines of code run at least once every two events. Unlike the
-  cache misses, this hardly moves when an unrelated change shifts the binary's layout, so it
-  shows what a change to the delivery or emit path adds or saves;
+Runs S4 children under callgrind (cache simulation on, per-instruction counts), two per system:
+one of EVENTS events and one of twice as many. Each child holds after preloading its backlog
+(`BENCH_HOLD=1`) while its counters are zeroed, so the preload's publishing is left out. A cost
+per event is the difference between the two rounds, divided by EVENTS: what a round pays once
+(connecting, and lapin growing its buffers under the backlog's burst, which cost expert lapin
+twice what it cost rmq-bus) cancels out. It prints, per event:
+- the cycle estimate of the child's workers and lapin's I/O threads (instructions + 10 per
+  level-1 miss + 100 per last-level miss; the main thread, which only waits, left out) and of
+  the consumer task alone;
+- the hot code of the round of EVENTS: distinct 64-byte lines of code run at least once every
+  two events. Unlike the cache misses, this hardly moves when an unrelated change shifts the
+  binary's layout, so it shows what a change to the delivery or emit path adds or saves;
 - the functions whose hot code differs most between the two.
 
-Native CPU varies by machine (the ratio was 1.10x on a 2.6 GHz AMD EPYC, 1.2x on a 2.1 GHz
-Intel Xeon); these counts do not, for a given binary.
+With one SYSTEM (`rmq-bus`), only its figures, to compare builds of the library.
+
+Native CPU varies by machine (the ratio was 1.10x to 1.14x on 2.6 GHz AMD EPYCs, 1.23x on a
+2.1 GHz Intel Xeon); these counts do not, for a given binary, beyond a spread of about 1.5 %.
 """
 
 import collections
@@ -34,12 +41,33 @@ CONSUMER = {
 
 
 def run(system, events, out):
+    """One S4 child under callgrind, its counters zeroed once the backlog is preloaded."""
     queue = f"test-footprint-{uuid.uuid4().hex[:8]}"
+    command = ["valgrind", "--tool=callgrind", "--cache-sim=yes", "--dump-instr=yes",
+               f"--callgrind-out-file={out}", BENCH, "--child", system, "s4", queue, str(events)]
+    child = subprocess.Popen(command, env={**os.environ, "BENCH_HOLD": "1"},
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
     try:
-        subprocess.run(
-            ["valgrind", "--tool=callgrind", "--cache-sim=yes", "--dump-instr=yes",
-             f"--callgrind-out-file={out}", BENCH, "--child", system, "s4", queue, str(events)],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        said = []
+        for line in child.stderr:
+            if line.strip() == "preloaded":
+                break
+            said.append(line)
+        else:
+            raise RuntimeError(f"{system}: the child ended before its backlog was preloaded:\n"
+                               + "".join(said))
+        # The preload's publishing is not the consumer's work.
+        subprocess.run(["callgrind_control", "--zero", str(child.pid)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        child.stdin.write("\n")
+        child.stdin.close()
+        said = child.stderr.read()
+        if child.wait() != 0:
+            raise RuntimeError(f"{system}: the child failed ({child.returncode}):\n{said}")
+    except BaseException:
+        child.kill()
+        raise
     finally:
         for name in (queue, f"{queue}.out"):
             subprocess.run(["rabbitmqctl", "-q", "delete_queue", name],
@@ -106,22 +134,35 @@ def hot_code(path, events):
     return len(hot), {name: len(lines & hot) for name, lines in owner.items()}
 
 
+def measure(system, events, directory):
+    """Workers' and consumer task's cycle estimates, in all, for `events` events."""
+    out = os.path.join(directory, f"{system}-{events}.callgrind")
+    run(system, events, out)
+    totals, functions = inclusive(out)
+    main_thread = functions["tokio::runtime::park::CachedParkThread::block_on"]
+    workers = {k: totals[k] - main_thread.get(k, 0) for k in totals}
+    return cycles(workers), cycles(functions[CONSUMER[system]]), out
+
+
 def main():
     events = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    systems = sys.argv[2:] or ["rmq-bus", "lapin-expert"]
     figures = {}
     with tempfile.TemporaryDirectory() as directory:
-        for system in ("rmq-bus", "lapin-expert"):
-            out = os.path.join(directory, f"{system}.callgrind")
-            run(system, events, out)
-            totals, functions = inclusive(out)
-            main_thread = functions["tokio::runtime::park::CachedParkThread::block_on"]
-            workers = {k: totals[k] - main_thread.get(k, 0) for k in totals}
-            figures[system] = (cycles(workers) / events,
-                               cycles(functions[CONSUMER[system]]) / events,
+        for system in systems:
+            # Per event is the difference between a round of 2N events and one of N: what a
+            # round costs once (connecting, lapin growing its buffers) cancels out.
+            once, task_once, out = measure(system, events, directory)
+            twice, task_twice, _ = measure(system, 2 * events, directory)
+            figures[system] = ((twice - once) / events, (task_twice - task_once) / events,
                                *hot_code(out, events))
+    if len(figures) == 1:
+        (system, (per_event, task, hot, _)), = figures.items()
+        print(f"{system}: {per_event:.0f} workers + I/O, {task:.0f} consumer task, {hot} hot lines")
+        return
     (bus_cycles, bus_task, bus_hot, bus_by), (raw_cycles, raw_task, raw_hot, raw_by) = (
         figures["rmq-bus"], figures["lapin-expert"])
-    print(f"per S4 event, {events} events   rmq-bus   expert lapin   ratio")
+    print(f"per S4 event (rounds of {events} and {2 * events})   rmq-bus   expert lapin   ratio")
     print(f"cycle estimate, workers + I/O  {bus_cycles:8.0f}  {raw_cycles:12.0f}   {bus_cycles / raw_cycles:.3f}x")
     print(f"cycle estimate, consumer task  {bus_task:8.0f}  {raw_task:12.0f}   {bus_task / raw_task:.3f}x")
     print(f"hot code, 64-byte lines        {bus_hot:8d}  {raw_hot:12d}   {bus_hot - raw_hot:+d} lines")

@@ -94,6 +94,7 @@ async fn run_child(
         declare_queue(uri, queue).await?;
         declare_queue(uri, &forward_queue(queue)).await?;
         preload(uri, queue, &recorder).await?;
+        hold_after_preload().await?;
         cpu_before = cpu_seconds()?;
     }
     let drainer = match drain {
@@ -201,6 +202,20 @@ async fn publish_all(publisher: Arc<Publisher>, recorder: Arc<Recorder>, rate: O
         })
         .await;
     recorder.now_ns()
+}
+
+/// With `BENCH_HOLD=1`, says `preloaded` on stderr and waits for a line on stdin: a measuring
+/// script (`scripts/footprint.py`) zeroes callgrind's counters in between, so that its figures
+/// are the consumer's alone, without the preload's publishing or its one-off buffer growth.
+async fn hold_after_preload() -> Res<()> {
+    if env_number("BENCH_HOLD", 0u8)? != 1 {
+        return Ok(());
+    }
+    eprintln!("preloaded");
+    tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new()))
+        .await
+        .map_err(|e| format!("waiting on stdin: {e}"))??;
+    Ok(())
 }
 
 /// Puts S4's backlog in the queue: `recorder.n` events, published and confirmed by one raw
