@@ -10,19 +10,21 @@ one of EVENTS events and one of twice as many. Each child holds after preloading
 (`BENCH_HOLD=1`) while its counters are zeroed, so the preload's publishing is left out. A cost
 per event is the difference between the two rounds, divided by EVENTS: what a round pays once
 (connecting, and lapin growing its buffers under the backlog's burst, which cost expert lapin
-twice what it cost rmq-bus) cancels out. It prints, per event:
+1.7 times what it cost rmq-bus) cancels out. It prints, per event:
 - the cycle estimate of the child's workers and lapin's I/O threads (instructions + 10 per
-  level-1 miss + 100 per last-level miss; the main thread, which only waits, left out) and of
+  level-1 miss + 100 per last-level miss; the main thread, which connects the consumer and
+  waits, left out) and of
   the consumer task alone;
 - the hot code of the round of EVENTS: distinct 64-byte lines of code run at least once every
-  two events. Unlike the cache misses, this hardly moves when an unrelated change shifts the
+  two events (some instruction in the line ran at least EVENTS/2 times). Unlike the cache misses, this hardly moves when an unrelated change shifts the
   binary's layout, so it shows what a change to the delivery or emit path adds or saves;
 - the functions whose hot code differs most between the two.
 
 With one SYSTEM (`rmq-bus`), only its figures, to compare builds of the library.
 
 Native CPU varies by machine (the ratio was 1.10x to 1.14x on 2.6 GHz AMD EPYCs, 1.23x on a
-2.1 GHz Intel Xeon); these counts do not, for a given binary, beyond a spread of about 1.5 %.
+2.1 GHz Intel Xeon); these counts do not, for a given binary, beyond a spread of about 2 %
+between runs.
 """
 
 import collections
@@ -57,9 +59,13 @@ def run(system, events, out):
         else:
             raise RuntimeError(f"{system}: the child ended before its backlog was preloaded:\n"
                                + "".join(said))
-        # The preload's publishing is not the consumer's work.
-        subprocess.run(["callgrind_control", "--zero", str(child.pid)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # The preload's publishing is not the consumer's work. callgrind_control exits with 0
+        # even when it reached no callgrind run, so its answer is read.
+        zeroed = subprocess.run(["callgrind_control", "--zero", str(child.pid)],
+                                capture_output=True, text=True, timeout=60)
+        if f"sending command zero to pid {child.pid}" not in zeroed.stdout + zeroed.stderr:
+            raise RuntimeError(f"{system}: callgrind's counters were not zeroed:\n"
+                               f"{zeroed.stdout}{zeroed.stderr}")
         child.stdin.write("\n")
         child.stdin.close()
         said = child.stderr.read()
@@ -67,6 +73,7 @@ def run(system, events, out):
             raise RuntimeError(f"{system}: the child failed ({child.returncode}):\n{said}")
     except BaseException:
         child.kill()
+        child.wait()
         raise
     finally:
         for name in (queue, f"{queue}.out"):
@@ -128,7 +135,9 @@ def hot_code(path, events):
             if skip:
                 skip = False
                 continue
-            runs[address >> 6] += int(parts[2]) if len(parts) > 2 else 0
+            # A line runs as often as its most run instruction (a sum would count a line of 16
+            # instructions run once every 32 events as run every two).
+            runs[address >> 6] = max(runs[address >> 6], int(parts[2]) if len(parts) > 2 else 0)
             owner[function].add(address >> 6)
     hot = {line for line, count in runs.items() if count >= events // 2}
     return len(hot), {name: len(lines & hot) for name, lines in owner.items()}
@@ -139,6 +148,9 @@ def measure(system, events, directory):
     out = os.path.join(directory, f"{system}-{events}.callgrind")
     run(system, events, out)
     totals, functions = inclusive(out)
+    # The preload's code (inlined but for its futures' drops) ran before the counters were zeroed.
+    if any("bench::child::preload" in name for name in functions):
+        raise RuntimeError(f"{system}: the preload was counted (were the counters zeroed?)")
     main_thread = functions["tokio::runtime::park::CachedParkThread::block_on"]
     workers = {k: totals[k] - main_thread.get(k, 0) for k in totals}
     return cycles(workers), cycles(functions[CONSUMER[system]]), out
@@ -147,6 +159,8 @@ def measure(system, events, directory):
 def main():
     events = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     systems = sys.argv[2:] or ["rmq-bus", "lapin-expert"]
+    if any(system not in CONSUMER for system in systems) or len(set(systems)) < len(systems):
+        sys.exit(f"systems: rmq-bus and/or lapin-expert, each once (got {systems})")
     figures = {}
     with tempfile.TemporaryDirectory() as directory:
         for system in systems:

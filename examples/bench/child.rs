@@ -204,9 +204,10 @@ async fn publish_all(publisher: Arc<Publisher>, recorder: Arc<Recorder>, rate: O
     recorder.now_ns()
 }
 
-/// With `BENCH_HOLD=1`, says `preloaded` on stderr and waits for a line on stdin: a measuring
-/// script (`scripts/footprint.py`) zeroes callgrind's counters in between, so that its figures
-/// are the consumer's alone, without the preload's publishing or its one-off buffer growth.
+/// With `BENCH_HOLD=1`, says `preloaded` on stderr and waits for a line on stdin (or its end): a
+/// measuring script (`scripts/footprint.py`) zeroes callgrind's counters in between, so that its
+/// figures leave the preload out. What the round pays once after it, the script cancels out with
+/// rounds of two sizes.
 async fn hold_after_preload() -> Res<()> {
     if env_number("BENCH_HOLD", 0u8)? != 1 {
         return Ok(());
