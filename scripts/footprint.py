@@ -13,18 +13,18 @@ per event is the difference between the two rounds, divided by EVENTS: what a ro
 1.7 times what it cost rmq-bus) cancels out. It prints, per event:
 - the cycle estimate of the child's workers and lapin's I/O threads (instructions + 10 per
   level-1 miss + 100 per last-level miss; the main thread, which connects the consumer and
-  waits, left out) and of
-  the consumer task alone;
+  waits, left out) and of the consumer task alone;
 - the hot code of the round of EVENTS: distinct 64-byte lines of code run at least once every
-  two events (some instruction in the line ran at least EVENTS/2 times). Unlike the cache misses, this hardly moves when an unrelated change shifts the
-  binary's layout, so it shows what a change to the delivery or emit path adds or saves;
+  two events (some instruction in the line ran at least EVENTS/2 times). Unlike the cache
+  misses, this hardly moves when an unrelated change shifts the binary's layout, so it shows
+  what a change to the delivery or emit path adds or saves;
 - the functions whose hot code differs most between the two.
 
 With one SYSTEM (`rmq-bus`), only its figures, to compare builds of the library.
 
 Native CPU varies by machine (the ratio was 1.10x to 1.14x on 2.6 GHz AMD EPYCs, 1.23x on a
-2.1 GHz Intel Xeon); these counts do not, for a given binary, beyond a spread of about 2 %
-between runs.
+2.1 GHz Intel Xeon); these counts do not, for a given binary, beyond a spread between runs of
+about 2 % for rmq-bus and up to 5 % for expert lapin.
 """
 
 import collections
