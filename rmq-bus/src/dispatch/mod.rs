@@ -329,9 +329,9 @@ struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    /// What a failed run calls for, and the error a request is answered with; logged, and
-    /// its `failure` recorded in the delivery's `span`. Out of line: the success path of every delivery stays
-    /// short in code, which is what its CPU cost is mostly about.
+    /// What a failed run calls for, and the error a request is answered with; logged, and its
+    /// `failure` recorded in the delivery's `span`. Out of line: the success path of every
+    /// delivery stays short in code, which is what its CPU cost is mostly about.
     #[cold]
     #[inline(never)]
     fn failed(
